@@ -1,0 +1,161 @@
+"""The compressor interface shared by Fre-Res and every baseline.
+
+A compressor maps vision latents ``(batch, frames T, tokens N, embed D)`` with a
+known spatial grid ``(h, w)`` (``N = h * w``) to a fixed-length visual token
+sequence ``(batch, M, embed D)`` plus a validity mask ``(batch, M)``.
+
+Static shapes: ``M`` depends only on the geometry and the budget, never on the
+video, so one compiled program serves every video. ``M`` equals the resolved
+budget exactly (``num_tokens``); a method whose granularity leaves part of the
+budget unused fills it with masked padding at the end and reports the tokens it
+really uses as ``num_valid_tokens``. Matched budgets therefore mean matched LLM
+sequence lengths, and comparisons of accuracy and prefill cost are fair.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoGeometry:
+    """Static shape of the vision latents of one video."""
+
+    frames: int          # T
+    grid: tuple[int, int]  # (h, w) of the patch grid
+    embed: int           # D
+
+    def __post_init__(self):
+        if self.frames < 1:
+            raise ValueError(f"geometry.frames must be >= 1, got {self.frames}")
+        if len(self.grid) != 2 or min(self.grid) < 1:
+            raise ValueError(f"geometry.grid must be two positive ints, got {self.grid}")
+        if self.embed < 1:
+            raise ValueError(f"geometry.embed must be >= 1, got {self.embed}")
+
+    @property
+    def tokens(self) -> int:  # N
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def full_tokens(self) -> int:  # T * N
+        return self.frames * self.tokens
+
+
+class CompressedTokens(NamedTuple):
+    tokens: jax.Array  # (batch, M, embed)
+    mask: jax.Array    # (batch, M) bool: False for padding
+
+
+def resolve_budget(geometry: VideoGeometry, budget: int = 0, ratio: float = 0.0) -> int:
+    """Visual-token budget from an absolute count or a compression ratio.
+
+    Exactly one of ``budget`` (tokens per video) and ``ratio`` (``T*N / budget``,
+    e.g. 8 for 8x fewer tokens) must be positive. ``budget = ratio = 0`` means
+    the full ``T*N`` tokens.
+    """
+    full = geometry.full_tokens
+    if budget and ratio:
+        raise ValueError("compressor: set either compressor.budget or compressor.ratio, not both")
+    if budget < 0 or ratio < 0:
+        raise ValueError(f"compressor.budget / compressor.ratio must be >= 0, got {budget} / {ratio}")
+    if ratio:
+        if ratio < 1:
+            raise ValueError(f"compressor.ratio must be >= 1 (fewer tokens than full), got {ratio}")
+        budget = int(full // ratio)
+    elif not budget:
+        budget = full
+    if not 1 <= budget <= full:
+        raise ValueError(f"compressor.budget must be in [1, {full}] (T*N), got {budget}")
+    return int(budget)
+
+
+class Compressor(nnx.Module):
+    """Base class. Subclasses set ``name`` and implement ``compress``.
+
+    Constructor: ``Cls(geometry, budget, options, *, rngs)`` where ``options``
+    is a mapping (an ``ml_collections.ConfigDict`` section) of method settings.
+    Invalid settings raise ``ValueError`` naming ``compressor.<field>`` and its
+    allowed range.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, geometry: VideoGeometry, budget: int, options: Any = None, *,
+                 rngs: nnx.Rngs | None = None):
+        self.geometry = geometry
+        self.budget = int(budget)
+        if not 1 <= self.budget <= geometry.full_tokens:
+            raise ValueError(
+                f"compressor.budget must be in [1, {geometry.full_tokens}], got {budget}")
+
+    @property
+    def num_tokens(self) -> int:
+        """Static output length M (the budget)."""
+        return self.budget
+
+    @property
+    def num_valid_tokens(self) -> int:
+        """Tokens the method really uses for a video whose frames are all valid."""
+        raise NotImplementedError
+
+    def compress(self, latents: jax.Array, frame_mask: jax.Array) -> CompressedTokens:
+        """``(B, T, N, D)``, ``(B, T)`` bool -> tokens ``(B, M', D)``, mask ``(B, M')``, M' <= M."""
+        raise NotImplementedError
+
+    def __call__(self, latents: jax.Array, frame_mask: jax.Array | None = None) -> CompressedTokens:
+        g = self.geometry
+        expected = (g.frames, g.tokens, g.embed)
+        if latents.ndim != 4 or tuple(latents.shape[1:]) != expected:
+            raise ValueError(
+                f"{self.name}: latents must be (batch, {g.frames}, {g.tokens}, {g.embed}),"
+                f" got {tuple(latents.shape)}")
+        if frame_mask is None:
+            frame_mask = jnp.ones(latents.shape[:2], bool)
+        out = self.compress(latents, frame_mask.astype(bool))
+        return pad_to(out, self.num_tokens)
+
+
+def pad_to(out: CompressedTokens, length: int) -> CompressedTokens:
+    """Pads (or checks) a compressed sequence to exactly ``length`` tokens."""
+    m = out.tokens.shape[1]
+    if m > length:
+        raise AssertionError(f"compressor produced {m} tokens for a budget of {length}")
+    if m == length:
+        return out
+    tokens = jnp.pad(out.tokens, ((0, 0), (0, length - m), (0, 0)))
+    mask = jnp.pad(out.mask, ((0, 0), (0, length - m)))
+    return CompressedTokens(tokens, mask)
+
+
+_REGISTRY: dict[str, type[Compressor]] = {}
+
+
+def register(cls: type[Compressor]) -> type[Compressor]:
+    """Class decorator adding a compressor to the registry under ``cls.name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"compressor {cls.name!r} registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def names() -> tuple[str, ...]:
+    return tuple(sorted(_REGISTRY))
+
+
+def get(name: str) -> type[Compressor]:
+    if name not in _REGISTRY:
+        raise ValueError(f"compressor.name: unknown compressor {name!r}; choose one of {names()}")
+    return _REGISTRY[name]
+
+
+def build(name: str, geometry: VideoGeometry, budget: int, options: Any = None, *,
+          rngs: nnx.Rngs) -> Compressor:
+    return get(name)(geometry, budget, options, rngs=rngs)
