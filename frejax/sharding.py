@@ -38,6 +38,11 @@ LOGICAL_AXES = (
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
+# Parameters are placed by ``jax.jit(init, out_shardings=...)`` from their
+# logical names, never at creation: modules then build the same way off-mesh
+# (tests, notebooks) and on a pod. Flax 0.12 shards eagerly by default.
+nnx.use_eager_sharding(False)
+
 Rules = tuple[tuple[str, Any], ...]
 
 _state = threading.local()
@@ -161,7 +166,8 @@ def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None)
         axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
 
 
-def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
+def check_mesh_shape(shape: Sequence[int]) -> list[int]:
+    """Checks a ``(data, fsdp, tensor)`` shape's syntax; returns it as ints."""
     shape = [int(s) for s in shape]
     if len(shape) != len(MESH_AXES):
         raise ValueError(f"mesh.shape: expected {len(MESH_AXES)} entries for {MESH_AXES}, got {shape}")
@@ -169,6 +175,12 @@ def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...
         raise ValueError(f"mesh.shape: at most one entry may be -1, got {shape}")
     if any(s == 0 or s < -1 for s in shape):
         raise ValueError(f"mesh.shape: entries must be positive or -1, got {shape}")
+    return shape
+
+
+def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
+    """Fills the -1 entry of a mesh shape and checks it against the device count."""
+    shape = check_mesh_shape(shape)
     known = 1
     for s in shape:
         if s != -1:

@@ -1,0 +1,86 @@
+"""Pieces shared by every frejax config: defaults, sharding rules, arg parsing.
+
+A config file defines ``get_config(arg=None)``; ``arg`` is the string after the
+colon in ``--config=configs/long_video.py:scale=pod,smoke`` and is parsed by
+``parse_arg`` into ``key=value`` pairs and bare flags.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from frejax.config_lib import base_config, compressor_config  # noqa: F401  (re-exported)
+
+
+def parse_arg(arg: str | None, **defaults):
+    """Parses ``"a=1,b=x,flag"`` into a ConfigDict over ``defaults``.
+
+    Values are cast to the type of the default; bare words set a bool default
+    to True. Unknown keys raise, naming the key and the allowed ones.
+    """
+    out = ml_collections.ConfigDict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if key not in defaults:
+            raise ValueError(
+                f"config arg: unknown key {key!r}; allowed: {sorted(defaults)}")
+        default = defaults[key]
+        if not sep:
+            if not isinstance(default, bool):
+                raise ValueError(f"config arg: {key!r} needs a value ({key}=...)")
+            out[key] = True
+        elif isinstance(default, bool):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"config arg: {key}={value!r} is not a boolean")
+            out[key] = value.lower() in ("true", "1")
+        else:
+            try:
+                out[key] = type(default)(value)
+            except ValueError as e:
+                raise ValueError(f"config arg: {key}={value!r}: {e}") from None
+    return out
+
+
+def apply_smoke(c: ml_collections.ConfigDict) -> None:
+    """A seconds-long variant for tests: tiny model, few steps, tiny eval."""
+    c.data.num_frames = min(c.data.num_frames, 8)
+    c.model.vision.update(width=32, depth=1, heads=2, mlp_dim=64)
+    c.model.llm.update(width=32, depth=1, heads=2, kv_heads=1, mlp_dim=64)
+    c.compressor.absorber.heads = 2
+    c.train.update(batch_size=8, num_steps=4, log_every=2, checkpoint_every=2, progress_bar=False)
+    c.optim.warmup_steps = 2
+    c.eval.update(batch_size=8, num_examples=12)
+    c.data.eval_examples = 12
+
+
+def apply_pod_scale(c: ml_collections.ConfigDict) -> None:
+    """A pretraining-scale description: SigLIP-So400m-sized encoder, 7B-class LLM."""
+    c.data.update(num_frames=64, image_size=384, max_text_len=2048, max_answer_len=256,
+                  worker_count=8, read_threads=8)
+    c.model.vision.update(image_size=384, patch_size=14, width=1152, depth=27, heads=16,
+                          mlp_dim=4304, remat=True, encode_chunk=16)
+    c.model.llm.update(vocab_size=152_064, width=3584, depth=28, heads=28, kv_heads=4,
+                       head_dim=128, mlp_dim=18_944, rope_theta=1_000_000.0, qkv_bias=True,
+                       tie_embeddings=False, remat=True)
+    c.compressor.absorber.heads = 16
+    c.optim.update(learning_rate=2e-5, warmup_steps=500)
+    c.train.update(batch_size=256, num_steps=20_000, dtype="auto", checkpoint_every=500)
+    c.mesh.shape = (-1, 16, 4)
+
+
+def video_config(arg, *, name: str, frames: int, ratio: float) -> ml_collections.ConfigDict:
+    """The embedded-benchmark config shared by the short and long video files."""
+    args = parse_arg(arg, scale="cpu", smoke=False, ratio=ratio, compressor="fre_res",
+                     frames=frames)
+    c = base_config()
+    c.name = name
+    c.data.num_frames = args.frames
+    c.compressor = compressor_config(args.compressor, args.ratio)
+    if args.scale == "pod":
+        apply_pod_scale(c)
+    elif args.scale != "cpu":
+        raise ValueError(f"config arg: scale must be 'cpu' or 'pod', got {args.scale!r}")
+    if args.smoke:
+        apply_smoke(c)
+    return c

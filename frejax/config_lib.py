@@ -1,0 +1,236 @@
+"""The config schema of frejax: defaults for every key, and validation.
+
+Config files (``configs/*.py``) start from ``base_config()`` and override what
+differs; ``validate`` runs after flag parsing, so a typo or an impossible
+combination fails before any compile, with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# Logical axis -> mesh axes. Parameters are sharded over fsdp on their embed
+# (or vocab) axis and over tensor on heads/mlp; activations over data+fsdp on batch.
+DEFAULT_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("frames", None),
+    ("tokens", None),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("vocab", "tensor"),
+    ("patch", None),
+    ("coeffs", None),
+    ("layers", None),
+)
+
+
+def compressor_config(name: str = "fre_res", ratio: float = 8.0) -> ml_collections.ConfigDict:
+    """Every compressor option; each method reads the ones it needs."""
+    return ml_collections.ConfigDict(dict(
+        name=name,
+        budget=0,          # visual tokens per video; 0: use ratio
+        ratio=ratio,       # T*N / budget; 0 with budget 0: full tokens
+        # Fre-Res (0 = chosen by the budget).
+        segment_len=0,     # L frames per segment (one anchor each)
+        num_coeffs=0,      # K kept temporal DCT coefficients
+        pool=0,            # p x p pooling of residual-frequency tokens
+        residual="inter_frame",   # inter_frame | anchor_relative
+        anchor="middle",          # first | middle | energy
+        allocation="uniform",     # uniform | energy
+        output="absorbed",        # absorbed | dual
+        dct_method="auto",        # auto | fft | matmul
+        absorber=dict(window=3, heads=4, enabled=True),
+        # Baselines.
+        pool_mode="average",      # spatial_pool: average | bilinear
+        merge_threshold=0.9,      # temporal_merge: cosine similarity
+    ))
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The embedded-benchmark run on one CPU host; files override what differs."""
+    c = ml_collections.ConfigDict()
+    c.name = "base"
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict(dict(
+        name="synthetic_video_qa",
+        num_frames=16,
+        image_size=32,
+        train_examples=200_000,   # procedural: distinct videos available to train on
+        eval_examples=500,
+        max_text_len=24,
+        max_answer_len=2,
+        worker_count=0,           # Grain worker processes (spawned)
+        worker_buffer_size=2,
+        read_threads=1,
+        prefetch_buffer_size=2,
+    ))
+
+    c.model = ml_collections.ConfigDict(dict(
+        vision=dict(image_size=32, patch_size=8, width=96, depth=2, heads=4, mlp_dim=192,
+                    remat=False, encode_chunk=0),
+        projector=dict(hidden=0),
+        llm=dict(vocab_size=0,  # 0: from the tokenizer
+                 width=128, depth=2, heads=4, kv_heads=2, head_dim=0, mlp_dim=256,
+                 rope_theta=10_000.0, qkv_bias=True, tie_embeddings=True, remat=False),
+    ))
+    c.compressor = compressor_config()
+
+    c.optim = ml_collections.ConfigDict(dict(
+        learning_rate=2e-3, warmup_steps=100, end_lr_fraction=0.05, weight_decay=0.05,
+        b1=0.9, b2=0.98, clip_norm=1.0, accum_steps=1))
+
+    c.train = ml_collections.ConfigDict(dict(
+        batch_size=32,            # global
+        num_steps=1500,
+        dtype="auto",             # compute dtype: auto (bf16 on TPU/GPU, fp32 on CPU) | float32 | bfloat16
+        log_every=25,
+        eval_every=0,             # 0: evaluate once at the end
+        checkpoint_every=250,     # steps
+        checkpoint_minutes=10.0,  # also save when this much wall-clock time has passed
+        keep_checkpoints=2,
+        async_checkpoints=True,
+        profile_steps=0,          # >0: trace this many steps after step 10 into the workdir
+        progress_bar=True,
+    ))
+
+    c.eval = ml_collections.ConfigDict(dict(batch_size=50, num_examples=500, max_new_tokens=2))
+
+    c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))  # (data, fsdp, tensor)
+    c.sharding = ml_collections.ConfigDict(dict(rules=DEFAULT_RULES))
+    return c
+
+
+
+
+_CHOICES = {
+    "data.name": ("synthetic_video_qa",),
+    "compressor.residual": ("inter_frame", "anchor_relative"),
+    "compressor.anchor": ("first", "middle", "energy"),
+    "compressor.allocation": ("uniform", "energy"),
+    "compressor.output": ("absorbed", "dual"),
+    "compressor.dct_method": ("auto", "fft", "matmul"),
+    "compressor.pool_mode": ("average", "bilinear"),
+    "train.dtype": ("auto", "float32", "bfloat16"),
+}
+
+_POSITIVE = (
+    "data.num_frames", "data.image_size", "data.train_examples", "data.eval_examples",
+    "data.max_text_len", "data.max_answer_len", "data.read_threads",
+    "model.vision.patch_size", "model.vision.width", "model.vision.depth",
+    "model.vision.heads", "model.vision.mlp_dim",
+    "model.llm.width", "model.llm.depth", "model.llm.heads", "model.llm.kv_heads",
+    "model.llm.mlp_dim", "optim.accum_steps", "train.batch_size", "train.num_steps",
+    "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+    "eval.batch_size", "eval.num_examples", "eval.max_new_tokens",
+)
+
+
+def _flatten(c, prefix=""):
+    out = {}
+    for k, v in c.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, (ml_collections.ConfigDict, dict)):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _check_types(config: ml_collections.ConfigDict) -> dict:
+    schema = _flatten(base_config())
+    values = _flatten(config)
+    unknown = sorted(set(values) - set(schema))
+    if unknown:
+        raise ValueError(f"config: unknown keys {unknown} (typo?); see frejax/config_lib.py")
+    missing = sorted(set(schema) - set(values))
+    if missing:
+        raise ValueError(f"config: missing keys {missing}")
+    for key, default in schema.items():
+        value = values[key]
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif isinstance(default, str):
+            ok = isinstance(value, str)
+        else:
+            ok = True
+        if not ok:
+            raise ValueError(
+                f"config.{key}: expected {type(default).__name__}, got {value!r}")
+    return values
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises ``ValueError`` naming the key for unknown keys and impossible settings.
+
+    Compressor settings that depend on the video geometry (segment length,
+    coefficients, pooling against the budget) are checked when the model is
+    built abstractly at start-up, by the compressor itself.
+    """
+    from frejax import compression, sharding  # noqa: PLC0415  (registry import is heavy)
+
+    v = _check_types(config)
+    for key, allowed in _CHOICES.items():
+        if v[key] not in allowed:
+            raise ValueError(f"config.{key} must be one of {allowed}, got {v[key]!r}")
+    for key in _POSITIVE:
+        if v[key] < 1:
+            raise ValueError(f"config.{key} must be >= 1, got {v[key]}")
+    if v["compressor.name"] not in compression.names():
+        raise ValueError(
+            f"config.compressor.name: unknown compressor {v['compressor.name']!r};"
+            f" choose one of {compression.names()}")
+    if v["model.vision.image_size"] != v["data.image_size"]:
+        raise ValueError(
+            f"config.model.vision.image_size ({v['model.vision.image_size']}) must equal"
+            f" config.data.image_size ({v['data.image_size']})")
+    if v["data.image_size"] % v["model.vision.patch_size"]:
+        raise ValueError(
+            f"config.model.vision.patch_size ({v['model.vision.patch_size']}) must divide"
+            f" config.data.image_size ({v['data.image_size']})")
+    for section in ("vision", "llm"):
+        width, heads = v[f"model.{section}.width"], v[f"model.{section}.heads"]
+        if section == "vision" or not v["model.llm.head_dim"]:
+            if width % heads:
+                raise ValueError(
+                    f"config.model.{section}.heads ({heads}) must divide"
+                    f" config.model.{section}.width ({width})")
+    if v["model.llm.heads"] % v["model.llm.kv_heads"]:
+        raise ValueError(
+            f"config.model.llm.kv_heads ({v['model.llm.kv_heads']}) must divide"
+            f" config.model.llm.heads ({v['model.llm.heads']})")
+    if v["model.vision.width"] % v["compressor.absorber.heads"]:
+        raise ValueError(
+            f"config.compressor.absorber.heads ({v['compressor.absorber.heads']}) must divide"
+            f" config.model.vision.width ({v['model.vision.width']})")
+    if v["train.batch_size"] % v["optim.accum_steps"]:
+        raise ValueError(
+            f"config.train.batch_size ({v['train.batch_size']}) must be divisible by"
+            f" config.optim.accum_steps ({v['optim.accum_steps']})")
+    if v["eval.max_new_tokens"] < v["data.max_answer_len"]:
+        raise ValueError(
+            f"config.eval.max_new_tokens ({v['eval.max_new_tokens']}) must be >="
+            f" config.data.max_answer_len ({v['data.max_answer_len']})")
+    if v["eval.num_examples"] > v["data.eval_examples"]:
+        raise ValueError(
+            f"config.eval.num_examples ({v['eval.num_examples']}) exceeds"
+            f" config.data.eval_examples ({v['data.eval_examples']})")
+    for key in ("optim.learning_rate", "optim.clip_norm"):
+        if v[key] <= 0:
+            raise ValueError(f"config.{key} must be > 0, got {v[key]}")
+    if not 0 <= v["optim.end_lr_fraction"] <= 1:
+        raise ValueError(f"config.optim.end_lr_fraction must be in [0, 1], got {v['optim.end_lr_fraction']}")
+    if v["optim.warmup_steps"] < 0 or v["optim.warmup_steps"] > v["train.num_steps"]:
+        raise ValueError(
+            f"config.optim.warmup_steps must be in [0, train.num_steps={v['train.num_steps']}],"
+            f" got {v['optim.warmup_steps']}")
+    sharding.check_mesh_shape(v["mesh.shape"])  # device count is checked when the mesh is built
+    sharding.validate_rules(v["sharding.rules"])

@@ -1,0 +1,87 @@
+"""Exact-match evaluation by greedy decoding through the KV cache.
+
+An answer is right when the generated tokens up to the first end-of-sequence
+token equal the reference answer tokens. Accuracy is reported overall and per
+question family; padding examples (``example_valid`` False) never count.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from frejax import data as data_lib
+
+_MODEL_INPUTS = ("frames", "frame_mask", "tokens", "text_mask", "prompt_len")
+
+
+class Evaluator:
+    """Compiles generation once; ``evaluate(params)`` runs the whole eval split."""
+
+    def __init__(self, config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
+                 tokenizer: Any, mesh: jax.sharding.Mesh):
+        self.config, self.tokenizer, self.mesh = config, tokenizer, mesh
+        self.families = data_lib.family_names(config)
+        self.batch_sharding = data_lib.batch_sharding(mesh)
+        max_new = config.eval.max_new_tokens
+        eos = tokenizer.eos_id
+
+        def generate(params, batch):
+            model = nnx.merge(graphdef, params)
+            return model.generate(batch, max_new, eos_id=eos)
+
+        self._generate = jax.jit(generate)
+
+    def evaluate(self, params: Any) -> dict:
+        correct = np.zeros(len(self.families), np.int64)
+        total = np.zeros(len(self.families), np.int64)
+        for local in data_lib.make_eval_iterator(self.config, self.tokenizer, self.mesh):
+            batch = data_lib.to_global({k: local[k] for k in _MODEL_INPUTS}, self.batch_sharding)
+            generated = self._local_rows(self._generate(params, batch))
+            hits = exact_match(generated, local["answer_tokens"], local["answer_len"],
+                               self.tokenizer.eos_id)
+            valid = local["example_valid"].astype(bool)
+            np.add.at(correct, local["family"][valid], hits[valid])
+            np.add.at(total, local["family"][valid], 1)
+        if jax.process_count() > 1:
+            correct = multihost_utils.process_allgather(correct).sum(0)
+            total = multihost_utils.process_allgather(total).sum(0)
+        by_family = {name: float(c / t) for name, c, t in zip(self.families, correct, total) if t}
+        return dict(
+            accuracy=float(correct.sum() / max(total.sum(), 1)),
+            accuracy_by_family=by_family,
+            num_examples=int(total.sum()),
+            num_examples_by_family={n: int(t) for n, t in zip(self.families, total) if t})
+
+    @staticmethod
+    def _local_rows(x: jax.Array) -> np.ndarray:
+        """This process's rows of a batch-sharded global array, in order."""
+        if jax.process_count() == 1:
+            return np.asarray(jax.device_get(x))
+        shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+        rows, seen = [], set()
+        for s in shards:
+            start = s.index[0].start or 0
+            if start not in seen:
+                seen.add(start)
+                rows.append(np.asarray(s.data))
+        return np.concatenate(rows)
+
+
+def exact_match(generated: np.ndarray, answer_tokens: np.ndarray, answer_len: np.ndarray,
+                eos_id: int) -> np.ndarray:
+    """``(B, G)`` generated, ``(B, A)`` reference, ``(B,)`` lengths -> ``(B,)`` 0/1.
+
+    The prediction is everything before the first ``eos_id`` (all of it if none).
+    """
+    hits = np.zeros(len(generated), np.int64)
+    for i, (gen, ref, n) in enumerate(zip(generated, answer_tokens, answer_len)):
+        stop = np.flatnonzero(gen == eos_id)
+        pred = gen[: stop[0]] if stop.size else gen
+        hits[i] = int(len(pred) == n and np.array_equal(pred, ref[:n]))
+    return hits

@@ -1,0 +1,44 @@
+r"""frejax entry point: train and evaluate a video MLLM with a token compressor.
+
+    python -m frejax.main --config=configs/long_video.py
+    python -m frejax.main --config=configs/short_video.py:smoke --workdir=/tmp/run
+    python -m frejax.main --config=configs/long_video.py --mode=eval
+    python -m frejax.main --config=configs/long_video.py \
+        --config.compressor.name=uniform_frames --config.compressor.ratio=8
+
+Everything but flag parsing lives in importable modules (``frejax.train``).
+"""
+
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, optionally with an arg: configs/x.py:arg.", lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Run directory (checkpoints, metrics, results). Default: workdirs/<config name>.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"],
+                          "train: train (resuming if possible) then evaluate; eval: evaluate the latest checkpoint.")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from frejax import train  # noqa: PLC0415  (after flags: JAX initialises here)
+
+    config = _CONFIG.value
+    workdir = _WORKDIR.value or os.path.join("workdirs", config.name)
+    logging.info("Config %s, workdir %s, mode %s", config.name, workdir, _MODE.value)
+    if _MODE.value == "train":
+        results = train.train_and_evaluate(config, workdir)
+    else:
+        results = train.evaluate_checkpoint(config, workdir)
+    print(train.format_results(results))
+
+
+if __name__ == "__main__":  # Grain workers spawn: nothing may run on import.
+    app.run(main)

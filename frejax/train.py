@@ -1,0 +1,379 @@
+"""Training and evaluation of a video MLLM with a visual-token compressor.
+
+Read top to bottom: model and optimiser, the train state built sharded from
+birth, the jitted train step, and ``train_and_evaluate``, the whole run.
+
+The train state is a plain dict ``{step, params, opt_state}`` of arrays; the
+model is rebuilt from its ``nnx.GraphDef`` inside every jitted function
+(``nnx.merge``), so everything the compiler sees is a pure function of arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+
+from frejax import checkpointing
+from frejax import config_lib
+from frejax import data as data_lib
+from frejax import evaluate as eval_lib
+from frejax import metric_logging
+from frejax import sharding
+from frejax.models.video_mllm import VideoMLLM
+
+# ----------------------------------------------------------------------------
+# Model and optimiser.
+# ----------------------------------------------------------------------------
+
+
+def compute_dtype(name: str) -> jnp.dtype:
+    """``auto``: bfloat16 on TPU/GPU, float32 on CPU (where bf16 is emulated)."""
+    if name == "auto":
+        return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+    return jnp.dtype(name)
+
+
+def create_model(config: ml_collections.ConfigDict, tokenizer: Any, *, seed: int) -> VideoMLLM:
+    model_cfg = ml_collections.ConfigDict(config.model.to_dict())
+    if not model_cfg.llm.vocab_size:
+        model_cfg.llm.vocab_size = tokenizer.vocab_size
+    elif model_cfg.llm.vocab_size < tokenizer.vocab_size:
+        raise ValueError(
+            f"config.model.llm.vocab_size ({model_cfg.llm.vocab_size}) is smaller than the"
+            f" tokenizer's vocabulary ({tokenizer.vocab_size})")
+    return VideoMLLM(
+        model_cfg, config.compressor, num_frames=config.data.num_frames,
+        vocab_size=model_cfg.llm.vocab_size, video_token_id=tokenizer.video_id,
+        rngs=nnx.Rngs(seed), dtype=compute_dtype(config.train.dtype),
+        param_dtype=jnp.float32)
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+    o = config.optim
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=o.learning_rate, warmup_steps=o.warmup_steps,
+        decay_steps=config.train.num_steps, end_value=o.learning_rate * o.end_lr_fraction)
+
+
+def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    o = config.optim
+    schedule = learning_rate_schedule(config)
+    # No weight decay on vectors (norm scales, biases, gates).
+    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)  # noqa: E731
+    return optax.chain(
+        optax.clip_by_global_norm(o.clip_norm),
+        optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask))
+
+
+# ----------------------------------------------------------------------------
+# The train state, sharded from birth.
+# ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSetup:
+    """Static pieces of a run: model structure, optimiser, state shardings."""
+
+    graphdef: nnx.GraphDef
+    tx: optax.GradientTransformation
+    abstract_state: Any      # ShapeDtypeStructs carrying their NamedShardings
+    state_shardings: Any
+    num_visual_tokens: int   # M, the LLM's visual sequence length (the budget)
+    visual_tokens_used: int  # tokens the compressor really fills
+    full_visual_tokens: int  # T * N
+
+
+def make_setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, tokenizer: Any) -> TrainSetup:
+    """Builds the model abstractly (no FLOPs, no memory) and derives shardings."""
+    abstract_model = nnx.eval_shape(lambda: create_model(config, tokenizer, seed=config.seed))
+    graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
+    param_specs = sharding.param_specs(abstract_params)
+    tx = create_optimizer(config)
+    pure_params = nnx.to_pure_dict(abstract_params)
+    pure_specs = nnx.to_pure_dict(param_specs)
+    abstract_opt = jax.eval_shape(tx.init, pure_params)
+    opt_specs = optax.tree_map_params(
+        tx, lambda _, spec: spec, abstract_opt, pure_specs,
+        transform_non_params=lambda _: jax.P(), is_leaf=lambda x: isinstance(x, jax.P))
+    specs = dict(step=jax.P(), params=pure_specs, opt_state=opt_specs)
+    shardings = sharding.named_shardings(specs, mesh)
+    abstract = dict(step=jax.ShapeDtypeStruct((), jnp.int32), params=pure_params,
+                    opt_state=abstract_opt)
+    abstract = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    return TrainSetup(
+        graphdef=graphdef, tx=tx, abstract_state=abstract, state_shardings=shardings,
+        num_visual_tokens=abstract_model.num_visual_tokens,
+        visual_tokens_used=abstract_model.visual_tokens_used,
+        full_visual_tokens=abstract_model.full_visual_tokens)
+
+
+def init_state(config: ml_collections.ConfigDict, setup: TrainSetup, tokenizer: Any) -> dict:
+    """Initialises params and optimiser state directly into their shardings."""
+
+    def init():
+        model = create_model(config, tokenizer, seed=config.seed)
+        params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+        return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=setup.tx.init(params))
+
+    return jax.jit(init, out_shardings=setup.state_shardings)()
+
+
+# ----------------------------------------------------------------------------
+# The train step.
+# ----------------------------------------------------------------------------
+
+
+def loss_and_metrics(logits: jax.Array, batch: dict) -> tuple[jax.Array, dict]:
+    """Next-token cross-entropy on answer positions only.
+
+    ``logits`` are text-aligned ``(batch, length, vocab)``: position i predicts
+    token i+1; ``loss_mask[:, i]`` marks positions whose next token is answer or eos.
+    """
+    logits = logits[:, :-1].astype(jnp.float32)
+    targets = batch["tokens"][:, 1:]
+    weights = batch["loss_mask"][:, :-1].astype(jnp.float32)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    denom = jnp.maximum(weights.sum(), 1.0)
+    loss = (ce * weights).sum() / denom
+    correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+    return loss, dict(loss=loss, token_accuracy=(correct * weights).sum() / denom,
+                      answer_tokens=weights.sum())
+
+
+def make_train_step(setup: TrainSetup, config: ml_collections.ConfigDict, batch_shardings: Any):
+    """Returns ``step(state, batch) -> (state, metrics)``, jitted, donating the state."""
+    graphdef, tx = setup.graphdef, setup.tx
+    accum = config.optim.accum_steps
+    schedule = learning_rate_schedule(config)
+
+    def grads_of(params, batch):
+        def loss_fn(p):
+            model = nnx.merge(graphdef, p)
+            return loss_and_metrics(model(batch), batch)
+
+        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return grads, metrics
+
+    def step(state, batch):
+        params = state["params"]
+        if accum == 1:
+            grads, metrics = grads_of(params, batch)
+        else:
+            # Micro-batches along the batch axis, summed in a scan: memory of one
+            # micro-batch, the same update as the full batch (equal weights per
+            # micro-batch, i.e. the mean of per-micro-batch mean losses).
+            micro = jax.tree.map(
+                lambda x: x.reshape((accum, x.shape[0] // accum) + x.shape[1:]), batch)
+
+            def body(carry, mb):
+                g, m = grads_of(params, mb)
+                return jax.tree.map(jnp.add, carry, (g, m)), None
+
+            zeros = jax.eval_shape(grads_of, params, jax.tree.map(lambda x: x[0], micro))
+            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros)
+            (grads, metrics), _ = jax.lax.scan(body, zeros, micro)
+            grads = jax.tree.map(lambda g: g / accum, grads)
+            metrics = {k: (v if k == "answer_tokens" else v / accum) for k, v in metrics.items()}
+        updates, opt_state = tx.update(grads, state["opt_state"], params)
+        params = optax.apply_updates(params, updates)
+        metrics = dict(metrics, grad_norm=optax.global_norm(grads),
+                       learning_rate=schedule(state["step"]))
+        return dict(step=state["step"] + 1, params=params, opt_state=opt_state), metrics
+
+    return jax.jit(
+        step, in_shardings=(setup.state_shardings, batch_shardings),
+        out_shardings=(setup.state_shardings, None), donate_argnums=(0,))
+
+
+# ----------------------------------------------------------------------------
+# The run.
+# ----------------------------------------------------------------------------
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+def _check_finite(step: int, values: dict | None, last_saved: int | None) -> None:
+    if values is not None and not np.isfinite(values["loss"]):
+        raise NonFiniteLossError(
+            f"non-finite loss {values['loss']} at step {step}; stopping without saving."
+            f" Last good checkpoint: {last_saved if last_saved is not None else 'none'}."
+            " Lower optim.learning_rate, check the data, or use train.dtype=float32.")
+
+
+def build_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+    return sharding.make_mesh(config.mesh.shape)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains (resuming from ``workdir`` if it holds a checkpoint), evaluates, writes results.
+
+    Returns the results dict also written to ``<workdir>/results.json``.
+    """
+    config_lib.validate(config)
+    os.makedirs(workdir, exist_ok=True)
+    mesh = build_mesh(config)
+    with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
+        return _train_and_evaluate(config, workdir, mesh)
+
+
+def _train_and_evaluate(config, workdir, mesh) -> dict:
+    tokenizer = data_lib.make_tokenizer(config)
+    setup = make_setup(config, mesh, tokenizer)
+    batch_sharding = data_lib.batch_sharding(mesh)
+    train_iter = data_lib.make_train_iterator(config, tokenizer, mesh)
+    ckpt = checkpointing.Checkpointer(
+        os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,
+        async_save=config.train.async_checkpoints)
+
+    latest = ckpt.latest_step()
+    if latest is None:
+        state = init_state(config, setup, tokenizer)
+        logging.info("Initialised a new run in %s", workdir)
+    else:
+        state = ckpt.restore(latest, setup.abstract_state, train_iter)
+        logging.info("Resuming from step %d in %s", latest, workdir)
+    start_step = int(jax.device_get(state["step"]))
+    _log_model_summary(setup, state)
+
+    train_step = make_train_step(setup, config, batch_sharding)
+    evaluator = eval_lib.Evaluator(config, setup.graphdef, tokenizer, mesh)
+    logger = metric_logging.MetricLogger(
+        workdir, total_steps=config.train.num_steps, initial_step=start_step,
+        log_every=config.train.log_every, progress_bar=config.train.progress_bar)
+    profiler = _Profiler(workdir, config.train.profile_steps, start_step)
+
+    last_saved = latest
+    last_save_time = time.monotonic()
+    try:
+        for step in range(start_step + 1, config.train.num_steps + 1):
+            profiler.maybe_start(step)
+            batch = data_lib.next_global_batch(train_iter, batch_sharding)
+            state, metrics = train_step(state, batch)
+            _check_finite(step - 1, logger.log_late(step, metrics), last_saved)
+            profiler.maybe_stop(step, state)
+
+            minutes = (time.monotonic() - last_save_time) / 60
+            if (step % config.train.checkpoint_every == 0 or step == config.train.num_steps
+                    or minutes >= config.train.checkpoint_minutes):
+                # The loss of this very step must be finite before it may be saved.
+                _check_finite(step, logger.flush(), last_saved)
+                ckpt.save(step, state, train_iter, config, force=True)
+                last_saved, last_save_time = step, time.monotonic()
+            if config.train.eval_every and step % config.train.eval_every == 0 \
+                    and step != config.train.num_steps:
+                results = evaluator.evaluate(state["params"])
+                logger.write(step, _scalar_results(results), prefix="eval")
+        _check_finite(config.train.num_steps, logger.flush(), last_saved)
+    finally:
+        logger.close()
+        ckpt.close()
+
+    results = evaluator.evaluate(state["params"])
+    results = finalize_results(results, setup, config, int(jax.device_get(state["step"])))
+    write_results(workdir, results)
+    return results
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """``--mode=eval``: restores the latest checkpoint in ``workdir`` and evaluates it."""
+    config_lib.validate(config)
+    mesh = build_mesh(config)
+    with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
+        tokenizer = data_lib.make_tokenizer(config)
+        setup = make_setup(config, mesh, tokenizer)
+        ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                          keep=config.train.keep_checkpoints)
+        latest = ckpt.latest_step()
+        if latest is None:
+            raise FileNotFoundError(f"no checkpoint to evaluate in {ckpt.directory}")
+        state = ckpt.restore(latest, setup.abstract_state)
+        ckpt.close()
+        evaluator = eval_lib.Evaluator(config, setup.graphdef, tokenizer, mesh)
+        results = finalize_results(evaluator.evaluate(state["params"]), setup, config, latest)
+    write_results(workdir, results)
+    return results
+
+
+def finalize_results(results: dict, setup: TrainSetup, config, step: int) -> dict:
+    return dict(
+        results,
+        compressor=config.compressor.name,
+        step=step,
+        visual_tokens_per_video=setup.num_visual_tokens,
+        visual_tokens_used_per_video=setup.visual_tokens_used,
+        full_visual_tokens_per_video=setup.full_visual_tokens,
+        compression_ratio=setup.full_visual_tokens / setup.num_visual_tokens,
+        config_name=config.name,
+    )
+
+
+def write_results(workdir: str, results: dict) -> None:
+    if jax.process_index() != 0:
+        return
+    path = os.path.join(workdir, "results.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)  # atomic: a reader never sees half a file
+    logging.info("Wrote %s: %s", path, json.dumps(_scalar_results(results)))
+
+
+def _scalar_results(results: dict) -> dict:
+    return {k: v for k, v in results.items() if isinstance(v, (int, float, dict))}
+
+
+def _log_model_summary(setup: TrainSetup, state: dict) -> None:
+    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
+    logging.info(
+        "Model: %.2fM params; visual tokens per video %d of %d (%.1fx fewer), %d used",
+        num_params / 1e6, setup.num_visual_tokens, setup.full_visual_tokens,
+        setup.full_visual_tokens / setup.num_visual_tokens, setup.visual_tokens_used)
+
+
+class _Profiler:
+    """Traces ``num_steps`` steps (after compilation settles) into ``<workdir>/profile``."""
+
+    def __init__(self, workdir: str, num_steps: int, start_step: int):
+        self.dir = os.path.join(workdir, "profile")
+        self.first = start_step + 10
+        self.last = self.first + num_steps - 1
+        self.enabled = num_steps > 0
+        self.active = False
+
+    def maybe_start(self, step: int) -> None:
+        if self.enabled and step == self.first and jax.process_index() == 0:
+            jax.profiler.start_trace(self.dir)
+            self.active = True
+
+    def maybe_stop(self, step: int, state: Any) -> None:
+        if self.active and step >= self.last:
+            jax.block_until_ready(state)
+            jax.profiler.stop_trace()
+            self.active = False
+            logging.info("Profile of steps %d-%d written to %s", self.first, step, self.dir)
+
+
+def format_results(results: dict) -> str:
+    """A short human summary of ``results.json``."""
+    lines = [
+        f"compressor {results['compressor']}: {results['visual_tokens_per_video']} visual tokens"
+        f" per video vs {results['full_visual_tokens_per_video']} full"
+        f" ({results['compression_ratio']:.1f}x fewer), step {results['step']}",
+        f"accuracy {results['accuracy']:.3f} on {results['num_examples']} examples",
+    ]
+    lines += [f"  {name:<18} {acc:.3f}" for name, acc in results["accuracy_by_family"].items()]
+    return "\n".join(lines)
