@@ -9,6 +9,7 @@ r"""frejax entry point: train and evaluate a video MLLM with a token compressor.
 Everything but flag parsing lives in importable modules (``frejax.train``).
 """
 
+import logging as py_logging
 import os
 
 from absl import app
@@ -25,9 +26,19 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"],
 flags.mark_flags_as_required(["config"])
 
 
+class _QuietLibraries(py_logging.Filter):
+    """Drops INFO chatter of Orbax and Grain (they log every save stage); warnings pass."""
+
+    def filter(self, record: py_logging.LogRecord) -> bool:
+        noisy = ("/orbax/", "/grain/", "/etils/")
+        return record.levelno >= py_logging.WARNING or not any(
+            n in record.pathname for n in noisy)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.get_absl_handler().addFilter(_QuietLibraries())
     from frejax import train  # noqa: PLC0415  (after flags: JAX initialises here)
 
     config = _CONFIG.value

@@ -188,8 +188,12 @@ def make_train_step(setup: TrainSetup, config: ml_collections.ConfigDict, batch_
             metrics = {k: (v if k == "answer_tokens" else v / accum) for k, v in metrics.items()}
         updates, opt_state = tx.update(grads, state["opt_state"], params)
         params = optax.apply_updates(params, updates)
+        # A state with a non-finite parameter must never be checkpointed.
+        params_finite = jnp.all(jnp.array(
+            [jnp.isfinite(p).all() for p in jax.tree.leaves(params)]))
         metrics = dict(metrics, grad_norm=optax.global_norm(grads),
-                       learning_rate=schedule(state["step"]))
+                       learning_rate=schedule(state["step"]),
+                       params_finite=params_finite.astype(jnp.float32))
         return dict(step=state["step"] + 1, params=params, opt_state=opt_state), metrics
 
     return jax.jit(
@@ -207,9 +211,13 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def _check_finite(step: int, values: dict | None, last_saved: int | None) -> None:
-    if values is not None and not np.isfinite(values["loss"]):
+    if values is None:
+        return
+    if not np.isfinite(values["loss"]) or values["params_finite"] != 1.0:
+        what = (f"non-finite loss {values['loss']}" if not np.isfinite(values["loss"])
+                else "non-finite parameters after the update")
         raise NonFiniteLossError(
-            f"non-finite loss {values['loss']} at step {step}; stopping without saving."
+            f"{what} at step {step}; stopping without saving."
             f" Last good checkpoint: {last_saved if last_saved is not None else 'none'}."
             " Lower optim.learning_rate, check the data, or use train.dtype=float32.")
 
