@@ -1,0 +1,389 @@
+"""Matched-budget baseline compressors: parameter-free, static-shape, frame-mask aware.
+
+Every baseline maps vision latents ``(batch, frames T, tokens N, embed D)`` on an
+``(h, w)`` grid to at most ``budget`` tokens ``(batch, M', embed)`` plus a mask
+``(batch, M')``; ``Compressor.__call__`` pads to exactly ``budget``. The math runs
+per example under ``sharding.batch_local`` (no collectives), inside ``jit``.
+
+Token counts for a fully valid video (``num_valid_tokens``):
+
+* ``full``:            ``T*N`` (needs ``budget == T*N``).
+* ``uniform_frames``:  ``F*N`` with ``F = budget // N`` (needs ``budget >= N``).
+* ``spatial_pool``:    ``F*h'*w'``; ``F = min(T, budget)``, ``h'*w'`` the largest
+                       pooled grid with ``F*h'*w' <= budget``.
+* ``fourier_2d``:      ``F*c``; ``F = min(T, budget)``, ``c = min(N, budget // F)``.
+* ``temporal_merge``:  ``budget``.
+
+Frames dropped by ``frame_mask`` never contribute a valid token.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from frejax import sharding
+from frejax.compression import dct as dct_lib
+from frejax.compression.base import CompressedTokens, Compressor, VideoGeometry, register
+
+
+def _option(options: Any, key: str, default: Any) -> Any:
+    return default if options is None else options.get(key, default)
+
+
+@functools.lru_cache(maxsize=256)
+def uniform_frame_indices(frames: int, keep: int) -> tuple[int, ...]:
+    """Indices of ``keep`` frames out of ``frames``: the centres of ``keep`` equal bins."""
+    if not 1 <= keep <= frames:
+        raise ValueError(f"uniform_frame_indices: keep must be in [1, {frames}], got {keep}")
+    return tuple(int(math.floor((i + 0.5) * frames / keep)) for i in range(keep))
+
+
+def _frame_tokens_mask(frame_mask: jax.Array, per_frame: int) -> jax.Array:
+    """``(B, F)`` frame validity -> ``(B, F*per_frame)`` token validity (frame-major)."""
+    return jnp.repeat(frame_mask, per_frame, axis=1)
+
+
+# --------------------------------------------------------------------------- full
+
+
+@register
+class Full(Compressor):
+    """Every token of every frame: the accuracy ceiling and the cost to beat.
+
+    ``(batch, frames, tokens, embed)`` -> ``(batch, frames * tokens, embed)``,
+    frame-major. Needs ``budget == T*N`` (the config resolves budget 0 to that).
+    """
+
+    name = "full"
+
+    def __init__(self, geometry: VideoGeometry, budget: int, options: Any = None, *,
+                 rngs: nnx.Rngs | None = None):
+        super().__init__(geometry, budget, options, rngs=rngs)
+        if self.budget != geometry.full_tokens:
+            raise ValueError(
+                f"compressor.budget: `full` needs budget T*N = {geometry.frames}*"
+                f"{geometry.tokens} = {geometry.full_tokens}, got {budget}"
+                " (set compressor.budget = 0 for the full budget)")
+
+    @property
+    def num_valid_tokens(self) -> int:
+        return self.geometry.full_tokens
+
+    def compress(self, latents: jax.Array, frame_mask: jax.Array) -> CompressedTokens:
+        n = self.geometry.tokens
+
+        def fn(x, fm):
+            b, t, _, d = x.shape
+            return x.reshape(b, t * n, d), _frame_tokens_mask(fm, n)
+
+        return CompressedTokens(*sharding.batch_local(fn)(latents, frame_mask))
+
+
+# ---------------------------------------------------------------- uniform frames
+
+
+@register
+class UniformFrames(Compressor):
+    """Keep ``F = budget // N`` frames at full resolution, evenly spread over time.
+
+    After common practice (uniform frame sampling, e.g. LLaVA-Video 2410.02713).
+    Frame ``i`` of the kept ``F`` is ``floor((i + 0.5) * T / F)``, the centre of
+    the ``i``-th of ``F`` equal bins. ``(batch, frames, tokens, embed)`` ->
+    ``(batch, F * tokens, embed)``; tokens of masked-off frames are invalid.
+    """
+
+    name = "uniform_frames"
+
+    def __init__(self, geometry: VideoGeometry, budget: int, options: Any = None, *,
+                 rngs: nnx.Rngs | None = None):
+        super().__init__(geometry, budget, options, rngs=rngs)
+        if self.budget < geometry.tokens:
+            raise ValueError(
+                f"compressor.budget: `uniform_frames` keeps whole frames and needs budget"
+                f" >= N = {geometry.tokens} tokens per frame, got {budget}")
+        self.kept_frames = self.budget // geometry.tokens
+
+    @property
+    def frame_indices(self) -> tuple[int, ...]:
+        return uniform_frame_indices(self.geometry.frames, self.kept_frames)
+
+    @property
+    def num_valid_tokens(self) -> int:
+        return self.kept_frames * self.geometry.tokens
+
+    def compress(self, latents: jax.Array, frame_mask: jax.Array) -> CompressedTokens:
+        idx = np.asarray(self.frame_indices)
+        n = self.geometry.tokens
+
+        def fn(x, fm):
+            b, _, _, d = x.shape
+            kept = x[:, idx].reshape(b, len(idx) * n, d)
+            return kept, _frame_tokens_mask(fm[:, idx], n)
+
+        return CompressedTokens(*sharding.batch_local(fn)(latents, frame_mask))
+
+
+# ---------------------------------------------------------------- spatial pooling
+
+
+@functools.lru_cache(maxsize=256)
+def pooled_grid(frames: int, grid: tuple[int, int], budget: int) -> tuple[int, int, int]:
+    """``(F, h', w')`` for pooling: ``F*h'*w' <= budget``, ``h'*w'`` as large as possible.
+
+    All ``h' <= h``, ``w' <= w`` are searched; ties go to the aspect ratio closest
+    to the grid's (in log space), then to the larger ``h'``. When even ``1x1`` per
+    frame exceeds the budget (``budget < T``), ``F = budget`` frames are kept.
+    """
+    h, w = grid
+    keep = min(frames, budget)
+    per_frame = budget // keep
+    target = math.log(h / w)
+    best = min(((hh, ww) for hh in range(1, h + 1) for ww in range(1, w + 1)
+                if hh * ww <= per_frame),
+               key=lambda s: (-s[0] * s[1], abs(math.log(s[0] / s[1]) - target), -s[0]))
+    return keep, best[0], best[1]
+
+
+@functools.lru_cache(maxsize=256)
+def adaptive_pool_matrix(size: int, out: int) -> np.ndarray:
+    """``(out, size)`` averaging matrix; row ``i`` averages the adaptive bin
+    ``[floor(i*size/out), ceil((i+1)*size/out))``.
+
+    The adaptive bins of PyTorch's ``adaptive_avg_pool``; bins overlap when ``out``
+    does not divide ``size``. Rows sum to 1, so constants stay constant.
+    """
+    mat = np.zeros((out, size))
+    for i in range(out):
+        lo = (i * size) // out
+        hi = -((-(i + 1) * size) // out)
+        mat[i, lo:hi] = 1.0 / (hi - lo)
+    return mat
+
+
+@register
+class SpatialPool(Compressor):
+    """Per-frame pooling of the ``(h, w)`` grid to ``(h', w')`` with ``T*h'*w' <= budget``.
+
+    After LLaVA-Video (2410.02713) / LLaVA-OneVision (2408.03326).
+    ``(batch, frames, tokens, embed)`` -> ``(batch, F * h' * w', embed)``,
+    frame-major then row-major. Options: ``pool_mode`` ``'average'`` (area
+    pooling over adaptive bins, default) or ``'bilinear'`` (``jax.image.resize``
+    with antialiasing). If ``budget < T`` even ``1x1`` per frame is too many, so
+    ``F = budget`` frames are kept (centres of equal bins), each pooled to ``1x1``.
+    """
+
+    name = "spatial_pool"
+    pool_modes = ("average", "bilinear")
+
+    def __init__(self, geometry: VideoGeometry, budget: int, options: Any = None, *,
+                 rngs: nnx.Rngs | None = None):
+        super().__init__(geometry, budget, options, rngs=rngs)
+        self.pool_mode = str(_option(options, "pool_mode", "average"))
+        if self.pool_mode not in self.pool_modes:
+            raise ValueError(
+                f"compressor.pool_mode must be one of {self.pool_modes}, got {self.pool_mode!r}")
+        self.kept_frames, self.out_h, self.out_w = pooled_grid(
+            geometry.frames, tuple(geometry.grid), self.budget)
+
+    @property
+    def num_valid_tokens(self) -> int:
+        return self.kept_frames * self.out_h * self.out_w
+
+    def compress(self, latents: jax.Array, frame_mask: jax.Array) -> CompressedTokens:
+        (h, w), (oh, ow) = self.geometry.grid, (self.out_h, self.out_w)
+        idx = np.asarray(uniform_frame_indices(self.geometry.frames, self.kept_frames))
+        mode = self.pool_mode
+
+        def fn(x, fm):
+            b, _, _, d = x.shape
+            f = len(idx)
+            grid = x[:, idx].reshape(b, f, h, w, d)
+            if mode == "average":
+                ph = jnp.asarray(adaptive_pool_matrix(h, oh), x.dtype)
+                pw = jnp.asarray(adaptive_pool_matrix(w, ow), x.dtype)
+                pooled = jnp.einsum("ay,bx,tfyxd->tfabd", ph, pw, grid,
+                                    precision=jax.lax.Precision.HIGHEST)
+            else:
+                pooled = jax.image.resize(grid, (b, f, oh, ow, d), method="bilinear",
+                                          antialias=True)
+            return pooled.reshape(b, f * oh * ow, d), _frame_tokens_mask(fm[:, idx], oh * ow)
+
+        return CompressedTokens(*sharding.batch_local(fn)(latents, frame_mask))
+
+
+# ------------------------------------------------------------------- Fourier 2D
+
+
+@functools.lru_cache(maxsize=256)
+def zigzag_order(h: int, w: int) -> tuple[tuple[int, int], ...]:
+    """All ``(i, j)`` of an ``h x w`` DCT grid, lowest frequency first (JPEG zig-zag).
+
+    Sorted by ``i + j`` (anti-diagonal); along an even diagonal ``i`` decreases,
+    along an odd one it increases, as in JPEG.
+    """
+    cells = [(i, j) for i in range(h) for j in range(w)]
+    return tuple(sorted(cells, key=lambda c: (c[0] + c[1],
+                                              c[0] if (c[0] + c[1]) % 2 else -c[0])))
+
+
+@register
+class Fourier2D(Compressor):
+    """Per-frame 2D orthonormal DCT of the token grid; keep the ``c`` lowest frequencies.
+
+    After Fourier-VLM (2508.06038). For each frame, ``dct`` along ``h`` then ``w``
+    (orthonormal DCT-II, so the DC coefficient is ``sqrt(N)`` times the frame's
+    mean token); the first ``c`` coefficients in zig-zag order (``zigzag_order``)
+    are the output tokens, in the frequency domain as in the paper.
+    ``(batch, frames, tokens, embed)`` -> ``(batch, F * c, embed)`` with
+    ``F = min(T, budget)`` (frames centred in equal bins when ``budget < T``) and
+    ``c = min(N, budget // F)``.
+    """
+
+    name = "fourier_2d"
+
+    def __init__(self, geometry: VideoGeometry, budget: int, options: Any = None, *,
+                 rngs: nnx.Rngs | None = None):
+        super().__init__(geometry, budget, options, rngs=rngs)
+        self.kept_frames = min(geometry.frames, self.budget)
+        self.coeffs_per_frame = min(geometry.tokens, self.budget // self.kept_frames)
+
+    @property
+    def num_valid_tokens(self) -> int:
+        return self.kept_frames * self.coeffs_per_frame
+
+    @property
+    def coefficient_order(self) -> tuple[tuple[int, int], ...]:
+        """The ``(i, j)`` DCT frequency of each output token within a frame."""
+        return zigzag_order(*self.geometry.grid)[:self.coeffs_per_frame]
+
+    def compress(self, latents: jax.Array, frame_mask: jax.Array) -> CompressedTokens:
+        h, w = self.geometry.grid
+        idx = np.asarray(uniform_frame_indices(self.geometry.frames, self.kept_frames))
+        order = np.asarray(self.coefficient_order)
+        kh, kw = int(order[:, 0].max()) + 1, int(order[:, 1].max()) + 1
+        flat = order[:, 0] * kw + order[:, 1]
+        c = len(order)
+
+        def fn(x, fm):
+            b, _, _, d = x.shape
+            f = len(idx)
+            grid = x[:, idx].reshape(b, f, h, w, d)
+            # Only the kh x kw low block is ever needed.
+            freq = dct_lib.dct(dct_lib.dct(grid, axis=2, num_coeffs=kh), axis=3, num_coeffs=kw)
+            tokens = freq.reshape(b, f, kh * kw, d)[:, :, flat]
+            return tokens.reshape(b, f * c, d), _frame_tokens_mask(fm[:, idx], c)
+
+        return CompressedTokens(*sharding.batch_local(fn)(latents, frame_mask))
+
+
+# ------------------------------------------------------------- temporal merging
+
+
+def _cosine(a: jax.Array, b: jax.Array, eps: float = 1e-6) -> jax.Array:
+    dot = jnp.sum(a * b, axis=-1)
+    return dot / (jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1) + eps)
+
+
+def novelty_scores(latents: jax.Array, frame_mask: jax.Array, threshold: float) -> jax.Array:
+    """Per-token novelty from a running temporal merge at each spatial position.
+
+    Args:
+      latents: ``(batch, frames, tokens, embed)``.
+      frame_mask: ``(batch, frames)`` bool.
+      threshold: cosine similarity above which a token merges into its group.
+    Returns:
+      ``(batch, frames, tokens)``: ``3`` for the first valid frame at a position,
+      ``1 - cos(token, group mean)`` otherwise (``< 1 - threshold`` exactly when the
+      token merges into the running group, which then absorbs it), ``-inf`` for
+      masked-off frames.
+    """
+
+    def step(carry, inputs):
+        group_sum, started = carry            # (B, N, D), (B, N)
+        x, valid = inputs                     # (B, N, D), (B,)
+        valid = jnp.broadcast_to(valid[:, None], started.shape)
+        sim = _cosine(x, group_sum)
+        merge = started & valid & (sim > threshold)
+        fresh = valid & ~merge
+        score = jnp.where(valid, jnp.where(started, 1.0 - sim, 3.0), -jnp.inf)
+        group_sum = jnp.where(merge[..., None], group_sum + x,
+                              jnp.where(fresh[..., None], x, group_sum))
+        return (group_sum, started | valid), score.astype(jnp.float32)
+
+    b, _, n, d = latents.shape
+    init = (jnp.zeros((b, n, d), latents.dtype), jnp.zeros((b, n), bool))
+    _, scores = jax.lax.scan(step, init, (jnp.swapaxes(latents, 0, 1), frame_mask.T))
+    return jnp.swapaxes(scores, 0, 1)
+
+
+@register
+class TemporalMerge(Compressor):
+    """Merge each token into its same-position group over time; keep ``budget`` tokens.
+
+    After DyCoke (2411.15024) / STTM (2507.07990). The rule, per video:
+
+    1. At each spatial position walk the valid frames in order; a token whose
+       cosine similarity to the running group's mean exceeds ``merge_threshold``
+       (option, default 0.9) merges into it, otherwise it starts a new group.
+       Its novelty is ``1 - that similarity`` (``novelty_scores``); the first
+       valid frame scores above every other token, so group heads always rank
+       above merged tokens.
+    2. Keep the ``budget`` most novel tokens (``jax.lax.top_k``, static ``k``),
+       ordered by ``(frame, position)``. Fewer heads than the budget: the most
+       novel merged tokens fill it; more heads: the least novel are dropped.
+    3. Every valid token is averaged into the latest kept token at or before its
+       frame at its position (with all heads kept this is exactly the step-1
+       group mean). Tokens before the first kept token at their position (only
+       possible when ``budget < N``) are dropped.
+
+    ``(batch, frames, tokens, embed)`` -> ``(batch, budget, embed)``; exactly
+    ``min(budget, valid tokens)`` are valid, so ``num_valid_tokens == budget``.
+    """
+
+    name = "temporal_merge"
+
+    def __init__(self, geometry: VideoGeometry, budget: int, options: Any = None, *,
+                 rngs: nnx.Rngs | None = None):
+        super().__init__(geometry, budget, options, rngs=rngs)
+        self.merge_threshold = float(_option(options, "merge_threshold", 0.9))
+        if not -1.0 <= self.merge_threshold <= 1.0:
+            raise ValueError(
+                f"compressor.merge_threshold must be a cosine similarity in [-1, 1],"
+                f" got {self.merge_threshold}")
+
+    @property
+    def num_valid_tokens(self) -> int:
+        return self.budget
+
+    def compress(self, latents: jax.Array, frame_mask: jax.Array) -> CompressedTokens:
+        t, n, k = self.geometry.frames, self.geometry.tokens, self.budget
+        threshold = self.merge_threshold
+
+        def fn(x, fm):
+            b, _, _, d = x.shape
+            scores = novelty_scores(x, fm, threshold).reshape(b, t * n)
+            top, sel = jax.lax.top_k(scores, k)
+            chosen = jnp.isfinite(top)
+            # (frame, position) order; unused slots (masked frames) go to the end.
+            key = jnp.sort(jnp.where(chosen, sel, t * n + sel), axis=1)
+            sel, chosen = key % (t * n), key < t * n
+            rows = jnp.arange(b)[:, None]
+            kept = jnp.zeros((b, t * n), bool).at[rows, sel].set(chosen).reshape(b, t, n)
+            frame = jnp.arange(t)[None, :, None]
+            owner = jax.lax.cummax(jnp.where(kept, frame, -1), axis=1)   # (B, T, N)
+            member = fm[:, :, None] & (owner >= 0)
+            target = jnp.where(member, owner * n + jnp.arange(n), t * n).reshape(b, t * n)
+            sums = jnp.zeros((b, t * n + 1, d), x.dtype).at[rows, target].add(
+                x.reshape(b, t * n, d))
+            counts = jnp.zeros((b, t * n + 1), x.dtype).at[rows, target].add(1.0)
+            tokens = sums[rows, sel] / jnp.maximum(counts[rows, sel], 1.0)[..., None]
+            return jnp.where(chosen[..., None], tokens, 0.0), chosen
+
+        return CompressedTokens(*sharding.batch_local(fn)(latents, frame_mask))
