@@ -11,7 +11,8 @@ stream. Five question families separate what a token-compression method keeps:
   counting          n in 1..4 well-separated flashes: needs dense temporal sampling.
 
 Families cycle with the index (index % len(families)), so each gets 1/len of the
-examples. Objects are saturated colours on a dark noisy background; sizes scale
+examples. Objects are saturated colours on a dark noisy background, with a
+drifting grey distractor in the colour and counting families; sizes scale
 with `image_size / 32`, event times with `num_frames` (flashes stay 1-2 frames).
 """
 
@@ -115,15 +116,21 @@ class _Canvas:
     y, x = self.rng.integers(0, self.h - size + 1, 2)
     return int(y), int(x)
 
-  def drifting_distractor(self, colour_idx: int) -> None:
-    """A large object drifting (bouncing) across the frame for the whole clip."""
+  def drifting_distractor(self) -> None:
+    """A large grey object drifting (bouncing) across the frame for the whole clip.
+
+    Achromatic on purpose: it adds motion and residual energy everywhere (what
+    a compressor must cope with) without competing with the coloured object a
+    question asks about, so colour answers measure what the tokens kept.
+    """
     s, hi = self.large, self.h - self.large
     speed = self.rng.uniform(0.6, 1.2) * hi / max(self.t - 1, 1)
     angle = self.rng.uniform(0, 2 * np.pi)
     y0, x0 = self.rng.uniform(0, hi, 2)
     ys = _bounce(y0, speed * np.sin(angle), self.time, hi)
     xs = _bounce(x0, speed * np.cos(angle), self.time, hi)
-    _paint(self.frames, ys, xs, s, self.colour(colour_idx))
+    grey = np.full(3, self.rng.integers(130, 200), np.uint8)
+    _paint(self.frames, ys, xs, s, grey)
 
 
 def _two_colours(rng: np.random.Generator) -> tuple[int, int]:
@@ -136,16 +143,16 @@ def _two_colours(rng: np.random.Generator) -> tuple[int, int]:
 # ----------------------------------------------------------------------------
 
 def _static_detail(cv: _Canvas) -> tuple[str, str]:
-  target, distractor = _two_colours(cv.rng)
-  cv.drifting_distractor(distractor)
+  target = int(cv.rng.integers(0, len(COLOR_NAMES)))
+  cv.drifting_distractor()
   y, x = cv.random_pos(cv.small)
   _paint(cv.frames, y, x, cv.small, cv.colour(target))   # on top: never occluded
   return QUESTIONS["static_detail"], COLOR_NAMES[target]
 
 
 def _brief_event(cv: _Canvas) -> tuple[str, str]:
-  flash, distractor = _two_colours(cv.rng)
-  cv.drifting_distractor(distractor)
+  flash = int(cv.rng.integers(0, len(COLOR_NAMES)))
+  cv.drifting_distractor()
   duration = int(cv.rng.integers(1, 3))
   start = int(cv.rng.integers(1, cv.t - duration))       # never first/last frame
   visible = (cv.time >= start) & (cv.time < start + duration)
@@ -199,8 +206,8 @@ def _temporal_order(cv: _Canvas) -> tuple[str, str]:
 
 
 def _counting(cv: _Canvas) -> tuple[str, str]:
-  flash, distractor = _two_colours(cv.rng)
-  cv.drifting_distractor(distractor)
+  flash = int(cv.rng.integers(0, len(COLOR_NAMES)))
+  cv.drifting_distractor()
   n = int(cv.rng.integers(1, 5))
   durations = cv.rng.integers(1, 3, n)
   min_gap = max(2, cv.t // 10)

@@ -129,7 +129,7 @@ def test_static_detail_by_construction(num_frames, image_size):
     # Exactly the small square, in every frame, never moving.
     assert (m.sum((1, 2)) == side * side).all()
     assert (m == m[0]).all()
-    # A larger distractor of another colour is there too.
+    # A larger grey distractor is there too.
     bright = e["frames"].max(-1) > 120
     assert (bright.sum((1, 2)) > side * side).all()
 

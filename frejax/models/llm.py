@@ -1,0 +1,220 @@
+"""Decoder-only LLM in the Llama / Qwen2 layout with a pure functional KV cache.
+
+Token embedding, pre-RMSNorm blocks (grouped-query attention with RoPE, optional
+q/k/v bias as in Qwen2; SwiGLU MLP), final RMSNorm, LM head (optionally tied).
+
+Cache contract. ``init_cache(batch, max_len)`` returns
+``{"layers": ({"k", "v"}, ...), "mask": (batch, max_len) bool}``: per layer
+keys/values ``(batch, max_len, kv_heads, head_dim)`` and which slots hold a
+valid key. A call with ``cache`` writes its ``L`` new tokens of example ``b`` at
+slots ``cache_index[b] + arange(L)`` (each example at its own slot), marks them
+valid per ``attn_mask`` and lets the query at slot ``s`` attend to valid slots
+``<= s``. Slots are sequence places; RoPE angles come only from ``positions``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from frejax import sharding
+from frejax.models.layers import (Dense, RMSNorm, dot_product_attention,
+                                  make_param, remat_call)
+
+Cache = dict[str, Any]
+
+
+def rope_angles(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """``(batch, length)`` int positions -> cos, sin ``(batch, length, 1, head_dim/2)`` float32."""
+    inv_freq = theta ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq
+    return jnp.cos(angles)[:, :, None], jnp.sin(angles)[:, :, None]
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotary embedding, rotate-half convention (HF Llama / Qwen2).
+
+    ``x``: ``(batch, length, heads, head_dim)``; ``positions``: ``(batch, length)``.
+    """
+    cos, sin = rope_angles(positions, x.shape[-1], theta)
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    """Grouped-query causal self-attention with RoPE."""
+
+    def __init__(self, width: int, heads: int, kv_heads: int, head_dim: int, *, qkv_bias: bool,
+                 rope_theta: float, dtype: Any, param_dtype: Any, rngs: nnx.Rngs):
+        if heads % kv_heads:
+            raise ValueError(f"model.llm.heads {heads} not divisible by model.llm.kv_heads {kv_heads}")
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.rope_theta = float(rope_theta)
+        self.query = Dense(width, (heads, head_dim), ("embed", "heads", "head_dim"),
+                           use_bias=qkv_bias, **kw)
+        self.key = Dense(width, (kv_heads, head_dim), ("embed", "kv_heads", "head_dim"),
+                         use_bias=qkv_bias, **kw)
+        self.value = Dense(width, (kv_heads, head_dim), ("embed", "kv_heads", "head_dim"),
+                           use_bias=qkv_bias, **kw)
+        self.out = Dense((heads, head_dim), width, ("heads", "head_dim", "embed"),
+                         use_bias=False, **kw)
+
+    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array,
+                 kv_cache: dict[str, jax.Array] | None = None,
+                 slots: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array] | None]:
+        """``x (B, L, E)``; ``mask`` bool ``(B, L, S)``; with a cache, ``slots (B, L)``."""
+        q = apply_rope(self.query(x), positions, self.rope_theta)
+        k = apply_rope(self.key(x), positions, self.rope_theta)
+        v = self.value(x)
+        q = sharding.constrain(q, ("batch", "length", "heads", "head_dim"))
+        kv_names = ("batch", "length", "kv_heads", "head_dim")
+        if kv_cache is not None:
+            rows = jnp.arange(x.shape[0])[:, None]
+            k = kv_cache["k"].at[rows, slots].set(k.astype(kv_cache["k"].dtype), mode="drop")
+            v = kv_cache["v"].at[rows, slots].set(v.astype(kv_cache["v"].dtype), mode="drop")
+            k, v = sharding.constrain(k, kv_names), sharding.constrain(v, kv_names)
+            kv_cache = {"k": k, "v": v}
+        else:
+            k, v = sharding.constrain(k, kv_names), sharding.constrain(v, kv_names)
+        out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
+        return self.out(out), kv_cache
+
+
+class SwiGLU(nnx.Module):
+    def __init__(self, width: int, mlp_dim: int, *, dtype: Any, param_dtype: Any, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs, use_bias=False)
+        self.gate = Dense(width, mlp_dim, ("embed", "mlp"), **kw)
+        self.up = Dense(width, mlp_dim, ("embed", "mlp"), **kw)
+        self.down = Dense(mlp_dim, width, ("mlp", "embed"), **kw)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = jax.nn.silu(self.gate(x)) * self.up(x)
+        return self.down(sharding.constrain(h, ("batch", "length", "mlp")))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, width: int, heads: int, kv_heads: int, head_dim: int, mlp_dim: int, *,
+                 qkv_bias: bool, rope_theta: float, norm_eps: float, dtype: Any,
+                 param_dtype: Any, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.attn_norm = RMSNorm(width, eps=norm_eps, **kw)
+        self.attn = Attention(width, heads, kv_heads, head_dim, qkv_bias=qkv_bias,
+                              rope_theta=rope_theta, **kw)
+        self.mlp_norm = RMSNorm(width, eps=norm_eps, **kw)
+        self.mlp = SwiGLU(width, mlp_dim, **kw)
+
+    def __call__(self, x, positions, mask, kv_cache=None, slots=None):
+        h, kv_cache = self.attn(self.attn_norm(x), positions, mask, kv_cache, slots)
+        x = x + h
+        x = x + self.mlp(self.mlp_norm(x))
+        return sharding.constrain(x, ("batch", "length", "embed")), kv_cache
+
+
+class LLM(nnx.Module):
+    """Decoder-only LM.
+
+    Config (``model.llm``): vocab_size, width, depth, heads, kv_heads, head_dim
+    (0 = width / heads), mlp_dim, rope_theta, qkv_bias, tie_embeddings, remat
+    (and optionally norm_eps). ``vocab_size`` passed here overrides the config.
+    """
+
+    def __init__(self, cfg: Any, *, rngs: nnx.Rngs, vocab_size: int | None = None,
+                 dtype: Any = jnp.float32, param_dtype: Any = jnp.float32):
+        self.vocab_size = int(vocab_size or cfg.vocab_size)
+        self.width = int(cfg.width)
+        self.heads = int(cfg.heads)
+        self.kv_heads = int(cfg.get("kv_heads", 0) or cfg.heads)
+        self.head_dim = int(cfg.get("head_dim", 0) or self.width // self.heads)
+        self.tie_embeddings = bool(cfg.get("tie_embeddings", False))
+        self.remat = bool(cfg.get("remat", False))
+        self.dtype = dtype
+        if self.head_dim % 2:
+            raise ValueError(f"model.llm.head_dim must be even for RoPE, got {self.head_dim}")
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.embedding = make_param(nnx.initializers.normal(0.02), ("vocab", "embed"),
+                                    (self.vocab_size, self.width), param_dtype, rngs)
+        self.layers = nnx.List([
+            DecoderLayer(self.width, self.heads, self.kv_heads, self.head_dim,
+                         int(cfg.mlp_dim), qkv_bias=bool(cfg.get("qkv_bias", False)),
+                         rope_theta=float(cfg.get("rope_theta", 10000.0)),
+                         norm_eps=float(cfg.get("norm_eps", 1e-6)), **kw)
+            for _ in range(int(cfg.depth))])
+        self.final_norm = RMSNorm(self.width, eps=float(cfg.get("norm_eps", 1e-6)), **kw)
+        self.lm_head = (None if self.tie_embeddings else
+                        Dense(self.width, self.vocab_size, ("embed", "vocab"),
+                              use_bias=False, **kw))
+
+    def embed(self, tokens: jax.Array) -> jax.Array:
+        """``(B, L)`` int -> ``(B, L, E)`` in the compute dtype."""
+        x = jnp.take(self.embedding[...], tokens, axis=0).astype(self.dtype)
+        return sharding.constrain(x, ("batch", "length", "embed"))
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """Final-normed hidden ``(B, L, E)`` -> float32 logits ``(B, L, V)``."""
+        if self.tie_embeddings:
+            out = jnp.einsum("ble,ve->blv", hidden, self.embedding[...].astype(self.dtype))
+        else:
+            out = self.lm_head(hidden)
+        return sharding.constrain(out.astype(jnp.float32), ("batch", "length", "vocab"))
+
+    def init_cache(self, batch: int, max_len: int, dtype: Any = None) -> Cache:
+        """Empty cache: per-layer k/v ``(batch, max_len, kv_heads, head_dim)``, slot mask."""
+        dtype = dtype or self.dtype
+        shape = (batch, max_len, self.kv_heads, self.head_dim)
+        layers = tuple({"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+                       for _ in self.layers)
+        return {"layers": layers, "mask": jnp.zeros((batch, max_len), bool)}
+
+    def __call__(self, embeds: jax.Array, positions: jax.Array, attn_mask: jax.Array | None = None,
+                 cache: Cache | None = None, cache_index: jax.Array | None = None, *,
+                 return_hidden: bool = False) -> tuple[jax.Array, Cache | None]:
+        """Runs the decoder.
+
+        Args:
+          embeds: ``(B, L, E)`` input embeddings.
+          positions: ``(B, L)`` int32 RoPE positions.
+          attn_mask: bool. ``(B, L)`` marks valid tokens (keys); combined with a
+            causal mask over sequence order. ``(B, L, S)`` is used as given
+            (no cache only). None = all valid.
+          cache: from ``init_cache``; None for a plain full-sequence pass.
+          cache_index: ``(B,)`` int32 slot of each example's first new token.
+          return_hidden: return final-normed hidden states instead of logits.
+        Returns:
+          ``(logits (B, L, V) float32 or hidden (B, L, E), new cache or None)``.
+        """
+        b, l, _ = embeds.shape
+        x = sharding.constrain(embeds.astype(self.dtype), ("batch", "length", "embed"))
+        if attn_mask is None:
+            attn_mask = jnp.ones((b, l), bool)
+        attn_mask = attn_mask.astype(bool)
+        if cache is None:
+            if attn_mask.ndim == 2:
+                causal = jnp.tril(jnp.ones((l, l), bool))
+                mask = causal[None] & attn_mask[:, None, :]
+            else:
+                mask = attn_mask
+            for layer in self.layers:
+                x = (remat_call(layer, x, positions, mask) if self.remat
+                     else layer(x, positions, mask))[0]
+            new_cache = None
+        else:
+            if attn_mask.ndim != 2:
+                raise ValueError("llm: with a cache, attn_mask must be (batch, length)")
+            if cache_index is None:
+                cache_index = jnp.zeros((b,), jnp.int32)
+            max_len = cache["mask"].shape[1]
+            slots = cache_index.astype(jnp.int32)[:, None] + jnp.arange(l, dtype=jnp.int32)
+            rows = jnp.arange(b)[:, None]
+            key_valid = cache["mask"].at[rows, slots].set(attn_mask, mode="drop")
+            mask = key_valid[:, None, :] & (jnp.arange(max_len)[None, None, :] <= slots[:, :, None])
+            new_layers = []
+            for layer, kv in zip(self.layers, cache["layers"]):
+                x, kv = layer(x, positions, mask, kv, slots)
+                new_layers.append(kv)
+            new_cache = {"layers": tuple(new_layers), "mask": key_valid}
+        hidden = self.final_norm(x)
+        return (hidden if return_hidden else self.logits(hidden)), new_cache
