@@ -1,0 +1,148 @@
+"""The Spatial-Guided Absorber: anchors attend to the residual-frequency tokens nearby.
+
+Each anchor token (segment ``s``, grid cell ``(i, j)``) attends, multi-head, to
+the residual-frequency tokens of the same segment at its own pooled cell
+``(i // p, j // p)`` and the ``window x window`` pooled cells around it, every
+coefficient slot of each: ``C * window**2`` keys per query, never global
+attention. A static numpy table lists the neighbours; out-of-grid neighbours
+and invalid slots are masked.
+
+Keys and values are ``LayerNorm(residual) + freq_embedding[k] + offset_embedding[w]``
+(which coefficient, which relative cell); queries are ``LayerNorm(anchor)``.
+The result enters through a per-channel ``tanh(gate)`` initialised at zero, so
+at initialisation the absorber returns the anchors exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from frejax import sharding
+from frejax.compression.budget import pooled_grid
+
+
+@functools.lru_cache(maxsize=64)
+def neighbour_table(grid: tuple[int, int], pool: int, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled-cell neighbours of every grid cell.
+
+    Returns:
+      index ``(N, window**2)`` int32 into the ``P`` pooled cells (0 where invalid)
+      and valid ``(N, window**2)`` bool (False outside the pooled grid). Column
+      ``w`` is the relative offset ``(w // window - r, w % window - r)``, ``r = window // 2``.
+    """
+    h, w = grid
+    hp, wp = pooled_grid(grid, pool)
+    r = window // 2
+    i, j = np.divmod(np.arange(h * w), w)
+    ci, cj = (i // pool)[:, None], (j // pool)[:, None]
+    di, dj = np.divmod(np.arange(window * window), window)
+    ni, nj = ci + (di - r)[None, :], cj + (dj - r)[None, :]
+    valid = (ni >= 0) & (ni < hp) & (nj >= 0) & (nj < wp)
+    index = np.where(valid, ni * wp + nj, 0).astype(np.int32)
+    return index, valid
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm over the last axis, computed in float32, with named params."""
+
+    def __init__(self, dim: int, *, param_dtype=jnp.float32, epsilon: float = 1e-6,
+                 rngs: nnx.Rngs):
+        self.epsilon = epsilon
+        self.scale = nnx.Param(sharding.param(nnx.initializers.ones, ("embed",))(
+            rngs.params(), (dim,), param_dtype))
+        self.bias = nnx.Param(sharding.param(nnx.initializers.zeros, ("embed",))(
+            rngs.params(), (dim,), param_dtype))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.astype(jnp.float32)
+        mean = jnp.mean(x, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+        y = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
+        return y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+
+
+class SpatialGuidedAbsorber(nnx.Module):
+    """Injects each segment's residual track into its spatially matching anchor tokens.
+
+    Args:
+      embed: D.
+      grid: ``(h, w)`` of the anchor tokens.
+      pool: p of the residual-frequency tokens.
+      window: odd neighbourhood size on the pooled grid.
+      heads: attention heads, dividing D.
+      dtype: compute dtype of the projections and attention.
+      param_dtype: parameter dtype.
+    """
+
+    def __init__(self, embed: int, *, grid: tuple[int, int], pool: int = 1, window: int = 3,
+                 heads: int = 4, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        if window < 1 or window % 2 == 0:
+            raise ValueError(f"compressor.absorber.window must be an odd int >= 1, got {window}")
+        if heads < 1 or embed % heads:
+            raise ValueError(f"compressor.absorber.heads must divide the embed width {embed},"
+                             f" got {heads}")
+        self.grid, self.pool, self.window, self.heads = tuple(grid), pool, window, heads
+        self.head_dim = embed // heads
+        self.dtype = dtype
+        dense = nnx.initializers.lecun_normal(in_axis=0, out_axis=(1, 2))
+        out_dense = nnx.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)
+        qkv = ("embed", "heads", "head_dim")
+        shape = (embed, heads, self.head_dim)
+        self.query_norm = LayerNorm(embed, param_dtype=param_dtype, rngs=rngs)
+        self.key_norm = LayerNorm(embed, param_dtype=param_dtype, rngs=rngs)
+        self.query = nnx.Param(sharding.param(dense, qkv)(rngs.params(), shape, param_dtype))
+        self.key = nnx.Param(sharding.param(dense, qkv)(rngs.params(), shape, param_dtype))
+        self.value = nnx.Param(sharding.param(dense, qkv)(rngs.params(), shape, param_dtype))
+        self.out = nnx.Param(sharding.param(out_dense, ("heads", "head_dim", "embed"))(
+            rngs.params(), (heads, self.head_dim, embed), param_dtype))
+        self.offset_embedding = nnx.Param(sharding.param(
+            nnx.initializers.normal(0.02), (None, "embed"))(
+                rngs.params(), (window * window, embed), param_dtype))
+        self.gate = nnx.Param(sharding.param(nnx.initializers.zeros, ("embed",))(
+            rngs.params(), (embed,), param_dtype))
+
+    def __call__(self, anchors: jax.Array, residual_tokens: jax.Array, slot_mask: jax.Array,
+                 freq_embedding: jax.Array) -> jax.Array:
+        """Anchors plus the gated residual information of their neighbourhood.
+
+        Args:
+          anchors: ``(batch, S, N, D)``.
+          residual_tokens: ``(batch, S, C, P, D)`` residual-frequency tokens on the pooled grid.
+          slot_mask: ``(batch, S, C)`` bool, False for slots to ignore.
+          freq_embedding: ``(C, D)``: embedding of the coefficient each slot carries.
+        Returns:
+          ``(batch, S, N, D)`` in the dtype of ``anchors``.
+        """
+        index, valid = neighbour_table(self.grid, self.pool, self.window)
+        cdt = self.dtype
+        q_in = self.query_norm(anchors).astype(cdt)
+        k_in = (self.key_norm(residual_tokens)
+                + freq_embedding.astype(jnp.float32)[None, None, :, None, :]).astype(cdt)
+        q = jnp.einsum("bsnd,dhk->bsnhk", q_in, self.query[...].astype(cdt))
+        k = jnp.einsum("bscpd,dhk->bscphk", k_in, self.key[...].astype(cdt))
+        v = jnp.einsum("bscpd,dhk->bscphk", k_in, self.value[...].astype(cdt))
+        offset = self.offset_embedding[...].astype(cdt)
+        k_off = jnp.einsum("wd,dhk->whk", offset, self.key[...].astype(cdt))
+        v_off = jnp.einsum("wd,dhk->whk", offset, self.value[...].astype(cdt))
+        # Static gather of the neighbourhood: (B, S, C, N, W, heads, head_dim).
+        k = k[:, :, :, index] + k_off
+        v = v[:, :, :, index] + v_off
+        logits = jnp.einsum("bsnhk,bscnwhk->bsnhcw", q, k).astype(jnp.float32)
+        logits = logits / math.sqrt(self.head_dim)
+        allowed = (slot_mask.astype(bool)[:, :, None, None, :, None]
+                   & jnp.asarray(valid)[None, None, :, None, None, :])
+        logits = jnp.where(allowed, logits, -1e30)
+        logits = logits - jax.lax.stop_gradient(jnp.max(logits, axis=(-2, -1), keepdims=True))
+        weights = jnp.where(allowed, jnp.exp(logits), 0.0)
+        weights = weights / jnp.maximum(jnp.sum(weights, axis=(-2, -1), keepdims=True), 1e-30)
+        attended = jnp.einsum("bsnhcw,bscnwhk->bsnhk", weights.astype(cdt), v)
+        update = jnp.einsum("bsnhk,hkd->bsnd", attended, self.out[...].astype(cdt))
+        gate = jnp.tanh(self.gate[...].astype(jnp.float32))
+        out = anchors.astype(jnp.float32) + gate * update.astype(jnp.float32)
+        return out.astype(anchors.dtype)

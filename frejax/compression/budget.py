@@ -1,0 +1,241 @@
+"""The budget-adaptive Fre-Res plan: how many anchors, coefficients and cells.
+
+Pure python and static: the plan depends only on the geometry, the token budget
+and the options, never on a video, so one compiled program serves every video.
+
+Token counts (``N = h*w`` tokens per frame, ``S = ceil(T / L)`` segments,
+``P = ceil(h/p) * ceil(w/p)`` pooled cells):
+
+* ``absorbed`` (fre_res default): ``S*N`` anchor tokens; the residual track is
+  absorbed into them and costs no tokens.
+* ``dual``: ``S*N + S*K*P``: absorbed anchors, then residual-frequency tokens.
+* ``residual`` (``temporal_dct_only``): ``S*K*P``, no anchors.
+* ``anchors`` (``anchors_only``): ``S*N``, no residual track.
+
+Rule for options left at 0 ("chosen by the budget"):
+
+1. Segments. ``absorbed`` / ``anchors``: as many anchors as fit,
+   ``S = min(T, budget // N)``. ``dual`` / ``residual``: about half of the
+   budget buys anchors, ``S = clip(budget // (2N), 1, T)`` (``residual`` keeps
+   the segmentation ``dual`` would use, so the ablation only removes anchors).
+   Then ``L = ceil(T / S)`` and ``S = ceil(T / L)`` (padding, never dropping,
+   frames).
+2. Coefficients and pooling, given the residual room ``R`` (the budget left
+   after anchors): the target is the lowest quarter of the spectrum,
+   ``K* = ceil((L-1) / 4)``. ``p`` is the finest pooling with
+   ``S * K* * P(p) <= R``; ``K = min(L-1, R // (S*P(p)))`` then fills what is
+   left at that ``p``. If no ``p`` reaches ``K*``, the coarsest (``P = 1``) is
+   used with as many coefficients as fit. ``dual`` with no room left
+   (``R < S``) drops the residual track (``K = 0``).
+   ``absorbed``: ``p = 1`` and ``K = ceil((L-1) / 2)`` (no token cost; the
+   absorber reads the lower half of the spectrum).
+
+Explicit values are honoured and checked; impossible ones raise ``ValueError``
+naming ``compressor.<field>`` and the allowed range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from frejax.compression.base import VideoGeometry
+
+OUTPUTS = ("absorbed", "dual")
+RESIDUALS = ("inter_frame", "anchor_relative")
+ANCHORS = ("first", "middle", "energy")
+ALLOCATIONS = ("uniform", "energy")
+DCT_METHODS = ("auto", "fft", "matmul")
+VARIANTS = ("fre_res", "temporal_dct_only", "anchors_only")
+
+
+def option(options: Any, key: str, default: Any) -> Any:
+    """``options.get(key, default)`` for a dict, a ConfigDict or ``None``."""
+    if options is None:
+        return default
+    value = options.get(key, default)
+    return default if value is None else value
+
+
+def choice(options: Any, key: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = option(options, key, default)
+    if value not in allowed:
+        raise ValueError(f"compressor.{key} must be one of {allowed}, got {value!r}")
+    return value
+
+
+def non_negative_int(options: Any, key: str) -> int:
+    value = option(options, key, 0)
+    if isinstance(value, bool) or int(value) != value or value < 0:
+        raise ValueError(f"compressor.{key} must be an int >= 0 (0 = chosen by the budget),"
+                         f" got {value!r}")
+    return int(value)
+
+
+def pooled_grid(grid: tuple[int, int], pool: int) -> tuple[int, int]:
+    """``(ceil(h/p), ceil(w/p))``: a partial border window is its own cell."""
+    return (-(-grid[0] // pool), -(-grid[1] // pool))
+
+
+@dataclasses.dataclass(frozen=True)
+class FreResPlan:
+    """Static layout of one Fre-Res output sequence."""
+
+    frames: int              # T
+    grid: tuple[int, int]    # (h, w)
+    budget: int              # M, the static output length
+    output: str              # "absorbed" | "dual" | "residual" | "anchors"
+    segment_len: int         # L frames per segment, one anchor each
+    num_segments: int        # S = ceil(T / L)
+    num_coeffs: int          # K lowest DCT coefficients per trajectory (0: no residual track)
+    pool: int                # p: residual tokens are averaged over p x p cells
+    allocation: str          # "uniform" | "energy"
+    absorb: bool             # the absorber injects the residual track into the anchors
+
+    @property
+    def tokens(self) -> int:  # N
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def padded_frames(self) -> int:  # S * L
+        return self.num_segments * self.segment_len
+
+    @property
+    def pooled_grid(self) -> tuple[int, int]:
+        return pooled_grid(self.grid, self.pool)
+
+    @property
+    def pooled_tokens(self) -> int:  # P
+        hp, wp = self.pooled_grid
+        return hp * wp
+
+    @property
+    def residual_slots(self) -> int:
+        """C, coefficient slots per segment: K, or all L-1 when energy allocation picks."""
+        if not self.num_coeffs:
+            return 0
+        return self.segment_len - 1 if self.allocation == "energy" else self.num_coeffs
+
+    @property
+    def computes_residual(self) -> bool:
+        """Whether the residual track is computed at all."""
+        if not self.num_coeffs:
+            return False
+        return self.output in ("dual", "residual") or (self.output == "absorbed" and self.absorb)
+
+    @property
+    def anchor_tokens(self) -> int:
+        return 0 if self.output == "residual" else self.num_segments * self.tokens
+
+    @property
+    def residual_tokens(self) -> int:
+        if self.output not in ("dual", "residual"):
+            return 0
+        return self.num_segments * self.num_coeffs * self.pooled_tokens
+
+    @property
+    def total_tokens(self) -> int:
+        return self.anchor_tokens + self.residual_tokens
+
+    def describe(self) -> str:
+        return (f"FreResPlan({self.output}, {self.allocation}: L={self.segment_len},"
+                f" S={self.num_segments}, K={self.num_coeffs}, p={self.pool}"
+                f" -> {self.anchor_tokens} anchor + {self.residual_tokens} residual"
+                f" = {self.total_tokens} / {self.budget} tokens)")
+
+
+def make_plan(geometry: VideoGeometry, budget: int, options: Any = None,
+              variant: str = "fre_res") -> FreResPlan:
+    """The plan for ``variant`` in ``VARIANTS`` (see the module docstring for the rule)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"make_plan: variant must be one of {VARIANTS}, got {variant!r}")
+    frames, grid, n = geometry.frames, tuple(geometry.grid), geometry.tokens
+    budget = int(budget)
+    if not 1 <= budget <= geometry.full_tokens:
+        raise ValueError(f"compressor.budget must be in [1, {geometry.full_tokens}], got {budget}")
+    seg_opt = non_negative_int(options, "segment_len")
+    k_opt = non_negative_int(options, "num_coeffs")
+    p_opt = non_negative_int(options, "pool")
+    allocation = choice(options, "allocation", "uniform", ALLOCATIONS)
+    absorber = option(options, "absorber", None)
+    absorb = bool(option(absorber, "enabled", True))
+    if variant == "fre_res":
+        output = choice(options, "output", "absorbed", OUTPUTS)
+    else:
+        output = "residual" if variant == "temporal_dct_only" else "anchors"
+        absorb = False
+    if p_opt > max(grid):
+        raise ValueError(f"compressor.pool must be in [1, {max(grid)}] for grid {grid}"
+                         f" (0 = chosen by the budget), got {p_opt}")
+
+    # 1. Segments.
+    if output != "residual" and budget < n:
+        raise ValueError(f"compressor.budget {budget} is below one anchor frame ({n} tokens)")
+    if seg_opt:
+        seg_len = seg_opt
+    else:
+        wanted = budget // n if output in ("absorbed", "anchors") else budget // (2 * n)
+        seg_len = -(-frames // min(frames, max(1, wanted)))
+    segments = -(-frames // seg_len)
+    anchor_tokens = 0 if output == "residual" else segments * n
+    if anchor_tokens > budget:
+        raise ValueError(
+            f"compressor.segment_len {seg_len} gives {segments} segments = {anchor_tokens}"
+            f" anchor tokens, over the budget {budget}; segment_len must be >="
+            f" {-(-frames // (budget // n))} for T={frames}, N={n}")
+
+    # 2. Coefficients and pooling.
+    max_k = seg_len - 1
+    if k_opt and max_k < 1:
+        raise ValueError(f"compressor.num_coeffs must be 0 for segment_len 1 (no residual"
+                         f" track), got {k_opt}")
+    if k_opt > max_k:
+        raise ValueError(f"compressor.num_coeffs must be in [1, {max_k}] for segment_len"
+                         f" {seg_len}, got {k_opt}")
+    if output == "residual" and max_k < 1:
+        raise ValueError(f"compressor.segment_len must be >= 2 for temporal_dct_only (a residual"
+                         f" track needs two frames per segment), got {seg_len} for T={frames}")
+    if output == "anchors" or max_k < 1:
+        num_coeffs, pool = 0, 1
+    elif output == "absorbed":
+        num_coeffs, pool = (k_opt or -(-max_k // 2)), (p_opt or 1)
+    else:
+        num_coeffs, pool = _fit_residual(budget - anchor_tokens, segments, max_k, grid,
+                                         k_opt, p_opt, required=output == "residual")
+    plan = FreResPlan(frames=frames, grid=grid, budget=budget, output=output,
+                      segment_len=seg_len, num_segments=segments, num_coeffs=num_coeffs,
+                      pool=pool, allocation=allocation, absorb=absorb)
+    assert plan.total_tokens <= budget, plan
+    return plan
+
+
+def _fit_residual(room: int, segments: int, max_k: int, grid: tuple[int, int], k_opt: int,
+                  p_opt: int, required: bool) -> tuple[int, int]:
+    """(K, p) with ``segments * K * P(p) <= room`` by the module docstring's step 2."""
+    pools = [p_opt] if p_opt else list(range(1, max(grid) + 1))
+    cells = {p: math.prod(pooled_grid(grid, p)) for p in pools}
+    if k_opt:
+        for p in pools:
+            if segments * k_opt * cells[p] <= room:
+                return k_opt, p
+        p = pools[-1]
+        raise ValueError(
+            f"compressor.num_coeffs {k_opt} with pool {p} needs {segments}*{k_opt}*{cells[p]}"
+            f" = {segments * k_opt * cells[p]} residual tokens, over the {room} left in the"
+            f" budget; lower num_coeffs or raise pool / budget")
+    target = -(-max_k // 4)
+    for p in pools:
+        k = min(max_k, room // (segments * cells[p]))
+        if k >= target:
+            return k, p
+    p = pools[-1]
+    k = min(max_k, room // (segments * cells[p]))
+    if k >= 1:
+        return k, p
+    if p_opt or required:
+        raise ValueError(
+            f"compressor.budget: no room for residual-frequency tokens: {segments} segments"
+            f" x {cells[p]} cells (pool {p}) need {segments * cells[p]} tokens for one"
+            f" coefficient, {room} left; raise compressor.budget or compressor.pool")
+    return 0, 1

@@ -1,0 +1,203 @@
+"""Fre-Res: spatial anchors + residual-frequency tokens, and its two ablations.
+
+Registry entries:
+
+* ``fre_res``: per segment of ``L`` frames one full-resolution anchor frame; the
+  other frames become per-position residual trajectories, coded by their lowest
+  ``K`` temporal DCT coefficients (optionally ``p x p`` pooled). The
+  Spatial-Guided Absorber injects them into the anchors. ``output='absorbed'``
+  emits the ``S*N`` absorbed anchors; ``output='dual'`` emits them followed by the
+  ``S*K*P`` residual-frequency tokens.
+* ``temporal_dct_only``: the residual-frequency tokens alone (no anchors).
+* ``anchors_only``: the anchors alone (no residual track), ``S = budget // N``.
+
+Layout of the output (before ``Compressor.__call__`` pads to the budget):
+anchors in (segment, cell) order, then residual tokens in (segment,
+coefficient, pooled cell) order. A token is valid when its segment has a valid
+frame. Every residual token carries the learned embedding of its coefficient
+index. The token plan (``budget.FreResPlan``) is static; see ``budget.py`` for
+the rule that fills the budget.
+
+The parameter-free split (``fre_res_parts``) runs per device under
+``sharding.batch_local``; only the absorber and the frequency embedding hold
+parameters.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from frejax import sharding
+from frejax.compression import anchors as anchors_lib
+from frejax.compression import residual_freq
+from frejax.compression.absorber import SpatialGuidedAbsorber
+from frejax.compression.anchors import reconstruct
+from frejax.compression.base import CompressedTokens, Compressor, VideoGeometry, register
+from frejax.compression.budget import (ANCHORS, DCT_METHODS, RESIDUALS, FreResPlan, choice,
+                                       make_plan, option)
+
+__all__ = ["AnchorsOnly", "FreRes", "FreResParts", "TemporalDctOnly", "fre_res_parts",
+           "reconstruct"]
+
+
+class FreResParts(NamedTuple):
+    """The parameter-free split of a batch of videos."""
+
+    anchors: jax.Array        # (batch, S, N, D) float32
+    anchor_index: jax.Array   # (batch, S) int32, frame inside each segment
+    segment_valid: jax.Array  # (batch, S) bool: the segment has a valid frame
+    coeffs: jax.Array | None  # (batch, S, C, P, D) float32 residual-frequency tokens
+    slot_mask: jax.Array | None     # (batch, S, C) bool
+    compact_index: jax.Array | None  # (batch, S*K) int32 kept slots s*C+k (energy allocation)
+
+
+def fre_res_parts(latents: jax.Array, frame_mask: jax.Array, *, plan: FreResPlan,
+                  residual: str = "inter_frame", anchor: str = "middle",
+                  method: str = "auto") -> FreResParts:
+    """Segments, anchors, residual trajectories, pooling and DCT: the Fre-Res split.
+
+    Args:
+      latents: ``(batch, frames T, tokens N, embed D)``.
+      frame_mask: ``(batch, frames T)`` bool.
+      plan: the static plan.
+    Returns:
+      ``FreResParts``; the residual fields are ``None`` when ``plan`` computes no
+      residual track, ``compact_index`` is ``None`` unless energy allocation
+      emits residual tokens.
+    """
+    segments, mask = anchors_lib.segment_frames(latents.astype(jnp.float32), frame_mask,
+                                                plan.segment_len)
+    anchor_index = anchors_lib.select_anchor(segments, mask, anchor)
+    anchors = anchors_lib.gather_anchor(segments, anchor_index)
+    segment_valid = jnp.any(mask, axis=-1)
+    if not plan.computes_residual:
+        return FreResParts(anchors, anchor_index, segment_valid, None, None, None)
+    residuals = anchors_lib.residual_trajectories(segments, mask, anchor_index, residual)
+    residuals = residual_freq.pool_tokens(residuals, plan.grid, plan.pool)
+    coeffs = residual_freq.residual_freq_tokens(residuals, plan.residual_slots, method)
+    b, s, c = coeffs.shape[:3]
+    total = plan.num_segments * plan.num_coeffs
+    compact_index = None
+    if plan.allocation == "energy":
+        slot_mask = residual_freq.allocate_coefficients(coeffs, segment_valid, total)
+        if plan.output in ("dual", "residual"):
+            compact_index = residual_freq.compact_slots(slot_mask, total)
+    else:
+        slot_mask = jnp.ones((b, s, c), bool)
+    slot_mask = slot_mask & segment_valid[:, :, None]
+    return FreResParts(anchors, anchor_index, segment_valid, coeffs, slot_mask, compact_index)
+
+
+@register
+class FreRes(Compressor):
+    """Fre-Res compressor (see the module docstring).
+
+    Args:
+      geometry: static video shape.
+      budget: output tokens M.
+      options: the ``compressor`` config section (see ``budget.make_plan`` and the
+        module docstring): ``segment_len``, ``num_coeffs``, ``pool``, ``residual``,
+        ``anchor``, ``allocation``, ``output``, ``dct_method``, ``absorber.{window,
+        heads, enabled}``.
+      rngs: parameter RNGs (``nnx.Rngs(0)`` when omitted).
+      dtype: compute dtype of the absorber (the split runs in float32).
+      param_dtype: parameter dtype.
+    """
+
+    name = "fre_res"
+    variant = "fre_res"
+
+    def __init__(self, geometry: VideoGeometry, budget: int, options: Any = None, *,
+                 rngs: nnx.Rngs | None = None, dtype=jnp.float32, param_dtype=jnp.float32):
+        super().__init__(geometry, budget, options, rngs=rngs)
+        self.plan = make_plan(geometry, self.budget, options, variant=self.variant)
+        self.residual = choice(options, "residual", "inter_frame", RESIDUALS)
+        self.anchor = choice(options, "anchor", "middle", ANCHORS)
+        self.dct_method = choice(options, "dct_method", "auto", DCT_METHODS)
+        absorber = option(options, "absorber", None)
+        # Checked by the absorber, and only where one is built (ablations ignore them).
+        window, heads = int(option(absorber, "window", 3)), int(option(absorber, "heads", 4))
+        rngs = nnx.Rngs(0) if rngs is None else rngs
+        plan = self.plan
+        freq_embedding, absorber = None, None
+        if plan.computes_residual:
+            freq_embedding = nnx.Param(sharding.param(
+                nnx.initializers.normal(0.02), ("coeffs", "embed"))(
+                    rngs.params(), (plan.residual_slots, geometry.embed), param_dtype))
+            if plan.absorb and plan.output in ("absorbed", "dual"):
+                absorber = SpatialGuidedAbsorber(
+                    geometry.embed, grid=geometry.grid, pool=plan.pool, window=window,
+                    heads=heads, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.freq_embedding = freq_embedding  # (C, D), the coefficient each slot carries
+        self.absorber = absorber
+
+    @property
+    def num_valid_tokens(self) -> int:
+        return self.plan.total_tokens
+
+    def split(self, latents: jax.Array, frame_mask: jax.Array) -> FreResParts:
+        """The parameter-free split, per device under ``sharding.batch_local``."""
+        fn = functools.partial(fre_res_parts, plan=self.plan, residual=self.residual,
+                               anchor=self.anchor, method=self.dct_method)
+        return sharding.batch_local(fn)(latents, frame_mask.astype(bool))
+
+    def compress(self, latents: jax.Array, frame_mask: jax.Array) -> CompressedTokens:
+        """``(batch, T, N, D)``, ``(batch, T)`` -> tokens ``(batch, M', D)``, mask ``(batch, M')``.
+
+        ``M' = plan.total_tokens``: anchors ``(S*N)`` then residual tokens ``(S*K*P)``.
+        """
+        g, plan = self.geometry, self.plan
+        if tuple(latents.shape[1:]) != (g.frames, g.tokens, g.embed):
+            raise ValueError(
+                f"{self.name}: latents must be (batch, {g.frames}, {g.tokens}, {g.embed}) for"
+                f" grid {g.grid}, got {tuple(latents.shape)}")
+        parts = self.split(latents, frame_mask)
+        b, d = latents.shape[0], g.embed
+        pieces, masks = [], []
+        if plan.output != "residual":
+            anchors = parts.anchors
+            if self.absorber is not None:
+                anchors = self.absorber(anchors, parts.coeffs, parts.slot_mask,
+                                        self.freq_embedding[...])
+            pieces.append(anchors.reshape(b, -1, d))
+            masks.append(jnp.repeat(parts.segment_valid, g.tokens, axis=1))
+        if plan.output in ("dual", "residual") and plan.num_coeffs:
+            tokens, mask = self._residual_tokens(parts)
+            pieces.append(tokens)
+            masks.append(mask)
+        tokens = jnp.concatenate(pieces, axis=1).astype(latents.dtype)
+        tokens = sharding.constrain(tokens, ("batch", "length", "embed"))
+        return CompressedTokens(tokens, jnp.concatenate(masks, axis=1))
+
+    def _residual_tokens(self, parts: FreResParts) -> tuple[jax.Array, jax.Array]:
+        """Residual-frequency tokens ``(batch, S*K*P, D)`` with their frequency embedding."""
+        b, s, c, p, d = parts.coeffs.shape
+        tokens = parts.coeffs + self.freq_embedding[...].astype(jnp.float32)[None, None, :, None]
+        mask = parts.slot_mask
+        if parts.compact_index is not None:
+            tokens = jnp.take_along_axis(tokens.reshape(b, s * c, p, d),
+                                         parts.compact_index[:, :, None, None], axis=1)
+            mask = jnp.take_along_axis(mask.reshape(b, s * c), parts.compact_index, axis=1)
+        tokens = tokens.reshape(b, -1, d)
+        return tokens, jnp.repeat(mask.reshape(b, -1), p, axis=1)
+
+
+@register
+class TemporalDctOnly(FreRes):
+    """Ablation: residual-frequency tokens only, the whole budget spent on them."""
+
+    name = "temporal_dct_only"
+    variant = "temporal_dct_only"
+
+
+@register
+class AnchorsOnly(FreRes):
+    """Ablation: anchors only (``S = budget // N``), no residual track."""
+
+    name = "anchors_only"
+    variant = "anchors_only"

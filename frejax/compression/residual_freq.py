@@ -1,0 +1,104 @@
+"""Residual-frequency tokens: pooling, temporal DCT, and energy-driven coefficient allocation.
+
+Shapes: ``B`` videos, ``S`` segments, ``L-1`` residual steps, ``N = h*w`` tokens
+on the frame grid, ``P = ceil(h/p) * ceil(w/p)`` pooled cells, ``C`` coefficient
+slots per segment, ``D`` embed. Pure ``jnp``, per example.
+
+Pooling and the DCT are both linear, so pooling first (fewer trajectories to
+transform) gives the same tokens as transforming first.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from frejax.compression import dct as dct_lib
+from frejax.compression.budget import pooled_grid
+
+
+@functools.lru_cache(maxsize=64)
+def _pool_counts(grid: tuple[int, int], pool: int) -> np.ndarray:
+    """Real (in-grid) cells per pooled window, ``(hp, wp)``: border windows hold fewer."""
+    h, w = grid
+    hp, wp = pooled_grid(grid, pool)
+    rows = np.minimum(pool, h - pool * np.arange(hp))
+    cols = np.minimum(pool, w - pool * np.arange(wp))
+    return (rows[:, None] * cols[None, :]).astype(np.float32)
+
+
+def pool_tokens(x: jax.Array, grid: tuple[int, int], pool: int) -> jax.Array:
+    """p x p average pooling over the token grid.
+
+    A grid not divisible by ``p`` gets ``ceil`` windows; a border window averages
+    only the real cells it covers (zero padding is not counted).
+
+    Args:
+      x: ``(..., tokens N, embed D)`` with ``N = h*w`` row-major.
+    Returns:
+      ``(..., P, D)`` with ``P = ceil(h/p) * ceil(w/p)``, row-major.
+    """
+    if pool == 1:
+        return x
+    h, w = grid
+    hp, wp = pooled_grid(grid, pool)
+    lead, d = x.shape[:-2], x.shape[-1]
+    x = x.reshape(lead + (h, w, d))
+    pad = [(0, 0)] * len(lead) + [(0, hp * pool - h), (0, wp * pool - w), (0, 0)]
+    x = jnp.pad(x, pad).reshape(lead + (hp, pool, wp, pool, d))
+    total = jnp.sum(x, axis=(-4, -2))
+    counts = jnp.asarray(_pool_counts(tuple(grid), pool), x.dtype)
+    return (total / counts[:, :, None]).reshape(lead + (hp * wp, d))
+
+
+def residual_freq_tokens(residuals: jax.Array, num_coeffs: int, method: str = "auto") -> jax.Array:
+    """Lowest ``K`` orthonormal DCT-II coefficients of each residual trajectory.
+
+    Args:
+      residuals: ``(batch, S, L-1, cells, D)``.
+      num_coeffs: K in ``[1, L-1]``.
+    Returns:
+      ``(batch, S, K, cells, D)`` float32.
+    """
+    return dct_lib.dct(residuals.astype(jnp.float32), axis=2, num_coeffs=num_coeffs, method=method)
+
+
+def allocate_coefficients(coeffs: jax.Array, segment_valid: jax.Array, total: int) -> jax.Array:
+    """Energy-driven allocation of ``total`` coefficient slots over segments (D'Hondt).
+
+    Segment ``s`` with residual energy ``E_s`` bids ``E_s / (k + 1)`` for its
+    ``k``-th coefficient; the ``total`` highest bids win. Bids fall with ``k``, so
+    every segment keeps a prefix of its lowest frequencies, and high-energy
+    segments keep more. Segments without a valid frame bid below zero.
+    Discrete: the scores are ``stop_gradient``-ed.
+
+    Args:
+      coeffs: ``(batch, S, C, cells, D)``, all ``C = L-1`` coefficients.
+      segment_valid: ``(batch, S)`` bool.
+      total: slots to keep, ``S*K`` (at most ``S*C``).
+    Returns:
+      ``(batch, S, C)`` bool, True on kept slots; each row a prefix; ``total`` True per video.
+    """
+    b, s, c = coeffs.shape[:3]
+    energy = jnp.sum(jnp.square(jax.lax.stop_gradient(coeffs).astype(jnp.float32)), axis=(2, 3, 4))
+    energy = jnp.where(segment_valid, energy, -1.0)
+    bids = energy[:, :, None] / jnp.arange(1, c + 1, dtype=jnp.float32)
+    _, winners = jax.lax.top_k(bids.reshape(b, s * c), total)
+    kept = jnp.sum(jax.nn.one_hot(winners // c, s, dtype=jnp.int32), axis=1)  # (B, S)
+    return jnp.arange(c)[None, None, :] < kept[:, :, None]
+
+
+def compact_slots(slot_mask: jax.Array, total: int) -> jax.Array:
+    """Flat indices ``s*C + k`` of the ``total`` kept slots in (segment, coefficient) order.
+
+    Args:
+      slot_mask: ``(batch, S, C)`` bool with exactly ``total`` True per video.
+    Returns:
+      ``(batch, total)`` int32.
+    """
+    flat = slot_mask.reshape(slot_mask.shape[0], -1)
+    order = jnp.argsort(~flat, axis=-1, stable=True)
+    return order[:, :total].astype(jnp.int32)
