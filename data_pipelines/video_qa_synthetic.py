@@ -4,7 +4,7 @@ Every example is rendered on the fly from `np.random.default_rng([seed, split_id
 index])`, so an index always gives the same video and train/eval never share a
 stream. Five question families separate what a token-compression method keeps:
 
-  static_detail     a 3x3 px (at 32 px) static object: needs full-resolution anchors.
+  static_detail     a 5x5 px (at 32 px) static object: needs full-resolution anchors.
   brief_event       a 1-2 frame flash: lost by frame subsampling.
   motion_direction  steady motion: needs more than one frame.
   temporal_order    which of two objects started moving first: needs temporal order.
@@ -24,13 +24,19 @@ from typing import Any
 import numpy as np
 
 FAMILIES: tuple[str, ...] = (
-    "static_detail", "brief_event", "motion_direction", "temporal_order", "counting")
+    "static_detail",
+    "brief_event",
+    "motion_direction",
+    "temporal_order",
+    "counting",
+)
 ALL_FAMILIES = FAMILIES
 
 COLOR_NAMES: tuple[str, ...] = ("red", "green", "blue", "yellow", "cyan", "magenta")
-_COLORS = np.array([
-    [235, 40, 40], [40, 225, 40], [50, 90, 255],
-    [235, 225, 40], [40, 225, 235], [230, 50, 230]], np.int16)
+_COLORS = np.array(
+    [[235, 40, 40], [40, 225, 40], [50, 90, 255], [235, 225, 40], [40, 225, 235], [230, 50, 230]],
+    np.int16,
+)
 DIRECTIONS: tuple[str, ...] = ("left", "right", "up", "down")
 NUMBERS: tuple[str, ...] = ("one", "two", "three", "four")
 
@@ -53,178 +59,190 @@ SPLIT_IDS: dict[str, int] = {"train": 0, "eval": 1, "validation": 1, "test": 2}
 
 
 def vocabulary() -> list[str]:
-  """Every word of every question and answer, sorted (fixed across runs)."""
-  words = set(COLOR_NAMES) | set(DIRECTIONS) | set(NUMBERS)
-  for q in QUESTIONS.values():
-    words |= {w for w in q.split() if not w.startswith("{")}
-  return sorted(words)
+    """Every word of every question and answer, sorted (fixed across runs)."""
+    words = set(COLOR_NAMES) | set(DIRECTIONS) | set(NUMBERS)
+    for q in QUESTIONS.values():
+        words |= {w for w in q.split() if not w.startswith("{")}
+    return sorted(words)
 
 
 # ----------------------------------------------------------------------------
 # Drawing helpers (vectorised over frames).
 # ----------------------------------------------------------------------------
 
-def _paint(frames: np.ndarray, ys: np.ndarray, xs: np.ndarray, size: int,
-           colour: np.ndarray, visible: np.ndarray | None = None) -> None:
-  """Paints a size x size square at top-left (ys[t], xs[t]) in each frame t.
 
-  frames: (T, H, W, 3) uint8, modified in place. ys, xs: (T,) ints.
-  visible: optional (T,) bool; frames where it is False are left untouched.
-  """
-  t = frames.shape[0]
-  ts = np.arange(t) if visible is None else np.flatnonzero(visible)
-  ys = np.broadcast_to(np.asarray(ys, np.int64), (t,))[ts]
-  xs = np.broadcast_to(np.asarray(xs, np.int64), (t,))[ts]
-  offs = np.arange(size)
-  # Advanced indexing: (n, size, size) pixel coordinates painted in one go.
-  frames[ts[:, None, None], (ys[:, None] + offs)[:, :, None],
-         (xs[:, None] + offs)[:, None, :]] = colour
+def _paint(
+    frames: np.ndarray,
+    ys: np.ndarray,
+    xs: np.ndarray,
+    size: int,
+    colour: np.ndarray,
+    visible: np.ndarray | None = None,
+) -> None:
+    """Paints a size x size square at top-left (ys[t], xs[t]) in each frame t.
+
+    frames: (T, H, W, 3) uint8, modified in place. ys, xs: (T,) ints.
+    visible: optional (T,) bool; frames where it is False are left untouched.
+    """
+    t = frames.shape[0]
+    ts = np.arange(t) if visible is None else np.flatnonzero(visible)
+    ys = np.broadcast_to(np.asarray(ys, np.int64), (t,))[ts]
+    xs = np.broadcast_to(np.asarray(xs, np.int64), (t,))[ts]
+    offs = np.arange(size)
+    # Advanced indexing: (n, size, size) pixel coordinates painted in one go.
+    frames[
+        ts[:, None, None], (ys[:, None] + offs)[:, :, None], (xs[:, None] + offs)[:, None, :]
+    ] = colour
 
 
 def _bounce(p0: float, v: float, t: np.ndarray, hi: int) -> np.ndarray:
-  """Position p0 + v t reflected into [0, hi] (triangle wave), rounded. (T,)"""
-  if hi <= 0:
-    return np.zeros_like(t, np.int64)
-  q = np.mod(p0 + v * t, 2 * hi)
-  return np.rint(np.where(q > hi, 2 * hi - q, q)).astype(np.int64)
+    """Position p0 + v t reflected into [0, hi] (triangle wave), rounded. (T,)"""
+    if hi <= 0:
+        return np.zeros_like(t, np.int64)
+    q = np.mod(p0 + v * t, 2 * hi)
+    return np.rint(np.where(q > hi, 2 * hi - q, q)).astype(np.int64)
 
 
 class _Canvas:
-  """Per-example rendering context: rng, sizes and a noisy dark background."""
+    """Per-example rendering context: rng, sizes and a noisy dark background."""
 
-  def __init__(self, rng: np.random.Generator, num_frames: int, image_size: int):
-    self.rng, self.t, self.h = rng, num_frames, image_size
-    scale = image_size / 32.0
-    self.small = max(1, round(3 * scale))       # static detail: 3x3 px at 32 px
-    self.medium = max(2, round(5 * scale))      # flashes and movers
-    self.large = max(3, round(7 * scale))       # drifting distractor
-    level = rng.integers(6, 22)
-    # Mild uniform noise in [0, 16): raw generator bits are ~8x faster than
-    # rng.integers and just as deterministic.
-    shape = (num_frames, image_size, image_size, 3)
-    size = int(np.prod(shape))
-    raw = rng.bit_generator.random_raw(-(-size // 8)).view(np.uint8)[:size]
-    self.frames = (raw.reshape(shape) & 15) + np.uint8(level)
-    self.time = np.arange(num_frames, dtype=np.float64)
+    def __init__(self, rng: np.random.Generator, num_frames: int, image_size: int):
+        self.rng, self.t, self.h = rng, num_frames, image_size
+        scale = image_size / 32.0
+        self.small = max(2, round(5 * scale))  # static detail: 5x5 px at 32 px, under one 8x8 patch
+        self.medium = max(2, round(5 * scale))  # flashes and movers
+        self.large = max(3, round(7 * scale))  # drifting distractor
+        level = rng.integers(6, 22)
+        # Mild uniform noise in [0, 16): raw generator bits are ~8x faster than
+        # rng.integers and just as deterministic.
+        shape = (num_frames, image_size, image_size, 3)
+        size = int(np.prod(shape))
+        raw = rng.bit_generator.random_raw(-(-size // 8)).view(np.uint8)[:size]
+        self.frames = (raw.reshape(shape) & 15) + np.uint8(level)
+        self.time = np.arange(num_frames, dtype=np.float64)
 
-  def colour(self, idx: int) -> np.ndarray:
-    """Colour `idx` with a little per-object jitter; stays clearly saturated."""
-    jitter = self.rng.integers(-15, 16, 3)
-    return np.clip(_COLORS[idx] + jitter, 0, 255).astype(np.uint8)
+    def colour(self, idx: int) -> np.ndarray:
+        """Colour `idx` with a little per-object jitter; stays clearly saturated."""
+        jitter = self.rng.integers(-15, 16, 3)
+        return np.clip(_COLORS[idx] + jitter, 0, 255).astype(np.uint8)
 
-  def random_pos(self, size: int) -> tuple[int, int]:
-    y, x = self.rng.integers(0, self.h - size + 1, 2)
-    return int(y), int(x)
+    def random_pos(self, size: int) -> tuple[int, int]:
+        y, x = self.rng.integers(0, self.h - size + 1, 2)
+        return int(y), int(x)
 
-  def drifting_distractor(self) -> None:
-    """A large grey object drifting (bouncing) across the frame for the whole clip.
+    def drifting_distractor(self) -> None:
+        """A large grey object drifting (bouncing) across the frame for the whole clip.
 
-    Achromatic on purpose: it adds motion and residual energy everywhere (what
-    a compressor must cope with) without competing with the coloured object a
-    question asks about, so colour answers measure what the tokens kept.
-    """
-    s, hi = self.large, self.h - self.large
-    speed = self.rng.uniform(0.6, 1.2) * hi / max(self.t - 1, 1)
-    angle = self.rng.uniform(0, 2 * np.pi)
-    y0, x0 = self.rng.uniform(0, hi, 2)
-    ys = _bounce(y0, speed * np.sin(angle), self.time, hi)
-    xs = _bounce(x0, speed * np.cos(angle), self.time, hi)
-    grey = np.full(3, self.rng.integers(130, 200), np.uint8)
-    _paint(self.frames, ys, xs, s, grey)
+        Achromatic on purpose: it adds motion and residual energy everywhere (what
+        a compressor must cope with) without competing with the coloured object a
+        question asks about, so colour answers measure what the tokens kept.
+        """
+        s, hi = self.large, self.h - self.large
+        speed = self.rng.uniform(0.6, 1.2) * hi / max(self.t - 1, 1)
+        angle = self.rng.uniform(0, 2 * np.pi)
+        y0, x0 = self.rng.uniform(0, hi, 2)
+        ys = _bounce(y0, speed * np.sin(angle), self.time, hi)
+        xs = _bounce(x0, speed * np.cos(angle), self.time, hi)
+        grey = np.full(3, self.rng.integers(130, 200), np.uint8)
+        _paint(self.frames, ys, xs, s, grey)
 
 
 def _two_colours(rng: np.random.Generator) -> tuple[int, int]:
-  a, b = rng.choice(len(COLOR_NAMES), 2, replace=False)
-  return int(a), int(b)
+    a, b = rng.choice(len(COLOR_NAMES), 2, replace=False)
+    return int(a), int(b)
 
 
 # ----------------------------------------------------------------------------
 # Families. Each returns (question, answer) after painting `cv.frames`.
 # ----------------------------------------------------------------------------
 
+
 def _static_detail(cv: _Canvas) -> tuple[str, str]:
-  target = int(cv.rng.integers(0, len(COLOR_NAMES)))
-  cv.drifting_distractor()
-  y, x = cv.random_pos(cv.small)
-  _paint(cv.frames, y, x, cv.small, cv.colour(target))   # on top: never occluded
-  return QUESTIONS["static_detail"], COLOR_NAMES[target]
+    target = int(cv.rng.integers(0, len(COLOR_NAMES)))
+    cv.drifting_distractor()
+    y, x = cv.random_pos(cv.small)
+    _paint(cv.frames, y, x, cv.small, cv.colour(target))  # on top: never occluded
+    return QUESTIONS["static_detail"], COLOR_NAMES[target]
 
 
 def _brief_event(cv: _Canvas) -> tuple[str, str]:
-  flash = int(cv.rng.integers(0, len(COLOR_NAMES)))
-  cv.drifting_distractor()
-  duration = int(cv.rng.integers(1, 3))
-  start = int(cv.rng.integers(1, cv.t - duration))       # never first/last frame
-  visible = (cv.time >= start) & (cv.time < start + duration)
-  y, x = cv.random_pos(cv.medium)
-  _paint(cv.frames, y, x, cv.medium, cv.colour(flash), visible)
-  return QUESTIONS["brief_event"], COLOR_NAMES[flash]
+    flash = int(cv.rng.integers(0, len(COLOR_NAMES)))
+    cv.drifting_distractor()
+    duration = int(cv.rng.integers(1, 3))
+    start = int(cv.rng.integers(1, cv.t - duration))  # never first/last frame
+    visible = (cv.time >= start) & (cv.time < start + duration)
+    y, x = cv.random_pos(cv.medium)
+    _paint(cv.frames, y, x, cv.medium, cv.colour(flash), visible)
+    return QUESTIONS["brief_event"], COLOR_NAMES[flash]
 
 
-def _linear_path(cv: _Canvas, lo: float, hi: float, positive: bool,
-                 t_start: float = 0.0) -> np.ndarray:
-  """Coordinates (T,) that hold still until t_start, then move steadily by a
-  random 35-55% of [lo, hi] until the last frame; positive=True increases."""
-  span = hi - lo
-  dist = cv.rng.uniform(0.35, 0.55) * span
-  p0 = lo + cv.rng.uniform(0, span - dist)
-  frac = np.clip((cv.time - t_start) / max(cv.t - 1 - t_start, 1e-9), 0.0, 1.0)
-  path = p0 + dist * frac if positive else p0 + dist * (1.0 - frac)
-  return np.rint(path).astype(np.int64)
+def _linear_path(
+    cv: _Canvas, lo: float, hi: float, positive: bool, t_start: float = 0.0
+) -> np.ndarray:
+    """Coordinates (T,) that hold still until t_start, then move steadily by a
+    random 35-55% of [lo, hi] until the last frame; positive=True increases."""
+    span = hi - lo
+    dist = cv.rng.uniform(0.35, 0.55) * span
+    p0 = lo + cv.rng.uniform(0, span - dist)
+    frac = np.clip((cv.time - t_start) / max(cv.t - 1 - t_start, 1e-9), 0.0, 1.0)
+    path = p0 + dist * frac if positive else p0 + dist * (1.0 - frac)
+    return np.rint(path).astype(np.int64)
 
 
 def _motion_direction(cv: _Canvas) -> tuple[str, str]:
-  s, hi = cv.medium, cv.h - cv.medium
-  direction = int(cv.rng.integers(0, 4))   # left, right, up, down
-  along = _linear_path(cv, 0, hi, positive=direction in (1, 3))
-  across = int(cv.rng.integers(0, hi + 1))
-  ys, xs = (across, along) if direction < 2 else (along, across)
-  _paint(cv.frames, ys, xs, s, cv.colour(int(cv.rng.integers(0, len(COLOR_NAMES)))))
-  return QUESTIONS["motion_direction"], DIRECTIONS[direction]
+    s, hi = cv.medium, cv.h - cv.medium
+    direction = int(cv.rng.integers(0, 4))  # left, right, up, down
+    along = _linear_path(cv, 0, hi, positive=direction in (1, 3))
+    across = int(cv.rng.integers(0, hi + 1))
+    ys, xs = (across, along) if direction < 2 else (along, across)
+    _paint(cv.frames, ys, xs, s, cv.colour(int(cv.rng.integers(0, len(COLOR_NAMES)))))
+    return QUESTIONS["motion_direction"], DIRECTIONS[direction]
 
 
 def _temporal_order(cv: _Canvas) -> tuple[str, str]:
-  s = cv.medium
-  first, second = _two_colours(cv.rng)
-  gap = max(2, round(cv.t / 4))
-  t_first = int(cv.rng.integers(0, max(1, round(0.35 * cv.t)) + 1))
-  t_last = max(t_first + gap, round(0.75 * cv.t))
-  t_second = int(cv.rng.integers(t_first + gap, min(t_last, cv.t - 2) + 1))
-  half = cv.h // 2
-  top_is_first = bool(cv.rng.integers(0, 2))
-  for colour, t_start, top in ((first, t_first, top_is_first),
-                               (second, t_second, not top_is_first)):
-    band_lo = 0 if top else half
-    y = int(cv.rng.integers(band_lo, band_lo + half - s + 1))
-    xs = _linear_path(cv, 0, cv.h - s, positive=bool(cv.rng.integers(0, 2)),
-                      t_start=t_start)
-    _paint(cv.frames, y, xs, s, cv.colour(colour))
-  named = (first, second) if cv.rng.integers(0, 2) else (second, first)
-  question = QUESTIONS["temporal_order"].format(
-      first=COLOR_NAMES[named[0]], second=COLOR_NAMES[named[1]])
-  return question, COLOR_NAMES[first]
+    s = cv.medium
+    first, second = _two_colours(cv.rng)
+    gap = max(2, round(cv.t / 4))
+    t_first = int(cv.rng.integers(0, max(1, round(0.35 * cv.t)) + 1))
+    t_last = max(t_first + gap, round(0.75 * cv.t))
+    t_second = int(cv.rng.integers(t_first + gap, min(t_last, cv.t - 2) + 1))
+    half = cv.h // 2
+    top_is_first = bool(cv.rng.integers(0, 2))
+    for colour, t_start, top in (
+        (first, t_first, top_is_first),
+        (second, t_second, not top_is_first),
+    ):
+        band_lo = 0 if top else half
+        y = int(cv.rng.integers(band_lo, band_lo + half - s + 1))
+        xs = _linear_path(cv, 0, cv.h - s, positive=bool(cv.rng.integers(0, 2)), t_start=t_start)
+        _paint(cv.frames, y, xs, s, cv.colour(colour))
+    named = (first, second) if cv.rng.integers(0, 2) else (second, first)
+    question = QUESTIONS["temporal_order"].format(
+        first=COLOR_NAMES[named[0]], second=COLOR_NAMES[named[1]]
+    )
+    return question, COLOR_NAMES[first]
 
 
 def _counting(cv: _Canvas) -> tuple[str, str]:
-  flash = int(cv.rng.integers(0, len(COLOR_NAMES)))
-  cv.drifting_distractor()
-  n = int(cv.rng.integers(1, 5))
-  durations = cv.rng.integers(1, 3, n)
-  min_gap = max(2, cv.t // 10)
-  free = cv.t - int(durations.sum()) - (n - 1) * min_gap
-  if free < 0:   # very short clips: shortest legal flashes and gaps
-    durations[:] = 1
-    min_gap = 1
-    free = cv.t - n - (n - 1)
-  # Random slack before, between and after the flashes (stars and bars).
-  slack = cv.rng.multinomial(free, np.full(n + 1, 1.0 / (n + 1)))
-  starts = slack[0] + np.concatenate(
-      [[0], np.cumsum(durations[:-1] + min_gap + slack[1:n])])
-  visible = ((cv.time[:, None] >= starts[None]) &
-             (cv.time[:, None] < (starts + durations)[None])).any(axis=1)
-  y, x = cv.random_pos(cv.medium)
-  _paint(cv.frames, y, x, cv.medium, cv.colour(flash), visible)
-  return QUESTIONS["counting"], NUMBERS[n - 1]
+    flash = int(cv.rng.integers(0, len(COLOR_NAMES)))
+    cv.drifting_distractor()
+    n = int(cv.rng.integers(1, 5))
+    durations = cv.rng.integers(1, 3, n)
+    min_gap = max(2, cv.t // 10)
+    free = cv.t - int(durations.sum()) - (n - 1) * min_gap
+    if free < 0:  # very short clips: shortest legal flashes and gaps
+        durations[:] = 1
+        min_gap = 1
+        free = cv.t - n - (n - 1)
+    # Random slack before, between and after the flashes (stars and bars).
+    slack = cv.rng.multinomial(free, np.full(n + 1, 1.0 / (n + 1)))
+    starts = slack[0] + np.concatenate([[0], np.cumsum(durations[:-1] + min_gap + slack[1:n])])
+    visible = (
+        (cv.time[:, None] >= starts[None]) & (cv.time[:, None] < (starts + durations)[None])
+    ).any(axis=1)
+    y, x = cv.random_pos(cv.medium)
+    _paint(cv.frames, y, x, cv.medium, cv.colour(flash), visible)
+    return QUESTIONS["counting"], NUMBERS[n - 1]
 
 
 _RENDER = {
@@ -240,89 +258,100 @@ _RENDER = {
 # Grain random-access source.
 # ----------------------------------------------------------------------------
 
+
 class VideoQASource:
-  """Grain random-access source of synthetic video QA examples.
+    """Grain random-access source of synthetic video QA examples.
 
-  Example (dict):
-    frames      (T, H, W, 3) uint8
-    frame_mask  (T,) bool, all True
-    question    str, e.g. "which way did the object move"
-    answer      str, one word
-    family      int, index into FAMILIES
-    index       int
-  """
+    Example (dict):
+      frames      (T, H, W, 3) uint8
+      frame_mask  (T,) bool, all True
+      question    str, e.g. "which way did the object move"
+      answer      str, one word
+      family      int, index into FAMILIES
+      index       int
+    """
 
-  def __init__(self, num_frames: int, image_size: int, num_examples: int,
-               split: str, seed: int = 0,
-               families: Sequence[str] = ALL_FAMILIES):
-    if split not in SPLIT_IDS:
-      raise ValueError(f"split must be one of {sorted(SPLIT_IDS)}, got {split!r}")
-    unknown = [f for f in families if f not in FAMILIES]
-    if unknown or not families:
-      raise ValueError(f"families must be a non-empty subset of {FAMILIES}, "
-                       f"got {list(families)}")
-    if num_frames < 8:
-      raise ValueError(f"num_frames must be >= 8 (events need room), got {num_frames}")
-    if image_size < 16:
-      raise ValueError(f"image_size must be >= 16, got {image_size}")
-    if num_examples <= 0:
-      raise ValueError(f"num_examples must be positive, got {num_examples}")
-    self.num_frames, self.image_size = int(num_frames), int(image_size)
-    self.num_examples, self.split, self.seed = int(num_examples), split, int(seed)
-    self.families = tuple(families)
-    self._split_id = SPLIT_IDS[split]
-    self._family_ids = tuple(FAMILIES.index(f) for f in self.families)
+    def __init__(
+        self,
+        num_frames: int,
+        image_size: int,
+        num_examples: int,
+        split: str,
+        seed: int = 0,
+        families: Sequence[str] = ALL_FAMILIES,
+    ):
+        if split not in SPLIT_IDS:
+            raise ValueError(f"split must be one of {sorted(SPLIT_IDS)}, got {split!r}")
+        unknown = [f for f in families if f not in FAMILIES]
+        if unknown or not families:
+            raise ValueError(
+                f"families must be a non-empty subset of {FAMILIES}, got {list(families)}"
+            )
+        if num_frames < 8:
+            raise ValueError(f"num_frames must be >= 8 (events need room), got {num_frames}")
+        if image_size < 16:
+            raise ValueError(f"image_size must be >= 16, got {image_size}")
+        if num_examples <= 0:
+            raise ValueError(f"num_examples must be positive, got {num_examples}")
+        self.num_frames, self.image_size = int(num_frames), int(image_size)
+        self.num_examples, self.split, self.seed = int(num_examples), split, int(seed)
+        self.families = tuple(families)
+        self._split_id = SPLIT_IDS[split]
+        self._family_ids = tuple(FAMILIES.index(f) for f in self.families)
 
-  def __len__(self) -> int:
-    return self.num_examples
+    def __len__(self) -> int:
+        return self.num_examples
 
-  def __repr__(self) -> str:
-    return (f"VideoQASource(split={self.split!r}, n={self.num_examples}, "
+    def __repr__(self) -> str:
+        return (
+            f"VideoQASource(split={self.split!r}, n={self.num_examples}, "
             f"T={self.num_frames}, size={self.image_size}, seed={self.seed}, "
-            f"families={self.families})")
+            f"families={self.families})"
+        )
 
-  def __getitem__(self, index: int) -> dict[str, Any]:
-    index = int(index)
-    if not 0 <= index < self.num_examples:
-      raise IndexError(f"index {index} out of range [0, {self.num_examples})")
-    family = self._family_ids[index % len(self._family_ids)]
-    rng = np.random.default_rng([self.seed, self._split_id, index])
-    canvas = _Canvas(rng, self.num_frames, self.image_size)
-    question, answer = _RENDER[FAMILIES[family]](canvas)
-    return {
-        "frames": canvas.frames,
-        "frame_mask": np.ones((self.num_frames,), bool),
-        "question": question,
-        "answer": answer,
-        "family": family,
-        "index": index,
-    }
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        index = int(index)
+        if not 0 <= index < self.num_examples:
+            raise IndexError(f"index {index} out of range [0, {self.num_examples})")
+        family = self._family_ids[index % len(self._family_ids)]
+        rng = np.random.default_rng([self.seed, self._split_id, index])
+        canvas = _Canvas(rng, self.num_frames, self.image_size)
+        question, answer = _RENDER[FAMILIES[family]](canvas)
+        return {
+            "frames": canvas.frames,
+            "frame_mask": np.ones((self.num_frames,), bool),
+            "question": question,
+            "answer": answer,
+            "family": family,
+            "index": index,
+        }
 
 
 def _get(cfg: Any, *keys: str, default: Any = None) -> Any:
-  """First of `keys` present in cfg (a ConfigDict, dict or object)."""
-  for key in keys:
-    value = cfg.get(key) if isinstance(cfg, Mapping) else getattr(cfg, key, None)
-    if value is not None:
-      return value
-  if default is None:
-    raise KeyError(f"config is missing data.{keys[0]}")
-  return default
+    """First of `keys` present in cfg (a ConfigDict, dict or object)."""
+    for key in keys:
+        value = cfg.get(key) if isinstance(cfg, Mapping) else getattr(cfg, key, None)
+        if value is not None:
+            return value
+    if default is None:
+        raise KeyError(f"config is missing data.{keys[0]}")
+    return default
 
 
 def make_source(config_data_section: Any, split: str) -> VideoQASource:
-  """Builds the source from the `data` config section.
+    """Builds the source from the `data` config section.
 
-  Reads data.num_frames, data.image_size, data.seed (default 0), data.families
-  (default all) and the split size: data.train_examples for 'train', else
-  data.eval_examples (data.num_train_examples / data.num_eval_examples also work).
-  """
-  cfg = config_data_section
-  prefix = "train" if split == "train" else "eval"
-  return VideoQASource(
-      num_frames=_get(cfg, "num_frames"),
-      image_size=_get(cfg, "image_size"),
-      num_examples=_get(cfg, f"{prefix}_examples", f"num_{prefix}_examples"),
-      split=split,
-      seed=_get(cfg, "seed", default=0),
-      families=tuple(_get(cfg, "families", default=ALL_FAMILIES)))
+    Reads data.num_frames, data.image_size, data.seed (default 0), data.families
+    (default all) and the split size: data.train_examples for 'train', else
+    data.eval_examples (data.num_train_examples / data.num_eval_examples also work).
+    """
+    cfg = config_data_section
+    prefix = "train" if split == "train" else "eval"
+    return VideoQASource(
+        num_frames=_get(cfg, "num_frames"),
+        image_size=_get(cfg, "image_size"),
+        num_examples=_get(cfg, f"{prefix}_examples", f"num_{prefix}_examples"),
+        split=split,
+        seed=_get(cfg, "seed", default=0),
+        families=tuple(_get(cfg, "families", default=ALL_FAMILIES)),
+    )

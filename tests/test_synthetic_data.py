@@ -14,214 +14,220 @@ BASE_COLORS = dict(zip(vqa.COLOR_NAMES, vqa._COLORS))  # pylint: disable=protect
 
 
 def colour_mask(frames, name, tol=24):
-  """(T, H, W) bool: pixels within tol (per channel) of colour `name`."""
-  diff = np.abs(frames.astype(np.int16) - BASE_COLORS[name].astype(np.int16))
-  return diff.max(-1) <= tol
+    """(T, H, W) bool: pixels within tol (per channel) of colour `name`."""
+    diff = np.abs(frames.astype(np.int16) - BASE_COLORS[name].astype(np.int16))
+    return diff.max(-1) <= tol
 
 
 def centroids(mask):
-  """(T, 2) mean (y, x) of a (T, H, W) mask; NaN where empty."""
-  t, h, w = mask.shape
-  count = mask.sum((1, 2))
-  ys = (mask * np.arange(h)[None, :, None]).sum((1, 2)) / np.maximum(count, 1)
-  xs = (mask * np.arange(w)[None, None, :]).sum((1, 2)) / np.maximum(count, 1)
-  out = np.stack([ys, xs], -1).astype(float)
-  out[count == 0] = np.nan
-  return out
+    """(T, 2) mean (y, x) of a (T, H, W) mask; NaN where empty."""
+    t, h, w = mask.shape
+    count = mask.sum((1, 2))
+    ys = (mask * np.arange(h)[None, :, None]).sum((1, 2)) / np.maximum(count, 1)
+    xs = (mask * np.arange(w)[None, None, :]).sum((1, 2)) / np.maximum(count, 1)
+    out = np.stack([ys, xs], -1).astype(float)
+    out[count == 0] = np.nan
+    return out
 
 
 def runs(present):
-  """[(start, length)] of consecutive True runs in a (T,) bool array."""
-  out, start = [], None
-  for t, p in enumerate(list(present) + [False]):
-    if p and start is None:
-      start = t
-    elif not p and start is not None:
-      out.append((start, t - start))
-      start = None
-  return out
+    """[(start, length)] of consecutive True runs in a (T,) bool array."""
+    out, start = [], None
+    for t, p in enumerate(list(present) + [False]):
+        if p and start is None:
+            start = t
+        elif not p and start is not None:
+            out.append((start, t - start))
+            start = None
+    return out
 
 
 def examples_of(source, family, count):
-  fid = vqa.FAMILIES.index(family)
-  got = []
-  for i in range(len(source)):
-    if len(got) == count:
-      break
-    if i % len(source.families) == source.families.index(family):
-      e = source[i]
-      assert e["family"] == fid
-      got.append(e)
-  return got
+    fid = vqa.FAMILIES.index(family)
+    got = []
+    for i in range(len(source)):
+        if len(got) == count:
+            break
+        if i % len(source.families) == source.families.index(family):
+            e = source[i]
+            assert e["family"] == fid
+            got.append(e)
+    return got
 
 
-VARIANTS = [(16, 32), (96, 32), (16, 64)]   # (num_frames, image_size); 96 = long
+VARIANTS = [(16, 32), (96, 32), (16, 64)]  # (num_frames, image_size); 96 = long
 
 
 def test_example_format():
-  src = vqa.VideoQASource(16, 32, 50, "train", seed=0)
-  for i in range(10):
-    e = src[i]
-    assert e["frames"].shape == (16, 32, 32, 3) and e["frames"].dtype == np.uint8
-    assert e["frame_mask"].shape == (16,) and e["frame_mask"].dtype == bool
-    assert e["frame_mask"].all()
-    assert isinstance(e["question"], str) and isinstance(e["answer"], str)
-    assert len(e["answer"].split()) == 1
-    assert e["answer"] in vqa.ANSWERS[vqa.FAMILIES[e["family"]]]
-    assert e["index"] == i
-  with pytest.raises(IndexError):
-    src[50]
+    src = vqa.VideoQASource(16, 32, 50, "train", seed=0)
+    for i in range(10):
+        e = src[i]
+        assert e["frames"].shape == (16, 32, 32, 3) and e["frames"].dtype == np.uint8
+        assert e["frame_mask"].shape == (16,) and e["frame_mask"].dtype == bool
+        assert e["frame_mask"].all()
+        assert isinstance(e["question"], str) and isinstance(e["answer"], str)
+        assert len(e["answer"].split()) == 1
+        assert e["answer"] in vqa.ANSWERS[vqa.FAMILIES[e["family"]]]
+        assert e["index"] == i
+    with pytest.raises(IndexError):
+        src[50]
 
 
 def test_deterministic_across_instances():
-  a = vqa.VideoQASource(16, 32, 100, "train", seed=3)
-  b = vqa.VideoQASource(16, 32, 100, "train", seed=3)
-  c = vqa.VideoQASource(16, 32, 100, "train", seed=4)
-  for i in (0, 1, 2, 3, 4, 57, 99):
-    ea, eb = a[i], b[i]
-    np.testing.assert_array_equal(ea["frames"], eb["frames"])
-    assert (ea["question"], ea["answer"], ea["family"]) == (
-        eb["question"], eb["answer"], eb["family"])
-    assert not np.array_equal(ea["frames"], c[i]["frames"])
-  # Order of access does not matter (pure function of the index).
-  np.testing.assert_array_equal(a[57]["frames"], b[57]["frames"])
+    a = vqa.VideoQASource(16, 32, 100, "train", seed=3)
+    b = vqa.VideoQASource(16, 32, 100, "train", seed=3)
+    c = vqa.VideoQASource(16, 32, 100, "train", seed=4)
+    for i in (0, 1, 2, 3, 4, 57, 99):
+        ea, eb = a[i], b[i]
+        np.testing.assert_array_equal(ea["frames"], eb["frames"])
+        assert (ea["question"], ea["answer"], ea["family"]) == (
+            eb["question"],
+            eb["answer"],
+            eb["family"],
+        )
+        assert not np.array_equal(ea["frames"], c[i]["frames"])
+    # Order of access does not matter (pure function of the index).
+    np.testing.assert_array_equal(a[57]["frames"], b[57]["frames"])
 
 
 def test_splits_disjoint():
-  n = 300
-  train = vqa.VideoQASource(16, 32, n, "train", seed=0)
-  evals = vqa.VideoQASource(16, 32, n, "eval", seed=0)
-  digest = lambda e: hashlib.sha1(e["frames"].tobytes()).hexdigest()
-  train_hashes = {digest(train[i]) for i in range(n)}
-  eval_hashes = {digest(evals[i]) for i in range(n)}
-  assert len(train_hashes) == n and len(eval_hashes) == n
-  assert not train_hashes & eval_hashes
+    n = 300
+    train = vqa.VideoQASource(16, 32, n, "train", seed=0)
+    evals = vqa.VideoQASource(16, 32, n, "eval", seed=0)
+    digest = lambda e: hashlib.sha1(e["frames"].tobytes()).hexdigest()
+    train_hashes = {digest(train[i]) for i in range(n)}
+    eval_hashes = {digest(evals[i]) for i in range(n)}
+    assert len(train_hashes) == n and len(eval_hashes) == n
+    assert not train_hashes & eval_hashes
 
 
 def test_families_balanced_and_answers_cover_their_space():
-  src = vqa.VideoQASource(16, 32, 600, "train", seed=0)
-  fam = collections.Counter()
-  answers = collections.defaultdict(collections.Counter)
-  for i in range(600):
-    e = src[i]
-    fam[e["family"]] += 1
-    answers[e["family"]][e["answer"]] += 1
-  assert fam == {f: 120 for f in range(5)}
-  for f, counter in answers.items():
-    space = vqa.ANSWERS[vqa.FAMILIES[f]]
-    assert set(counter) == set(space), (vqa.FAMILIES[f], counter)
-    # No answer dominates: max share well below 2x uniform.
-    assert max(counter.values()) < 2 * 120 / len(space)
+    src = vqa.VideoQASource(16, 32, 600, "train", seed=0)
+    fam = collections.Counter()
+    answers = collections.defaultdict(collections.Counter)
+    for i in range(600):
+        e = src[i]
+        fam[e["family"]] += 1
+        answers[e["family"]][e["answer"]] += 1
+    assert fam == {f: 120 for f in range(5)}
+    for f, counter in answers.items():
+        space = vqa.ANSWERS[vqa.FAMILIES[f]]
+        assert set(counter) == set(space), (vqa.FAMILIES[f], counter)
+        # No answer dominates: max share well below 2x uniform.
+        assert max(counter.values()) < 2 * 120 / len(space)
 
 
 def test_family_subset():
-  src = vqa.VideoQASource(16, 32, 20, "eval", families=("counting", "static_detail"))
-  fams = [src[i]["family"] for i in range(20)]
-  assert fams == [4, 0] * 10
+    src = vqa.VideoQASource(16, 32, 20, "eval", families=("counting", "static_detail"))
+    fams = [src[i]["family"] for i in range(20)]
+    assert fams == [4, 0] * 10
 
 
 @pytest.mark.parametrize("num_frames,image_size", VARIANTS)
 def test_static_detail_by_construction(num_frames, image_size):
-  src = vqa.VideoQASource(num_frames, image_size, 200, "train", seed=1)
-  side = round(3 * image_size / 32)
-  for e in examples_of(src, "static_detail", 15):
-    m = colour_mask(e["frames"], e["answer"])
-    # Exactly the small square, in every frame, never moving.
-    assert (m.sum((1, 2)) == side * side).all()
-    assert (m == m[0]).all()
-    # A larger grey distractor is there too.
-    bright = e["frames"].max(-1) > 120
-    assert (bright.sum((1, 2)) > side * side).all()
+    src = vqa.VideoQASource(num_frames, image_size, 200, "train", seed=1)
+    side = round(5 * image_size / 32)
+    for e in examples_of(src, "static_detail", 15):
+        m = colour_mask(e["frames"], e["answer"])
+        # Exactly the small square, in every frame, never moving.
+        assert (m.sum((1, 2)) == side * side).all()
+        assert (m == m[0]).all()
+        # A larger grey distractor is there too.
+        bright = e["frames"].max(-1) > 120
+        assert (bright.sum((1, 2)) > side * side).all()
 
 
 @pytest.mark.parametrize("num_frames,image_size", VARIANTS)
 def test_brief_event_by_construction(num_frames, image_size):
-  src = vqa.VideoQASource(num_frames, image_size, 200, "train", seed=1)
-  for e in examples_of(src, "brief_event", 15):
-    present = colour_mask(e["frames"], e["answer"]).any((1, 2))
-    (start, length), = runs(present)       # one flash
-    assert 1 <= length <= 2
-    assert start >= 1 and start + length <= num_frames - 1   # not first/last
+    src = vqa.VideoQASource(num_frames, image_size, 200, "train", seed=1)
+    for e in examples_of(src, "brief_event", 15):
+        present = colour_mask(e["frames"], e["answer"]).any((1, 2))
+        ((start, length),) = runs(present)  # one flash
+        assert 1 <= length <= 2
+        assert start >= 1 and start + length <= num_frames - 1  # not first/last
 
 
 @pytest.mark.parametrize("num_frames,image_size", VARIANTS)
 def test_motion_direction_by_construction(num_frames, image_size):
-  src = vqa.VideoQASource(num_frames, image_size, 200, "train", seed=1)
-  seen = set()
-  for e in examples_of(src, "motion_direction", 30):
-    c = centroids(e["frames"].max(-1) > 120)
-    assert not np.isnan(c).any()
-    dy, dx = np.diff(c, axis=0).T
-    axis, sign = {"left": (dx, -1), "right": (dx, 1), "up": (dy, -1),
-                  "down": (dy, 1)}[e["answer"]]
-    other = dy if axis is dx else dx
-    assert (sign * axis >= 0).all() and sign * axis.sum() >= 0.25 * image_size
-    assert (other == 0).all()
-    seen.add(e["answer"])
-  assert seen == set(vqa.DIRECTIONS)
+    src = vqa.VideoQASource(num_frames, image_size, 200, "train", seed=1)
+    seen = set()
+    for e in examples_of(src, "motion_direction", 30):
+        c = centroids(e["frames"].max(-1) > 120)
+        assert not np.isnan(c).any()
+        dy, dx = np.diff(c, axis=0).T
+        axis, sign = {"left": (dx, -1), "right": (dx, 1), "up": (dy, -1), "down": (dy, 1)}[
+            e["answer"]
+        ]
+        other = dy if axis is dx else dx
+        assert (sign * axis >= 0).all() and sign * axis.sum() >= 0.25 * image_size
+        assert (other == 0).all()
+        seen.add(e["answer"])
+    assert seen == set(vqa.DIRECTIONS)
 
 
 @pytest.mark.parametrize("num_frames,image_size", VARIANTS)
 def test_temporal_order_by_construction(num_frames, image_size):
-  src = vqa.VideoQASource(num_frames, image_size, 200, "train", seed=1)
-  named_first = 0
-  for e in examples_of(src, "temporal_order", 30):
-    words = e["question"].split()
-    c1, c2 = words[words.index("the") + 1], words[words.index("or") + 2]
-    assert e["answer"] in (c1, c2) and c1 != c2
-    named_first += e["answer"] == c1
+    src = vqa.VideoQASource(num_frames, image_size, 200, "train", seed=1)
+    named_first = 0
+    for e in examples_of(src, "temporal_order", 30):
+        words = e["question"].split()
+        c1, c2 = words[words.index("the") + 1], words[words.index("or") + 2]
+        assert e["answer"] in (c1, c2) and c1 != c2
+        named_first += e["answer"] == c1
 
-    def onset(name):
-      c = centroids(colour_mask(e["frames"], name))
-      moved = np.flatnonzero(np.abs(c - c[0]).max(-1) > 0)
-      assert moved.size, name
-      return moved[0]
+        def onset(name):
+            c = centroids(colour_mask(e["frames"], name))
+            moved = np.flatnonzero(np.abs(c - c[0]).max(-1) > 0)
+            assert moved.size, name
+            return moved[0]
 
-    other = c2 if e["answer"] == c1 else c1
-    assert onset(e["answer"]) < onset(other)
-  assert 5 <= named_first <= 25        # which colour is named first is random
+        other = c2 if e["answer"] == c1 else c1
+        assert onset(e["answer"]) < onset(other)
+    assert 5 <= named_first <= 25  # which colour is named first is random
 
 
 @pytest.mark.parametrize("num_frames,image_size", VARIANTS)
 def test_counting_by_construction(num_frames, image_size):
-  src = vqa.VideoQASource(num_frames, image_size, 300, "train", seed=1)
-  seen = set()
-  for e in examples_of(src, "counting", 30):
-    n = vqa.NUMBERS.index(e["answer"]) + 1
-    # The flashing colour is the one whose presence toggles.
-    toggling = []
-    for name in vqa.COLOR_NAMES:
-      p = colour_mask(e["frames"], name).any((1, 2))
-      if p.any() and not p.all():
-        toggling.append(runs(p))
-    assert len(toggling) == 1
-    flashes = toggling[0]
-    assert len(flashes) == n
-    assert all(1 <= length <= 2 for _, length in flashes)
-    seen.add(n)
-  assert seen == {1, 2, 3, 4}
+    src = vqa.VideoQASource(num_frames, image_size, 300, "train", seed=1)
+    seen = set()
+    for e in examples_of(src, "counting", 30):
+        n = vqa.NUMBERS.index(e["answer"]) + 1
+        # The flashing colour is the one whose presence toggles.
+        toggling = []
+        for name in vqa.COLOR_NAMES:
+            p = colour_mask(e["frames"], name).any((1, 2))
+            if p.any() and not p.all():
+                toggling.append(runs(p))
+        assert len(toggling) == 1
+        flashes = toggling[0]
+        assert len(flashes) == n
+        assert all(1 <= length <= 2 for _, length in flashes)
+        seen.add(n)
+    assert seen == {1, 2, 3, 4}
 
 
 def test_make_source_from_config():
-  cfg = ml_collections.ConfigDict(dict(
-      num_frames=16, image_size=32, train_examples=1000, eval_examples=100,
-      seed=7))
-  train, ev = vqa.make_source(cfg, "train"), vqa.make_source(cfg, "eval")
-  assert (len(train), len(ev), train.seed, train.families) == (
-      1000, 100, 7, vqa.FAMILIES)
-  np.testing.assert_array_equal(
-      train[5]["frames"], vqa.VideoQASource(16, 32, 1000, "train", 7)[5]["frames"])
-  legacy = vqa.make_source({"num_frames": 8, "image_size": 16,
-                            "num_eval_examples": 9, "families": ["counting"]}, "eval")
-  assert (len(legacy), legacy.seed, legacy.families) == (9, 0, ("counting",))
-  with pytest.raises(KeyError, match="data.eval_examples"):
-    vqa.make_source({"num_frames": 16, "image_size": 32}, "eval")
+    cfg = ml_collections.ConfigDict(
+        dict(num_frames=16, image_size=32, train_examples=1000, eval_examples=100, seed=7)
+    )
+    train, ev = vqa.make_source(cfg, "train"), vqa.make_source(cfg, "eval")
+    assert (len(train), len(ev), train.seed, train.families) == (1000, 100, 7, vqa.FAMILIES)
+    np.testing.assert_array_equal(
+        train[5]["frames"], vqa.VideoQASource(16, 32, 1000, "train", 7)[5]["frames"]
+    )
+    legacy = vqa.make_source(
+        {"num_frames": 8, "image_size": 16, "num_eval_examples": 9, "families": ["counting"]},
+        "eval",
+    )
+    assert (len(legacy), legacy.seed, legacy.families) == (9, 0, ("counting",))
+    with pytest.raises(KeyError, match="data.eval_examples"):
+        vqa.make_source({"num_frames": 16, "image_size": 32}, "eval")
 
 
 def test_bad_arguments():
-  with pytest.raises(ValueError, match="split"):
-    vqa.VideoQASource(16, 32, 10, "dev")
-  with pytest.raises(ValueError, match="families"):
-    vqa.VideoQASource(16, 32, 10, "train", families=("colour",))
-  with pytest.raises(ValueError, match="num_frames"):
-    vqa.VideoQASource(4, 32, 10, "train")
+    with pytest.raises(ValueError, match="split"):
+        vqa.VideoQASource(16, 32, 10, "dev")
+    with pytest.raises(ValueError, match="families"):
+        vqa.VideoQASource(16, 32, 10, "train", families=("colour",))
+    with pytest.raises(ValueError, match="num_frames"):
+        vqa.VideoQASource(4, 32, 10, "train")
