@@ -51,14 +51,13 @@ def apply_smoke(c: ml_collections.ConfigDict) -> None:
     c.train.update(batch_size=8, num_steps=4, log_every=2, checkpoint_every=2, progress_bar=False)
     c.optim.warmup_steps = 2
     c.eval.update(batch_size=8, num_examples=12)
-    c.data.eval_examples = 12
 
 
 def apply_pod_scale(c: ml_collections.ConfigDict) -> None:
     """A pretraining-scale description: SigLIP-So400m-sized encoder, 7B-class LLM."""
-    c.data.update(num_frames=64, image_size=384, max_text_len=2048, max_answer_len=256,
+    c.data.update(num_frames=64, image_size=378, max_text_len=2048, max_answer_len=256,
                   worker_count=8, read_threads=8)
-    c.model.vision.update(image_size=384, patch_size=14, width=1152, depth=27, heads=16,
+    c.model.vision.update(image_size=378, patch_size=14, width=1152, depth=27, heads=16,
                           mlp_dim=4304, remat=True, encode_chunk=16)
     c.model.llm.update(vocab_size=152_064, width=3584, depth=28, heads=28, kv_heads=4,
                        head_dim=128, mlp_dim=18_944, rope_theta=1_000_000.0, qkv_bias=True,
@@ -66,6 +65,7 @@ def apply_pod_scale(c: ml_collections.ConfigDict) -> None:
     c.compressor.absorber.heads = 16
     c.optim.update(learning_rate=2e-5, warmup_steps=500)
     c.train.update(batch_size=256, num_steps=20_000, dtype="auto", checkpoint_every=500)
+    c.eval.update(batch_size=64, num_examples=2000, max_new_tokens=256)
     c.mesh.shape = (-1, 16, 4)
 
 

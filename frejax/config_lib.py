@@ -61,7 +61,6 @@ def base_config() -> ml_collections.ConfigDict:
         num_frames=16,
         image_size=32,
         train_examples=200_000,   # procedural: distinct videos available to train on
-        eval_examples=500,
         max_text_len=24,
         max_answer_len=2,
         worker_count=0,           # Grain worker processes (spawned)
@@ -119,7 +118,7 @@ _CHOICES = {
 }
 
 _POSITIVE = (
-    "data.num_frames", "data.image_size", "data.train_examples", "data.eval_examples",
+    "data.num_frames", "data.image_size", "data.train_examples",
     "data.max_text_len", "data.max_answer_len", "data.read_threads",
     "model.vision.patch_size", "model.vision.width", "model.vision.depth",
     "model.vision.heads", "model.vision.mlp_dim",
@@ -127,6 +126,16 @@ _POSITIVE = (
     "model.llm.mlp_dim", "optim.accum_steps", "train.batch_size", "train.num_steps",
     "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
     "eval.batch_size", "eval.num_examples", "eval.max_new_tokens",
+)
+
+
+# (divisor, dividend): shapes that must split evenly.
+_DIVIDES = (
+    ("model.vision.patch_size", "data.image_size"),
+    ("model.vision.heads", "model.vision.width"),
+    ("model.llm.kv_heads", "model.llm.heads"),
+    ("compressor.absorber.heads", "model.vision.width"),
+    ("optim.accum_steps", "train.batch_size"),
 )
 
 
@@ -192,37 +201,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"config.model.vision.image_size ({v['model.vision.image_size']}) must equal"
             f" config.data.image_size ({v['data.image_size']})")
-    if v["data.image_size"] % v["model.vision.patch_size"]:
-        raise ValueError(
-            f"config.model.vision.patch_size ({v['model.vision.patch_size']}) must divide"
-            f" config.data.image_size ({v['data.image_size']})")
-    for section in ("vision", "llm"):
-        width, heads = v[f"model.{section}.width"], v[f"model.{section}.heads"]
-        if section == "vision" or not v["model.llm.head_dim"]:
-            if width % heads:
-                raise ValueError(
-                    f"config.model.{section}.heads ({heads}) must divide"
-                    f" config.model.{section}.width ({width})")
-    if v["model.llm.heads"] % v["model.llm.kv_heads"]:
-        raise ValueError(
-            f"config.model.llm.kv_heads ({v['model.llm.kv_heads']}) must divide"
-            f" config.model.llm.heads ({v['model.llm.heads']})")
-    if v["model.vision.width"] % v["compressor.absorber.heads"]:
-        raise ValueError(
-            f"config.compressor.absorber.heads ({v['compressor.absorber.heads']}) must divide"
-            f" config.model.vision.width ({v['model.vision.width']})")
-    if v["train.batch_size"] % v["optim.accum_steps"]:
-        raise ValueError(
-            f"config.train.batch_size ({v['train.batch_size']}) must be divisible by"
-            f" config.optim.accum_steps ({v['optim.accum_steps']})")
+    divides = list(_DIVIDES)
+    if not v["model.llm.head_dim"]:  # head_dim 0 means width / heads
+        divides.append(("model.llm.heads", "model.llm.width"))
+    for divisor, dividend in divides:
+        if v[dividend] % v[divisor]:
+            raise ValueError(
+                f"config.{divisor} ({v[divisor]}) must divide config.{dividend} ({v[dividend]})")
     if v["eval.max_new_tokens"] < v["data.max_answer_len"]:
         raise ValueError(
             f"config.eval.max_new_tokens ({v['eval.max_new_tokens']}) must be >="
             f" config.data.max_answer_len ({v['data.max_answer_len']})")
-    if v["eval.num_examples"] > v["data.eval_examples"]:
-        raise ValueError(
-            f"config.eval.num_examples ({v['eval.num_examples']}) exceeds"
-            f" config.data.eval_examples ({v['data.eval_examples']})")
     for key in ("optim.learning_rate", "optim.clip_norm"):
         if v[key] <= 0:
             raise ValueError(f"config.{key} must be > 0, got {v[key]}")

@@ -133,3 +133,12 @@ def test_config_validation_names_the_key():
         train.config_lib.validate(config)
     with pytest.raises(ValueError, match="unknown key 'sclae'"):
         short_video.get_config("sclae=pod")
+
+
+@pytest.mark.parametrize("arg", ["", "smoke", "scale=pod", "scale=pod,frames=128",
+                                 "ratio=4,compressor=uniform_frames"])
+@pytest.mark.parametrize("module", ["short_video", "long_video"])
+def test_every_shipped_config_variant_validates(module, arg):
+    import importlib
+    config = importlib.import_module(f"configs.{module}").get_config(arg)
+    train.config_lib.validate(config)
