@@ -55,6 +55,9 @@ def _dataset(config, tokenizer, source, *, split, batch_size, shuffle, num_epoch
 def make_train_iterator(config: ml_collections.ConfigDict, tokenizer, mesh) -> Iterator[dict]:
     """An endless, shuffled, checkpointable iterator of this host's train batches."""
     _check_batch(config.train.batch_size, mesh, "train.batch_size")
+    # Each accumulation step's micro-batch is sharded over the mesh too.
+    _check_batch(config.train.batch_size // config.optim.accum_steps, mesh,
+                 "train.batch_size / optim.accum_steps")
     source = make_source(config, "train", config.data.train_examples)
     ds = _dataset(config, tokenizer, source, split="train", batch_size=config.train.batch_size,
                   shuffle=True, num_epochs=None)

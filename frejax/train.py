@@ -191,7 +191,7 @@ def make_train_step(setup: TrainSetup, config: ml_collections.ConfigDict, batch_
         # A state with a non-finite parameter must never be checkpointed.
         params_finite = jnp.all(jnp.array(
             [jnp.isfinite(p).all() for p in jax.tree.leaves(params)]))
-        metrics = dict(metrics, grad_norm=optax.global_norm(grads),
+        metrics = dict(metrics, grad_norm=optax.tree.norm(grads),
                        learning_rate=schedule(state["step"]),
                        params_finite=params_finite.astype(jnp.float32))
         return dict(step=state["step"] + 1, params=params, opt_state=opt_state), metrics

@@ -96,6 +96,7 @@ def _losses(config, devices, batches):
 def test_train_step_same_loss_on_1_and_8_devices(accum_steps):
     config = short_video.get_config("smoke")
     config.optim.accum_steps = accum_steps
+    config.train.batch_size = 8 * accum_steps  # each micro-batch splits over 8 devices
     tok = data_lib.make_tokenizer(config)
     mesh1 = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
     with jax.set_mesh(mesh1), sharding.axis_rules(config.sharding.rules):
@@ -120,6 +121,15 @@ def test_non_finite_loss_stops_before_any_checkpoint(tmp_path):
     saved = [int(p.name) for p in ckpts.iterdir() if p.name.isdigit()] if ckpts.exists() else []
     # Step 1 may be saved (its loss is that of the initial params); no later one is.
     assert all(s <= 1 for s in saved), saved
+
+
+def test_micro_batch_that_cannot_split_over_the_mesh_is_a_config_error():
+    config = short_video.get_config("smoke")
+    config.optim.accum_steps = 2  # micro-batch of 4 on 8 devices
+    mesh = sharding.make_mesh((4, 2, 1), jax.devices()[:8])
+    with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
+        with pytest.raises(ValueError, match="train.batch_size / optim.accum_steps"):
+            data_lib.make_train_iterator(config, data_lib.make_tokenizer(config), mesh)
 
 
 def test_config_validation_names_the_key():
