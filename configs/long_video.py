@@ -1,7 +1,8 @@
-"""Long clips (64 frames) of the embedded benchmark, 16x fewer visual tokens: the main job.
+"""Long clips (32 frames on CPU) of the embedded benchmark, 8x fewer visual tokens: the main job.
 
     python -m frejax.main --config=configs/long_video.py
     python -m frejax.main --config=configs/long_video.py:smoke
+    python -m frejax.main --config=configs/long_video.py:frames=128,ratio=16
     python -m frejax.main --config=configs/long_video.py:scale=pod   # a pretraining-scale run
 
 Arg keys: scale=cpu|pod, smoke, ratio, compressor, frames.
@@ -11,4 +12,4 @@ from configs import common
 
 
 def get_config(arg=None):
-    return common.video_config(arg, name="long_video", frames=64, ratio=16.0)
+    return common.video_config(arg, name="long_video", frames=32, ratio=8.0)

@@ -110,7 +110,7 @@ class _Canvas:
         self.rng, self.t, self.h = rng, num_frames, image_size
         scale = image_size / 32.0
         self.small = max(2, round(5 * scale))  # static detail: 5x5 px at 32 px, under one 8x8 patch
-        self.medium = max(2, round(5 * scale))  # flashes and movers
+        self.medium = max(2, round(7 * scale))  # flashes and movers: 7x7 px at 32 px
         self.large = max(3, round(7 * scale))  # drifting distractor
         level = rng.integers(6, 22)
         # Mild uniform noise in [0, 16): raw generator bits are ~8x faster than

@@ -70,7 +70,7 @@ def base_config() -> ml_collections.ConfigDict:
     ))
 
     c.model = ml_collections.ConfigDict(dict(
-        vision=dict(image_size=32, patch_size=8, width=96, depth=2, heads=4, mlp_dim=192,
+        vision=dict(image_size=32, patch_size=8, width=64, depth=2, heads=4, mlp_dim=128,
                     remat=False, encode_chunk=0),
         projector=dict(hidden=0),
         llm=dict(vocab_size=0,  # 0: from the tokenizer
@@ -85,7 +85,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.train = ml_collections.ConfigDict(dict(
         batch_size=32,            # global
-        num_steps=1500,
+        num_steps=1400,
         dtype="auto",             # compute dtype: auto (bf16 on TPU/GPU, fp32 on CPU) | float32 | bfloat16
         log_every=25,
         eval_every=0,             # 0: evaluate once at the end
