@@ -57,9 +57,14 @@ class _TestHalfPad(Compressor):
         return CompressedTokens(tokens, jnp.ones((b, k), bool))
 
 
-for _cls in (_TestIdentity, _TestHalfPad):
-    if _cls.name not in compression.names():
-        compression.register(_cls)
+@pytest.fixture(autouse=True, scope="module")
+def _test_compressors():
+    """Registers the test-only compressors for this module's tests only."""
+    for cls in (_TestIdentity, _TestHalfPad):
+        compression.register(cls)
+    yield
+    for cls in (_TestIdentity, _TestHalfPad):
+        compression.unregister(cls.name)
 
 
 # --- tiny configs ---------------------------------------------------------------------------

@@ -112,7 +112,6 @@ def test_train_step_same_loss_on_1_and_8_devices(accum_steps):
 
 def test_non_finite_loss_stops_before_any_checkpoint(tmp_path):
     config = short_video.get_config("smoke")
-    config.mesh.shape = (1, 1, 1)
     config.train.checkpoint_every = 1
     config.optim.update(learning_rate=1e30, warmup_steps=0, clip_norm=1e30)
     with pytest.raises(train.NonFiniteLossError, match="non-finite"):

@@ -146,6 +146,12 @@ def register(cls: type[Compressor]) -> type[Compressor]:
     return cls
 
 
+def unregister(name: str) -> None:
+    """Removes ``name`` (for test-local compressors); unknown names raise."""
+    get(name)
+    del _REGISTRY[name]
+
+
 def names() -> tuple[str, ...]:
     return tuple(sorted(_REGISTRY))
 
