@@ -19,7 +19,7 @@ with `image_size / 32`, event times with `num_frames` (flashes stay 1-2 frames).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -334,33 +334,3 @@ class VideoQASource:
             "family": family,
             "index": index,
         }
-
-
-def _get(cfg: Any, *keys: str, default: Any = None) -> Any:
-    """First of `keys` present in cfg (a ConfigDict, dict or object)."""
-    for key in keys:
-        value = cfg.get(key) if isinstance(cfg, Mapping) else getattr(cfg, key, None)
-        if value is not None:
-            return value
-    if default is None:
-        raise KeyError(f"config is missing data.{keys[0]}")
-    return default
-
-
-def make_source(config_data_section: Any, split: str) -> VideoQASource:
-    """Builds the source from the `data` config section.
-
-    Reads data.num_frames, data.image_size, data.seed (default 0), data.families
-    (default all) and the split size: data.train_examples for 'train', else
-    data.eval_examples (data.num_train_examples / data.num_eval_examples also work).
-    """
-    cfg = config_data_section
-    prefix = "train" if split == "train" else "eval"
-    return VideoQASource(
-        num_frames=_get(cfg, "num_frames"),
-        image_size=_get(cfg, "image_size"),
-        num_examples=_get(cfg, f"{prefix}_examples", f"num_{prefix}_examples"),
-        split=split,
-        seed=_get(cfg, "seed", default=0),
-        families=tuple(_get(cfg, "families", default=ALL_FAMILIES)),
-    )

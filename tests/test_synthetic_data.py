@@ -4,7 +4,6 @@ that are correct by construction (checked from pixels, not from the generator)."
 import collections
 import hashlib
 
-import ml_collections
 import numpy as np
 import pytest
 
@@ -204,24 +203,6 @@ def test_counting_by_construction(num_frames, image_size):
         assert all(1 <= length <= 2 for _, length in flashes)
         seen.add(n)
     assert seen == {1, 2, 3, 4}
-
-
-def test_make_source_from_config():
-    cfg = ml_collections.ConfigDict(
-        dict(num_frames=16, image_size=32, train_examples=1000, eval_examples=100, seed=7)
-    )
-    train, ev = vqa.make_source(cfg, "train"), vqa.make_source(cfg, "eval")
-    assert (len(train), len(ev), train.seed, train.families) == (1000, 100, 7, vqa.FAMILIES)
-    np.testing.assert_array_equal(
-        train[5]["frames"], vqa.VideoQASource(16, 32, 1000, "train", 7)[5]["frames"]
-    )
-    legacy = vqa.make_source(
-        {"num_frames": 8, "image_size": 16, "num_eval_examples": 9, "families": ["counting"]},
-        "eval",
-    )
-    assert (len(legacy), legacy.seed, legacy.families) == (9, 0, ("counting",))
-    with pytest.raises(KeyError, match="data.eval_examples"):
-        vqa.make_source({"num_frames": 16, "image_size": 32}, "eval")
 
 
 def test_bad_arguments():
