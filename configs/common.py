@@ -7,6 +7,9 @@ colon in ``--config=configs/long_video.py:scale=pod,smoke`` and is parsed by
 
 from __future__ import annotations
 
+import json
+import os
+
 import ml_collections
 
 from frejax.config_lib import base_config, compressor_config  # noqa: F401  (re-exported)
@@ -69,10 +72,60 @@ def apply_pod_scale(c: ml_collections.ConfigDict) -> None:
     c.mesh.shape = (-1, 16, 4)
 
 
+def apply_pretrained(c: ml_collections.ConfigDict, vision: str = "", llm: str = "") -> None:
+    """Points the model at local Hugging Face folders; their config.json sets the architecture.
+
+    ``vision``: a SigLIP / SigLIP2 folder; ``llm``: a Qwen2 / Qwen2.5 / Llama-3
+    folder (its ``tokenizer.json``, when there, becomes the tokenizer).
+    """
+    from frejax.models import hf_import  # noqa: PLC0415  (imports JAX: only when asked)
+
+    def read(folder: str, what: str) -> dict:
+        path = os.path.join(folder, "config.json")
+        if not os.path.isfile(path):
+            raise ValueError(f"config arg {what}={folder}: no config.json in that folder")
+        with open(path) as f:
+            return json.load(f)
+
+    if vision:
+        c.model.vision.update(hf_import.vision_config_from_hf(read(vision, "vision")),
+                              pretrained=vision)
+        c.data.image_size = c.model.vision.image_size
+    if llm:
+        llm_cfg = hf_import.llm_config_from_hf(read(llm, "llm"))
+        c.model.llm.rope_scaling.update(llm_cfg.pop("rope_scaling"))
+        c.model.llm.update(llm_cfg, pretrained=llm)
+        if os.path.isfile(os.path.join(llm, "tokenizer.json")):
+            c.data.update(tokenizer="huggingface", tokenizer_path=llm)
+
+
+def apply_stage(c: ml_collections.ConfigDict, stage: int, lora_rank: int = 0) -> None:
+    """Training recipes for a pretrained encoder and LLM.
+
+    stage 0: everything trains (the from-scratch default); stage 1: frozen
+    encoder and LLM, train the compressor (its absorber) and the projector;
+    stage 2: the LLM unfrozen as well, at a tenth of the learning rate, or with
+    ``lora_rank > 0`` its base weights frozen and LoRA adapters trained instead.
+    """
+    if stage == 0:
+        return
+    if stage == 1:
+        c.optim.freeze = "encoder,llm"
+    elif stage == 2:
+        c.optim.freeze = "encoder,llm" if lora_rank else "encoder"
+        c.optim.lr_multipliers.llm = 0.1
+    else:
+        raise ValueError(f"config arg: stage must be 0, 1 or 2, got {stage}")
+    if lora_rank:
+        if stage != 2:
+            raise ValueError("config arg: lora needs stage=2 (stage 1 keeps the LLM frozen)")
+        c.model.llm.lora.rank = lora_rank
+
+
 def video_config(arg, *, name: str, frames: int, ratio: float) -> ml_collections.ConfigDict:
     """The embedded-benchmark config shared by the short and long video files."""
     args = parse_arg(arg, scale="cpu", smoke=False, ratio=ratio, compressor="fre_res",
-                     frames=frames)
+                     frames=frames, stage=0, lora=0, vision="", llm="")
     c = base_config()
     c.name = name
     c.data.num_frames = args.frames
@@ -83,4 +136,6 @@ def video_config(arg, *, name: str, frames: int, ratio: float) -> ml_collections
         raise ValueError(f"config arg: scale must be 'cpu' or 'pod', got {args.scale!r}")
     if args.smoke:
         apply_smoke(c)
+    apply_pretrained(c, args.vision, args.llm)
+    apply_stage(c, args.stage, args.lora)
     return c

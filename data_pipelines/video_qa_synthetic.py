@@ -12,7 +12,13 @@ stream. Five question families separate what a token-compression method keeps:
   counting          n in 1..4 well-separated flashes: needs dense temporal sampling.
 
 Families cycle with the index (index % len(families)), so each gets 1/len of the
-examples. Objects are saturated colours on a dark noisy background, with a
+examples. Every clip also carries follow-up questions about the same content
+(`followups`), trained in the same sequence after the family's question: where
+the small object or the flash is, the colour of the object that moved or
+flashed, and which way the top object of a temporal-order clip moved. Encoding a clip costs far more than its text, so a second question per
+clip is nearly free supervision for the skills the families share (finding a
+small or brief object, reading its colour). Evaluation asks the family's
+question only. Objects are saturated colours on a dark noisy background, with a
 drifting grey distractor in the colour and counting families; sizes scale
 with `image_size / 32`, event times with `num_frames` (flashes stay 1-2 frames).
 """
@@ -57,13 +63,24 @@ ANSWERS: dict[str, tuple[str, ...]] = {
     "temporal_order": BANDS,
     "counting": NUMBERS,
 }
+# Follow-up questions per family, about the same clip (answer sets in the comments).
+FOLLOWUPS: dict[str, tuple[str, ...]] = {
+    "static_detail": ("is the small object at the top or the bottom",),  # BANDS
+    "brief_event": ("was the flash at the top or the bottom",),  # BANDS
+    "motion_direction": ("what color is the moving object",),  # COLOR_NAMES
+    "temporal_order": (
+        "what color is the object that moved first",  # COLOR_NAMES
+        "which way did the top object move",  # left / right
+    ),
+    "counting": ("what color was the flash",),  # COLOR_NAMES
+}
 SPLIT_IDS: dict[str, int] = {"train": 0, "eval": 1, "validation": 1, "test": 2}
 
 
 def vocabulary() -> list[str]:
     """Every word of every question and answer, sorted (fixed across runs)."""
-    words = set(COLOR_NAMES) | set(DIRECTIONS) | set(NUMBERS)
-    for q in QUESTIONS.values():
+    words = set(COLOR_NAMES) | set(DIRECTIONS) | set(NUMBERS) | set(BANDS)
+    for q in (*QUESTIONS.values(), *(q for qs in FOLLOWUPS.values() for q in qs)):
         words |= {w for w in q.split() if not w.startswith("{")}
     return sorted(words)
 
@@ -132,6 +149,17 @@ class _Canvas:
         y, x = self.rng.integers(0, self.h - size + 1, 2)
         return int(y), int(x)
 
+    def pos_in_band(self, size: int) -> tuple[int, int, str]:
+        """A random top-left corner whose object lies wholly in the top or bottom
+        half (so "top or bottom" has one answer); returns (y, x, band)."""
+        band = int(self.rng.integers(0, 2))
+        half = self.h // 2
+        lo = 0 if band == 0 else half
+        hi = half - size if band == 0 else self.h - size
+        y = int(self.rng.integers(lo, hi + 1))
+        x = int(self.rng.integers(0, self.h - size + 1))
+        return y, x, BANDS[band]
+
     def drifting_distractor(self) -> None:
         """A large grey object drifting (bouncing) across the frame for the whole clip.
 
@@ -155,27 +183,27 @@ def _two_colours(rng: np.random.Generator) -> tuple[int, int]:
 
 
 # ----------------------------------------------------------------------------
-# Families. Each returns (question, answer) after painting `cv.frames`.
+# Families. Each paints `cv.frames` and returns (answer, follow-up answers).
 # ----------------------------------------------------------------------------
 
 
-def _static_detail(cv: _Canvas) -> tuple[str, str]:
+def _static_detail(cv: _Canvas) -> tuple[str, tuple[str, ...]]:
     target = int(cv.rng.integers(0, len(COLOR_NAMES)))
     cv.drifting_distractor()
-    y, x = cv.random_pos(cv.small)
+    y, x, band = cv.pos_in_band(cv.small)
     _paint(cv.frames, y, x, cv.small, cv.colour(target))  # on top: never occluded
-    return QUESTIONS["static_detail"], COLOR_NAMES[target]
+    return COLOR_NAMES[target], (band,)
 
 
-def _brief_event(cv: _Canvas) -> tuple[str, str]:
+def _brief_event(cv: _Canvas) -> tuple[str, tuple[str, ...]]:
     flash = int(cv.rng.integers(0, len(COLOR_NAMES)))
     cv.drifting_distractor()
     duration = int(cv.rng.integers(1, 3))
     start = int(cv.rng.integers(1, cv.t - duration))  # never first/last frame
     visible = (cv.time >= start) & (cv.time < start + duration)
-    y, x = cv.random_pos(cv.medium)
+    y, x, band = cv.pos_in_band(cv.medium)
     _paint(cv.frames, y, x, cv.medium, cv.colour(flash), visible)
-    return QUESTIONS["brief_event"], COLOR_NAMES[flash]
+    return COLOR_NAMES[flash], (band,)
 
 
 def _linear_path(
@@ -197,7 +225,7 @@ def _linear_path(
     return np.rint(path).astype(np.int64)
 
 
-def _motion_direction(cv: _Canvas) -> tuple[str, str]:
+def _motion_direction(cv: _Canvas) -> tuple[str, tuple[str, ...]]:
     s, hi = cv.medium, cv.h - cv.medium
     direction = int(cv.rng.integers(0, 4))  # left, right, up, down
     # A long travel (half the frame or more) makes the direction visible between
@@ -206,11 +234,12 @@ def _motion_direction(cv: _Canvas) -> tuple[str, str]:
     along = _linear_path(cv, 0, hi, positive=direction in (1, 3), travel=(0.5, 0.8))
     across = int(cv.rng.integers(0, hi + 1))
     ys, xs = (across, along) if direction < 2 else (along, across)
-    _paint(cv.frames, ys, xs, s, cv.colour(int(cv.rng.integers(0, len(COLOR_NAMES)))))
-    return QUESTIONS["motion_direction"], DIRECTIONS[direction]
+    colour = int(cv.rng.integers(0, len(COLOR_NAMES)))
+    _paint(cv.frames, ys, xs, s, cv.colour(colour))
+    return DIRECTIONS[direction], (COLOR_NAMES[colour],)
 
 
-def _temporal_order(cv: _Canvas) -> tuple[str, str]:
+def _temporal_order(cv: _Canvas) -> tuple[str, tuple[str, ...]]:
     s = cv.medium
     first, second = _two_colours(cv.rng)
     gap = max(2, round(cv.t / 4))
@@ -219,20 +248,24 @@ def _temporal_order(cv: _Canvas) -> tuple[str, str]:
     t_second = int(cv.rng.integers(t_first + gap, min(t_last, cv.t - 2) + 1))
     half = cv.h // 2
     top_is_first = bool(cv.rng.integers(0, 2))
+    top_direction = ""
     for colour, t_start, top in (
         (first, t_first, top_is_first),
         (second, t_second, not top_is_first),
     ):
         band_lo = 0 if top else half
         y = int(cv.rng.integers(band_lo, band_lo + half - s + 1))
-        xs = _linear_path(cv, 0, cv.h - s, positive=bool(cv.rng.integers(0, 2)), t_start=t_start)
+        rightwards = bool(cv.rng.integers(0, 2))
+        xs = _linear_path(cv, 0, cv.h - s, positive=rightwards, t_start=t_start)
         _paint(cv.frames, y, xs, s, cv.colour(colour))
+        if top:
+            top_direction = DIRECTIONS[1 if rightwards else 0]
     # Asked by band, not by colour: the answer set is fixed, so the family
     # measures temporal order rather than copying a colour word from the question.
-    return QUESTIONS["temporal_order"], BANDS[0 if top_is_first else 1]
+    return BANDS[0 if top_is_first else 1], (COLOR_NAMES[first], top_direction)
 
 
-def _counting(cv: _Canvas) -> tuple[str, str]:
+def _counting(cv: _Canvas) -> tuple[str, tuple[str, ...]]:
     flash = int(cv.rng.integers(0, len(COLOR_NAMES)))
     cv.drifting_distractor()
     n = int(cv.rng.integers(1, 5))
@@ -251,7 +284,7 @@ def _counting(cv: _Canvas) -> tuple[str, str]:
     ).any(axis=1)
     y, x = cv.random_pos(cv.medium)
     _paint(cv.frames, y, x, cv.medium, cv.colour(flash), visible)
-    return QUESTIONS["counting"], NUMBERS[n - 1]
+    return NUMBERS[n - 1], (COLOR_NAMES[flash],)
 
 
 _RENDER = {
@@ -276,6 +309,8 @@ class VideoQASource:
       frame_mask  (T,) bool, all True
       question    str, e.g. "which way did the object move"
       answer      str, one word
+      followups   tuple of (question, answer): follow-up turns about the
+                  same clip (empty with followups=False)
       family      int, index into FAMILIES
       index       int
     """
@@ -288,6 +323,7 @@ class VideoQASource:
         split: str,
         seed: int = 0,
         families: Sequence[str] = ALL_FAMILIES,
+        followups: bool = True,
     ):
         if split not in SPLIT_IDS:
             raise ValueError(f"split must be one of {sorted(SPLIT_IDS)}, got {split!r}")
@@ -305,6 +341,7 @@ class VideoQASource:
         self.num_frames, self.image_size = int(num_frames), int(image_size)
         self.num_examples, self.split, self.seed = int(num_examples), split, int(seed)
         self.families = tuple(families)
+        self.followups = bool(followups)
         self._split_id = SPLIT_IDS[split]
         self._family_ids = tuple(FAMILIES.index(f) for f in self.families)
 
@@ -325,12 +362,15 @@ class VideoQASource:
         family = self._family_ids[index % len(self._family_ids)]
         rng = np.random.default_rng([self.seed, self._split_id, index])
         canvas = _Canvas(rng, self.num_frames, self.image_size)
-        question, answer = _RENDER[FAMILIES[family]](canvas)
+        name = FAMILIES[family]
+        answer, followup_answers = _RENDER[name](canvas)
+        followups = tuple(zip(FOLLOWUPS[name], followup_answers)) if self.followups else ()
         return {
             "frames": canvas.frames,
             "frame_mask": np.ones((self.num_frames,), bool),
-            "question": question,
+            "question": QUESTIONS[name],
             "answer": answer,
+            "followups": followups,
             "family": family,
             "index": index,
         }

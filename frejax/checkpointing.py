@@ -4,24 +4,61 @@ Each step directory holds three items, committed atomically by Orbax:
 
 * ``state``: the train state (step, params, optimiser state), written by every
   process for its own shards (no host-0 bottleneck) and restored straight into
-  the shardings of the current mesh;
+  the shardings of the current mesh, which may differ from the saving one;
 * ``data_iter``: the Grain iterator position of this process, so a resumed run
   neither repeats nor skips an example;
 * ``config``: the resolved config as JSON, for humans and for drift checks.
 
+The state holds no RNG: training draws no random numbers (no dropout), and the
+data order is a function of ``config.seed`` and the iterator position.
+
 Saves are asynchronous: ``save`` returns once device arrays are copied out, and
 the next train step overlaps with the write.
+
+Resuming (``Checkpointer.restore_newest_intact``) walks the steps newest first
+and takes the first one that is whole: a step with a missing commit marker or
+metadata file, or whose arrays cannot be read back (truncated or deleted
+files), is reported, renamed to ``<step>.unusable`` (kept, never deleted) and
+skipped. A step saved with a different model shape is not "damaged": that
+stops the run with ``ConfigDriftError`` or ``CheckpointMismatchError``.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Any
+import signal
+import threading
+from collections.abc import Mapping
+from typing import Any, Self
 
 import grain
+import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
+
+# Orbax writes these last, when a step is committed.
+_COMMIT_MARKER = "commit_success.txt"
+_STEP_METADATA = "_CHECKPOINT_METADATA"
+_ITEMS = ("state", "data_iter", "config")
+# Orbax names an unfinished save `<step>.orbax-checkpoint-tmp`.
+_UNFINISHED_SUFFIX = ".orbax-checkpoint-tmp"
+_SET_ASIDE_SUFFIX = ".unusable"
+
+
+class ConfigDriftError(ValueError):
+    """The checkpoint was written with a config whose model shape differs."""
+
+
+class CheckpointMismatchError(ValueError):
+    """The saved arrays do not fit the state the current code builds."""
+
+
+class NoIntactCheckpointError(RuntimeError):
+    """Every checkpoint in the directory is damaged."""
 
 
 class Checkpointer:
@@ -44,6 +81,9 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self._manager.all_steps())
 
+    def step_dir(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
+
     def save(self, step: int, state: Any, data_iter: Any,
              config: ml_collections.ConfigDict, *, force: bool = False) -> bool:
         """Starts an async save of ``step``; the iterator position is captured now."""
@@ -59,6 +99,8 @@ class Checkpointer:
     def restore(self, step: int, abstract_state: Any, data_iter: Any | None = None) -> Any:
         """Restores ``step`` into ``abstract_state``'s shapes, dtypes and shardings.
 
+        The shardings are those of ``abstract_state`` (the current mesh), not the
+        saved ones: a checkpoint written on 8 devices restores onto 4.
         ``data_iter`` (if given) is moved to the saved position in place.
         """
         items = dict(state=ocp.args.StandardRestore(abstract_state))
@@ -72,6 +114,51 @@ class Checkpointer:
         return self._manager.restore(
             step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
 
+    def restore_newest_intact(
+            self, abstract_state: Any, config: ml_collections.ConfigDict,
+            data_iter: Any | None = None) -> tuple[int | None, Any]:
+        """Restores the newest whole checkpoint saved with a compatible config.
+
+        Returns ``(step, state)``, or ``(None, None)`` when there is no checkpoint.
+        Damaged steps newer than the one restored are logged and set aside as
+        ``<step>.unusable``. Raises ``ConfigDriftError`` or
+        ``CheckpointMismatchError`` when the newest whole step does not fit the
+        current model, and ``NoIntactCheckpointError`` when every step is damaged
+        (then nothing is renamed).
+        """
+        self._report_unfinished_saves()
+        damaged: dict[int, str] = {}
+        for step in sorted(self.all_steps(), reverse=True):
+            state, reason = None, find_damage(
+                self.step_dir(step), None if data_iter is None else _data_iter_file())
+            if reason is None:
+                try:
+                    check_config_drift(self.restore_config(step), config,
+                                       where=f"step {step} in {self.directory}")
+                    self._check_structure(step, abstract_state)
+                    state = self.restore(step, abstract_state, data_iter)
+                except (ConfigDriftError, CheckpointMismatchError):
+                    raise
+                except Exception as e:  # noqa: BLE001  (TensorStore raises bare Exception)
+                    reason = f"cannot be read back: {type(e).__name__}: {_first_line(e)}"
+            reason = _agreed_reason(reason)
+            if reason is None:
+                if damaged:
+                    self._set_aside(damaged)
+                    logging.warning(
+                        "Resuming from step %d, the newest intact checkpoint in %s", step,
+                        self.directory)
+                return step, state
+            logging.warning("Checkpoint step %d in %s is damaged (%s); trying an older one",
+                            step, self.directory, reason)
+            damaged[step] = reason
+        if damaged:
+            listing = "; ".join(f"step {s}: {r}" for s, r in damaged.items())
+            raise NoIntactCheckpointError(
+                f"no intact checkpoint in {self.directory} ({listing}). Nothing was renamed"
+                " or deleted; move the directory away to start over.")
+        return None, None
+
     def wait(self) -> None:
         """Blocks until every started save is committed."""
         self._manager.wait_until_finished()
@@ -79,3 +166,204 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+    def _check_structure(self, step: int, abstract_state: Any) -> None:
+        """Compares saved array paths and shapes with the state the code builds now."""
+        saved = _shapes_by_path(self._manager.item_metadata(step)["state"].tree)
+        wanted = _shapes_by_path(abstract_state)
+        problems = [f"{p}: missing in the checkpoint" for p in sorted(set(wanted) - set(saved))]
+        problems += [f"{p}: in the checkpoint only" for p in sorted(set(saved) - set(wanted))]
+        problems += [f"{p}: checkpoint {saved[p]}, now {wanted[p]}"
+                     for p in sorted(set(saved) & set(wanted)) if saved[p] != wanted[p]]
+        if problems:
+            shown = "\n  ".join(problems[:20])
+            more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+            raise CheckpointMismatchError(
+                f"checkpoint step {step} in {self.directory} does not fit the train state"
+                f" the current code builds (model or optimiser changed?):\n  {shown}{more}")
+
+    def _report_unfinished_saves(self) -> None:
+        if not os.path.isdir(self.directory):
+            return
+        unfinished = sorted(n for n in os.listdir(self.directory) if _UNFINISHED_SUFFIX in n)
+        if unfinished:
+            logging.warning(
+                "Ignoring unfinished saves in %s (the run stopped while writing them): %s;"
+                " Orbax replaces each when its step is saved again", self.directory, unfinished)
+
+    def _set_aside(self, damaged: Mapping[int, str]) -> None:
+        """Renames damaged steps so they are kept but never resumed from or overwritten."""
+        if jax.process_index() == 0:
+            for step in damaged:
+                target = self.step_dir(step) + _SET_ASIDE_SUFFIX
+                n = 1
+                while os.path.exists(target):
+                    n += 1
+                    target = f"{self.step_dir(step)}{_SET_ASIDE_SUFFIX}{n}"
+                os.rename(self.step_dir(step), target)
+                logging.warning("Kept damaged checkpoint step %d as %s", step, target)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("frejax_checkpoint_set_aside")
+        self._manager.reload()
+
+
+def find_damage(step_dir: str, data_iter_file: str | None = None) -> str | None:
+    """Says why ``step_dir`` is not a whole checkpoint, or None when it looks whole.
+
+    File-level checks only, no array is read: the commit markers Orbax writes
+    last, and the metadata of every item; ``data_iter_file`` (e.g.
+    ``process_0-of-1.json``) when the data position is to be restored too. A
+    truncated or deleted array file is found by ``Checkpointer.restore`` when it
+    reads the arrays back.
+    """
+    json_files = [_STEP_METADATA, "state/_METADATA", "config/metadata"]
+    if data_iter_file is not None:
+        json_files.append(f"data_iter/{data_iter_file}")
+    required = [_COMMIT_MARKER, *json_files, *(f"{item}/{_COMMIT_MARKER}" for item in _ITEMS)]
+    for name in required:
+        if not os.path.isfile(os.path.join(step_dir, name)):
+            return f"{name} is missing (half-written or copied incompletely)"
+    for name in json_files:
+        try:
+            with open(os.path.join(step_dir, name)) as f:
+                content = json.load(f)
+        except (OSError, ValueError) as e:
+            return f"{name} is not valid JSON ({_first_line(e)})"
+        if name == _STEP_METADATA and not content.get("commit_timestamp_nsecs"):
+            return f"{name} has no commit timestamp (the save never finished)"
+    return None
+
+
+def _data_iter_file() -> str:
+    """The file Grain's checkpoint handler writes for this process."""
+    return f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+
+
+# ----------------------------------------------------------------------------
+# Config drift between a checkpoint and the resuming run.
+# ----------------------------------------------------------------------------
+
+# Keys a resumed run must share with its checkpoint: they fix the shapes of the
+# saved arrays (model, compressor, video geometry), the vocabulary (the
+# tokenizer, or the dataset that picks it), or the layout of the saved Grain
+# iterator position.
+MUST_MATCH_KEYS = ("model.", "compressor.", "data.num_frames", "data.image_size",
+                   "data.name", "data.tokenizer", "data.tokenizer_path", "data.worker_count")
+# Keys a resumed run may change without changing what it computes.
+SAFE_KEYS = ("name", "eval.", "train.log_every", "train.progress_bar",
+             "train.checkpoint_every", "train.checkpoint_minutes", "train.keep_checkpoints",
+             "train.async_checkpoints", "train.num_steps", "train.profile_steps", "mesh.",
+             "sharding.", "data.worker_buffer_size", "data.read_threads",
+             "data.prefetch_buffer_size")
+
+_ABSENT = "<absent>"
+
+
+def check_config_drift(saved: Mapping[str, Any], current: ml_collections.ConfigDict, *,
+                       where: str = "the checkpoint") -> None:
+    """Fails if a ``MUST_MATCH_KEYS`` key differs; logs every other change.
+
+    ``saved`` is the config JSON of a checkpoint. Keys outside both lists (the
+    optimiser, batch size, seed, ...) may change, with a warning: the run is then
+    no longer the one that was saved. A key only one side has (the schema grew
+    or shrank between versions) is warned about too; if it changed a shape, the
+    structure check of the restore names the arrays.
+    """
+    old = _flatten(saved)
+    new = _flatten(json.loads(json.dumps(current.to_dict())))  # tuples -> lists, as saved
+    changed = {k: (old.get(k, _ABSENT), new.get(k, _ABSENT))
+               for k in sorted(set(old) | set(new)) if old.get(k, _ABSENT) != new.get(k, _ABSENT)}
+    fatal = {k: v for k, v in changed.items()
+             if _matches(k, MUST_MATCH_KEYS) and _ABSENT not in v}
+    if fatal:
+        lines = "\n  ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in fatal.items())
+        raise ConfigDriftError(
+            f"config differs from {where} in keys that fix the model shape:\n  {lines}\n"
+            "Resume with the checkpoint's values, or train in a new --workdir.")
+    risky = {k: v for k, v in changed.items() if not _matches(k, SAFE_KEYS)}
+    if risky:
+        logging.warning("Resuming from %s with changed settings: %s", where,
+                        ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in risky.items()))
+    safe = {k: v for k, v in changed.items() if k not in risky}
+    if safe:
+        logging.info("Resuming from %s; changed (safe): %s", where,
+                     ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in safe.items()))
+
+
+def _matches(key: str, patterns: tuple[str, ...]) -> bool:
+    return any(key.startswith(p) if p.endswith(".") else key == p for p in patterns)
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _shapes_by_path(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``{"params/llm/embedding": (shape, dtype)}`` for arrays or array metadata."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        name = "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
+                        for k in path)
+        out[name] = (tuple(leaf.shape), str(np.dtype(leaf.dtype)))
+    return out
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else repr(e)
+
+
+def _agreed_reason(reason: str | None) -> str | None:
+    """Multi-host: a step is damaged if any process found it so (all then skip it)."""
+    if jax.process_count() == 1:
+        return reason
+    flags = multihost_utils.process_allgather(np.array(reason is not None))
+    if reason is None and flags.any():
+        return f"damaged on process {int(np.argmax(flags))}"
+    return reason
+
+
+# ----------------------------------------------------------------------------
+# Preemption.
+# ----------------------------------------------------------------------------
+
+
+class PreemptionWatcher:
+    """Tells the train loop when to save and stop because the job is preempted.
+
+    One process: a SIGTERM handler sets a flag, read after each step. Several
+    processes: JAX's preemption sync point (its notifier handles SIGTERM), so
+    every host stops at the same step even though each got the notice at a
+    different one; it must be asked at every step, from the same first step.
+    Use as a context manager: the previous SIGTERM handler comes back on exit.
+    """
+
+    def __init__(self):
+        self._received = threading.Event()
+        self._previous = None
+
+    def __enter__(self) -> Self:
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+    def _on_sigterm(self, signum, frame) -> None:
+        del signum, frame
+        self._received.set()  # only a flag: the loop saves at the end of its step
+
+    def reached(self, step: int) -> bool:
+        """True once the job should save ``step`` and stop."""
+        if jax.process_count() > 1:
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self._received.is_set()

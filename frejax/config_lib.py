@@ -61,27 +61,53 @@ def base_config() -> ml_collections.ConfigDict:
         num_frames=16,
         image_size=32,
         train_examples=200_000,   # procedural: distinct videos available to train on
-        max_text_len=24,
+        max_text_len=48,          # tokens: question + answer + the follow-up turns
+        followups=True,           # synthetic: train one follow-up question per clip too
         max_answer_len=2,
         worker_count=0,           # Grain worker processes (spawned)
         worker_buffer_size=2,
         read_threads=1,
         prefetch_buffer_size=2,
+        # Real videos (data.name video_folder | array_record | tfds); see the README.
+        root="",                  # video folder (video_folder), shard folder (array_record)
+        train_annotations="",     # JSON/JSONL; video paths inside root
+        eval_annotations="",
+        tfds_name="",             # a prepared TFDS dataset, e.g. video_folder_qa
+        tfds_dir="",              # its data_dir ("" = the TFDS default)
+        sampling="uniform",       # uniform | fps | dense
+        sample_fps=2.0,           # sampling=fps: frames per second
+        resize="crop",            # short side + centre crop | long side + pad
+        tokenizer="auto",         # auto (benchmark / dataset words) | sentencepiece | huggingface
+        tokenizer_path="",
+        prompt_template="<video> question : {question} answer :",
+        max_bad_fraction=0.01,    # more bad inputs than this fraction stop the run
     ))
 
     c.model = ml_collections.ConfigDict(dict(
         vision=dict(image_size=32, patch_size=8, width=64, depth=2, heads=4, mlp_dim=128,
-                    remat=False, encode_chunk=0),
+                    remat=False, encode_chunk=0,
+                    norm_eps=1e-6,
+                    pretrained=""),  # a SigLIP(2) safetensors folder; "" = random init
         projector=dict(hidden=0),
         llm=dict(vocab_size=0,  # 0: from the tokenizer
                  width=128, depth=2, heads=4, kv_heads=2, head_dim=0, mlp_dim=256,
-                 rope_theta=10_000.0, qkv_bias=True, tie_embeddings=True, remat=False),
+                 rope_theta=10_000.0, qkv_bias=True, tie_embeddings=True, remat=False,
+                 norm_eps=1e-6,
+                 # type none | llama3 (Llama-3.1 frequency scaling; the rest its parameters)
+                 rope_scaling=dict(type="none", factor=8.0, low_freq_factor=1.0,
+                                   high_freq_factor=4.0, original_max_position=8192),
+                 lora=dict(rank=0, alpha=16.0),  # rank > 0: LoRA on attention and MLP
+                 pretrained=""),  # a Qwen2 / Llama safetensors folder; "" = random init
     ))
     c.compressor = compressor_config()
 
     c.optim = ml_collections.ConfigDict(dict(
         learning_rate=2e-3, warmup_steps=100, end_lr_fraction=0.05, weight_decay=0.05,
-        b1=0.9, b2=0.98, clip_norm=1.0, accum_steps=1))
+        b1=0.9, b2=0.98, clip_norm=1.0, accum_steps=1,
+        # Per-module training: frozen groups (comma-separated) and learning-rate multipliers.
+        # Groups: encoder, compressor, projector, llm, lora (the LLM's LoRA adapters).
+        freeze="",
+        lr_multipliers=dict(encoder=1.0, compressor=1.0, projector=1.0, llm=1.0, lora=1.0)))
 
     c.train = ml_collections.ConfigDict(dict(
         batch_size=32,            # global
@@ -100,14 +126,21 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict(dict(batch_size=50, num_examples=500, max_new_tokens=2))
 
     c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))  # (data, fsdp, tensor)
-    c.sharding = ml_collections.ConfigDict(dict(rules=DEFAULT_RULES))
+    c.sharding = ml_collections.ConfigDict(dict(
+        rules=DEFAULT_RULES,
+        # With mesh fsdp > 1, a parameter of more elements must be split over fsdp.
+        max_unsharded_param_size=2**20))
     return c
 
 
 
 
 _CHOICES = {
-    "data.name": ("synthetic_video_qa",),
+    "data.name": ("synthetic_video_qa", "video_folder", "array_record", "tfds"),
+    "data.sampling": ("uniform", "fps", "dense"),
+    "data.resize": ("crop", "pad"),
+    "data.tokenizer": ("auto", "sentencepiece", "huggingface"),
+    "model.llm.rope_scaling.type": ("none", "llama3"),
     "compressor.residual": ("inter_frame", "anchor_relative"),
     "compressor.anchor": ("first", "middle", "energy"),
     "compressor.allocation": ("uniform", "energy"),
@@ -221,5 +254,54 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"config.optim.warmup_steps must be in [0, train.num_steps={v['train.num_steps']}],"
             f" got {v['optim.warmup_steps']}")
+    _validate_data(v)
     sharding.check_mesh_shape(v["mesh.shape"])  # device count is checked when the mesh is built
     sharding.validate_rules(v["sharding.rules"])
+    if v["sharding.max_unsharded_param_size"] < 0:
+        raise ValueError(f"config.sharding.max_unsharded_param_size must be >= 0,"
+                         f" got {v['sharding.max_unsharded_param_size']}")
+    _validate_training_groups(v)
+
+
+def _validate_data(v: dict) -> None:
+    """Keys each data source needs, and the real-video options."""
+    needs = {"video_folder": ("data.root", "data.train_annotations", "data.eval_annotations"),
+             "array_record": ("data.root",),
+             "tfds": ("data.tfds_name",)}
+    for key in needs.get(v["data.name"], ()):
+        if not v[key]:
+            raise ValueError(f"config.{key} must be set for config.data.name={v['data.name']!r}")
+    if v["data.tokenizer"] != "auto" and not v["data.tokenizer_path"]:
+        raise ValueError(
+            f"config.data.tokenizer_path must name the {v['data.tokenizer']} tokenizer file")
+    if not 0 <= v["data.max_bad_fraction"] <= 1:
+        raise ValueError(
+            f"config.data.max_bad_fraction must be in [0, 1], got {v['data.max_bad_fraction']}")
+    if v["data.sample_fps"] <= 0:
+        raise ValueError(f"config.data.sample_fps must be > 0, got {v['data.sample_fps']}")
+    template = v["data.prompt_template"]
+    if template.count("<video>") != 1 or template.count("{question}") != 1:
+        raise ValueError("config.data.prompt_template must contain <video> once and {question}"
+                         f" once, got {template!r}")
+
+
+TRAINING_GROUPS = ("encoder", "compressor", "projector", "llm", "lora")
+
+
+def _validate_training_groups(v: dict) -> None:
+    """``optim.freeze``, ``optim.lr_multipliers`` and ``model.llm.lora``."""
+    frozen = [g.strip() for g in v["optim.freeze"].split(",") if g.strip()]
+    unknown = sorted(set(frozen) - set(TRAINING_GROUPS))
+    if unknown:
+        raise ValueError(f"config.optim.freeze: unknown groups {unknown}; choose from {TRAINING_GROUPS}")
+    if v["model.llm.lora.rank"] < 0:
+        raise ValueError(f"config.model.llm.lora.rank must be >= 0, got {v['model.llm.lora.rank']}")
+    if "lora" in frozen and not v["model.llm.lora.rank"]:
+        raise ValueError("config.optim.freeze names 'lora' but config.model.llm.lora.rank is 0")
+    for group in TRAINING_GROUPS:
+        if v[f"optim.lr_multipliers.{group}"] < 0:
+            raise ValueError(f"config.optim.lr_multipliers.{group} must be >= 0,"
+                             f" got {v[f'optim.lr_multipliers.{group}']}")
+    for key in ("model.vision.norm_eps", "model.llm.norm_eps"):
+        if v[key] <= 0:
+            raise ValueError(f"config.{key} must be > 0, got {v[key]}")

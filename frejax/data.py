@@ -4,16 +4,34 @@ Every source becomes a Grain ``MapDataset`` and goes through the one chain in
 ``frejax.input_pipeline``; this module picks the source and tokenizer from the
 config and turns each host's batch into global ``jax.Array``s sharded over the
 ``batch`` logical axis.
+
+``config.data.name`` picks the source:
+
+  synthetic_video_qa  the embedded procedural benchmark;
+  video_folder        ``data.root`` + ``data.{train,eval}_annotations`` (JSON/JSONL);
+  array_record        shards written by ``python -m data_pipelines.array_record_shards``
+                      into ``data.root``;
+  tfds                ``data.tfds_name`` (e.g. ``video_folder_qa``) in ``data.tfds_dir``.
+
+Real data names its own question families (``family_names``: the sorted
+``family`` strings of its records, ``("all",)`` when none has one) and, with
+``data.tokenizer=auto``, its own word vocabulary.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 from typing import Any, Iterator
 
 import jax
 import ml_collections
 import numpy as np
 
+from data_pipelines import annotations as annotations_lib
+from data_pipelines import array_record_shards
+from data_pipelines import video_decode
+from data_pipelines import video_folder
 from data_pipelines import video_qa_synthetic
 from frejax import input_pipeline
 from frejax import sharding
@@ -21,24 +39,132 @@ from frejax import tokenizer as tokenizer_lib
 
 
 def make_tokenizer(config: ml_collections.ConfigDict) -> tokenizer_lib.Tokenizer:
-    if config.data.name == "synthetic_video_qa":
+    d = config.data
+    if d.tokenizer == "sentencepiece":
+        return tokenizer_lib.SentencePieceTokenizer(d.tokenizer_path)
+    if d.tokenizer == "huggingface":
+        return tokenizer_lib.HuggingFaceTokenizer(d.tokenizer_path)
+    if d.tokenizer != "auto":
+        raise ValueError(f"config.data.tokenizer: unknown tokenizer {d.tokenizer!r}")
+    if d.name == "synthetic_video_qa":
         return tokenizer_lib.benchmark_tokenizer()
-    raise ValueError(f"config.data.name: no tokenizer for {config.data.name!r}")
+    # A model trained from scratch on its own data: the data's own words.
+    return tokenizer_lib.word_tokenizer_for(_catalog(config)["words"], d.prompt_template)
 
 
 def family_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     if config.data.name == "synthetic_video_qa":
         return video_qa_synthetic.FAMILIES
-    raise ValueError(f"config.data.name: unknown dataset {config.data.name!r}")
+    return tuple(_catalog(config)["families"]) or (annotations_lib.DEFAULT_FAMILY,)
 
 
 def make_source(config: ml_collections.ConfigDict, split: str, num_examples: int) -> Any:
+    """The random-access source of ``split``; real data caps eval at ``num_examples``.
+
+    Real training data uses every usable record (``data.train_examples`` is the
+    synthetic benchmark's size).
+    """
     d = config.data
     if d.name == "synthetic_video_qa":
         return video_qa_synthetic.VideoQASource(
             num_frames=d.num_frames, image_size=d.image_size, num_examples=num_examples,
-            split=split, seed=config.seed)
+            split=split, seed=config.seed, followups=d.followups)
+    cap = None if split == "train" else num_examples
+    common = dict(sampling=frame_sampling(config), families=family_names(config),
+                  seed=config.seed, num_examples=cap)
+    if d.name == "video_folder":
+        source = video_folder.VideoFolderSource(
+            d.root, _annotation_file(config, split), split=split, **common)
+        _check_bad_records(config, source.index.path, source.index.bad, source.index.num_entries)
+        return source
+    if d.name == "array_record":
+        info = array_record_shards.read_metadata(d.root)["splits"].get(split)
+        if info is None:
+            raise ValueError(f"config.data.root: {d.root} has no {split!r} shards")
+        _check_bad_records(config, info["annotations"], info["bad"], info["num_entries"])
+        return array_record_shards.ArrayRecordVideoSource(d.root, split, **common)
+    if d.name == "tfds":
+        from data_pipelines import tfds_video_folder  # noqa: PLC0415  (imports TFDS)
+
+        builder = _tfds_builder(config)
+        bad = builder.info.metadata.get("bad", {}).get(split, {})
+        _check_bad_records(config, f"{d.tfds_name}[{split}]", bad,
+                           builder.info.splits[split].num_examples + sum(bad.values()))
+        return tfds_video_folder.TfdsVideoSource(
+            builder.as_data_source(split=split), split=split, **common)
     raise ValueError(f"config.data.name: unknown dataset {d.name!r}")
+
+
+def frame_sampling(config: ml_collections.ConfigDict) -> video_decode.FrameSampling:
+    d = config.data
+    return video_decode.FrameSampling(
+        num_frames=d.num_frames, image_size=d.image_size, mode=d.sampling, fps=d.sample_fps,
+        resize=d.resize)
+
+
+def _annotation_file(config, split: str) -> str:
+    return config.data.train_annotations if split == "train" else config.data.eval_annotations
+
+
+def _catalog(config: ml_collections.ConfigDict) -> dict[str, list[str]]:
+    """Families and vocabulary words of a real dataset, over all its splits (deterministic)."""
+    d = config.data
+    if d.name == "video_folder":
+        return _folder_catalog(d.root, d.train_annotations, d.eval_annotations)
+    if d.name == "array_record":
+        meta = array_record_shards.read_metadata(d.root)
+        return dict(families=meta["families"], words=meta["words"])
+    if d.name == "tfds":
+        meta = _tfds_builder(config).info.metadata
+        return dict(families=list(meta["families"]), words=list(meta["words"]))
+    raise ValueError(f"config.data.name: no catalog for {d.name!r}")
+
+
+def _folder_catalog(root: str, *files: str) -> dict[str, list[str]]:
+    families, words = set(), set()
+    for path in files:
+        for r in annotations_lib.load_annotations(path, root).records:
+            families.add(r.family)
+            for text in [r.question, r.answer, *(t for qa in r.history for t in qa)]:
+                words.update(tokenizer_lib.split_words(text))
+    return dict(families=sorted(families), words=sorted(words))
+
+
+def _tfds_builder(config: ml_collections.ConfigDict):
+    """The TFDS builder; ``video_folder_qa`` is prepared from ``data.root`` on first use."""
+    from data_pipelines import tfds_video_folder  # noqa: PLC0415  (imports TFDS)
+
+    d = config.data
+    kwargs = {}
+    if d.tfds_name == tfds_video_folder.NAME and d.root:
+        kwargs = dict(root=d.root, train_annotations=d.train_annotations,
+                      eval_annotations=d.eval_annotations)
+    return _cached_tfds_builder(d.tfds_name, d.tfds_dir, json.dumps(kwargs, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_tfds_builder(name: str, data_dir: str, kwargs_json: str):
+    from data_pipelines import tfds_video_folder  # noqa: PLC0415
+
+    builder = tfds_video_folder.builder(name, data_dir, **json.loads(kwargs_json))
+    if not builder.is_prepared():
+        if not json.loads(kwargs_json):
+            raise FileNotFoundError(
+                f"config.data.tfds_name: {name!r} is not prepared in {builder.data_dir};"
+                " prepare it with python -m data_pipelines.tfds_video_folder")
+        builder.download_and_prepare()
+    return builder
+
+
+def _check_bad_records(config, where: str, bad: dict[str, int], num_entries: int) -> None:
+    """Annotation problems found up front count against ``data.max_bad_fraction`` too."""
+    num_bad = sum(bad.values())
+    limit = config.data.max_bad_fraction
+    if num_entries and num_bad > limit * num_entries:
+        raise input_pipeline.BadInputError(
+            f"{where}: {num_bad} of {num_entries} annotation records are unusable ({bad});"
+            f" more than data.max_bad_fraction={limit} allows. The warnings above name each"
+            " file and line.")
 
 
 def _dataset(config, tokenizer, source, *, split, batch_size, shuffle, num_epochs):
@@ -49,7 +175,9 @@ def _dataset(config, tokenizer, source, *, split, batch_size, shuffle, num_epoch
         seed=config.seed, process_index=jax.process_index(),
         process_count=jax.process_count(), shuffle=shuffle, num_epochs=num_epochs,
         worker_count=d.worker_count, worker_buffer_size=d.worker_buffer_size,
-        read_threads=d.read_threads, prefetch_buffer_size=d.prefetch_buffer_size)
+        read_threads=d.read_threads, prefetch_buffer_size=d.prefetch_buffer_size,
+        template=d.prompt_template, skip_bad_text=d.name != "synthetic_video_qa",
+        max_bad_fraction=d.max_bad_fraction)
 
 
 def make_train_iterator(config: ml_collections.ConfigDict, tokenizer, mesh) -> Iterator[dict]:

@@ -3,68 +3,122 @@
     source -> MapDataset.source -> [shuffle] -> repeat -> map(VideoQAFeatures)
            -> (eval) pad to a multiple of the global batch | (train) trim to one
            -> slice[process_index::process_count] -> batch -> to_iter_dataset
-           -> [mp_prefetch]
+           -> [mp_prefetch] -> map(BadInputGuard)
 
 Any random-access source whose examples carry `frames`, `frame_mask`, `question`,
-`answer`, `family` and `index` plugs in (see data_pipelines/video_qa_synthetic.py).
+`answer`, `family` and `index` plugs in (see data_pipelines/video_qa_synthetic.py);
+real-video sources add `history` (earlier turns) and `input_error` (see
+data_pipelines/video_folder.py).
+
+Bad input: an example whose video could not be decoded, or whose text does
+not fit (`skip_bad_text`), keeps its slot with `example_valid` False, a zero
+`loss_mask` and its cause in `input_error`. The flag rides in the batch through
+worker processes; `BadInputGuard`, in the main process after prefetching,
+counts it and stops the run with a summary once more than `max_bad_fraction`
+of the examples are bad.
 `iter(make_dataset(...))` is a Grain DatasetIterator: `get_state()` / `set_state()`
 let the trainer checkpoint the data position with the model.
 """
 
 from __future__ import annotations
 
+import collections
 import sys
 from typing import Any
 
 import grain
 import numpy as np
+from absl import logging
 
+from data_pipelines import video_decode
 from frejax import tokenizer as tokenizer_lib
+
+# input_error codes carried per example: 0 is good, then decode failures, then text.
+INPUT_ERRORS: tuple[str, ...] = ("none",) + video_decode.DECODE_ERRORS + ("text_too_long",)
+_TEXT_TOO_LONG = INPUT_ERRORS.index("text_too_long")
+
+
+class BadInputError(RuntimeError):
+    """More of the data was bad than ``data.max_bad_fraction`` allows."""
 
 
 class VideoQAFeatures(grain.transforms.Map):
     """Example -> model features for next-token training on the answer.
 
     Output (per example):
-      tokens        (L,) int32    [bos] + prompt + answer + [eos], right-padded
+      tokens        (L,) int32    [bos] + prompt + answer + [eos], then each
+                                  follow-up turn (question + answer + [eos]), right-padded
       text_mask     (L,) bool     True on real tokens
       prompt_len    () int32      bos + prompt (incl. the <video> placeholder)
       loss_mask     (L,) float32  1 where tokens[i + 1] is an answer token or eos
+                                  (of the question and of every follow-up)
       answer_tokens (A,) int32    answer ids, padded
       answer_len    () int32
       frames        (T, H, W, 3) uint8, frame_mask (T,) bool, family () int32,
-      index         () int32, example_valid () bool (True)
+      index         () int32,
+      example_valid () bool         False for a bad input (and for eval padding)
+      input_error   () int32        0, or the cause's index in INPUT_ERRORS
+
+    ``followups`` (optional ``(question, answer)`` pairs) are later turns about
+    the same video, trained in the same sequence: one encoded video, several
+    supervised answers. ``prompt_len`` and ``answer_tokens`` stay those of the
+    first question, the one evaluation asks.
+
+    With ``skip_bad_text`` a text longer than the limits becomes a bad input
+    (``text_too_long``) instead of an error: real annotations hold the odd essay.
     """
 
-    def __init__(self, tokenizer: tokenizer_lib.Tokenizer, max_text_len: int, max_answer_len: int):
+    def __init__(self, tokenizer: tokenizer_lib.Tokenizer, max_text_len: int, max_answer_len: int,
+                 template: str = tokenizer_lib.DEFAULT_TEMPLATE, skip_bad_text: bool = False):
         self.tokenizer = tokenizer
         self.max_text_len = int(max_text_len)
         self.max_answer_len = int(max_answer_len)
+        self.template = template
+        self.skip_bad_text = skip_bad_text
 
     def map(self, element: dict[str, Any]) -> dict[str, Any]:
         tok = self.tokenizer
-        prompt = [tok.bos_id] + tok.encode(tokenizer_lib.format_prompt(element["question"]))
+        error = int(element.get("input_error", 0))
+        text = tokenizer_lib.format_prompt(
+            element["question"], element.get("history", ()), self.template)
+        prompt = [tok.bos_id] + tok.encode(text)
         if prompt.count(tok.video_id) != 1:
             raise ValueError(f"prompt must hold exactly one video placeholder: {prompt}")
         answer = tok.encode(element["answer"])
         if not answer:
             raise ValueError(f"empty answer for example {element.get('index')}")
-        if len(answer) > self.max_answer_len:
-            raise ValueError(
-                f"answer has {len(answer)} tokens > data.max_answer_len="
-                f"{self.max_answer_len}: {element['answer']!r}"
-            )
         ids = prompt + answer + [tok.eos_id]
-        if len(ids) > self.max_text_len:
-            raise ValueError(
-                f"text has {len(ids)} tokens > data.max_text_len="
-                f"{self.max_text_len}: {element['question']!r}"
-            )
+        supervised = [(len(prompt), len(answer))]  # (first answer token, answer length)
+        for question, followup_answer in element.get("followups", ()):
+            turn = tok.encode(tokenizer_lib.format_followup(question, self.template))
+            reply = tok.encode(followup_answer)
+            if not reply:
+                raise ValueError(f"empty follow-up answer for example {element.get('index')}")
+            supervised.append((len(ids) + len(turn), len(reply)))
+            ids += turn + reply + [tok.eos_id]
+        problem = None
+        longest = max(length for _, length in supervised)
+        if longest > self.max_answer_len:
+            problem = (f"answer has {longest} tokens > data.max_answer_len="
+                       f"{self.max_answer_len}: {element['answer']!r}")
+        elif len(ids) > self.max_text_len:
+            problem = (f"text has {len(ids)} tokens > data.max_text_len="
+                       f"{self.max_text_len}: {element['question']!r}")
+        if problem and not self.skip_bad_text:
+            raise ValueError(problem)
+        if problem:
+            logging.warning("Skipping example %s: %s", element.get("index"), problem)
+            error = error or _TEXT_TOO_LONG
+        if error:  # a well-formed stand-in (one video placeholder) that trains nothing
+            prompt, answer = [tok.bos_id, tok.video_id], []
+            ids = prompt + [tok.eos_id]
+            supervised = []
         n, p = len(ids), len(prompt)
         tokens = np.full((self.max_text_len,), tok.pad_id, np.int32)
         tokens[:n] = ids
         loss_mask = np.zeros((self.max_text_len,), np.float32)
-        loss_mask[p - 1 : p + len(answer)] = 1.0  # predicts answer tokens and eos
+        for start, length in supervised:
+            loss_mask[start - 1 : start + length] = 1.0  # predicts answer tokens and eos
         answer_tokens = np.full((self.max_answer_len,), tok.pad_id, np.int32)
         answer_tokens[: len(answer)] = answer
         return {
@@ -78,7 +132,8 @@ class VideoQAFeatures(grain.transforms.Map):
             "frame_mask": np.asarray(element["frame_mask"], bool),
             "family": np.int32(element["family"]),
             "index": np.int32(element["index"]),
-            "example_valid": np.bool_(True),
+            "example_valid": np.bool_(not error),
+            "input_error": np.int32(error),
         }
 
 
@@ -114,7 +169,44 @@ class _PadToMultiple(grain.MapDataset):
         element = dict(self._parent[index % self._n])
         element["example_valid"] = np.bool_(False)
         element["loss_mask"] = np.zeros_like(element["loss_mask"])
+        element["input_error"] = np.int32(0)  # a copy: its original is counted once
         return element
+
+
+class BadInputGuard(grain.transforms.Map):
+    """Counts bad inputs per batch (main process) and stops above ``max_fraction``.
+
+    The allowance is ``max_fraction`` of the examples seen so far, but never
+    less than ``max_fraction`` of one pass over this host's share of the data
+    (``examples_per_epoch``): a bad file early in a run does not end it, a
+    mostly broken dataset does, before the first epoch is over. Counts are of
+    this process since it started.
+    """
+
+    def __init__(self, max_fraction: float, examples_per_epoch: int, name: str):
+        self.max_fraction = float(max_fraction)
+        self.examples_per_epoch = int(examples_per_epoch)
+        self.name = name
+        self.seen = 0
+        self.bad: collections.Counter[str] = collections.Counter()
+
+    def map(self, batch: dict[str, Any]) -> dict[str, Any]:
+        errors = np.asarray(batch["input_error"])
+        real = np.asarray(batch["example_valid"]) | (errors > 0)  # not eval padding
+        self.seen += int(real.sum())
+        for code in errors[errors > 0]:
+            self.bad[INPUT_ERRORS[int(code)]] += 1
+        num_bad = sum(self.bad.values())
+        if num_bad > self.max_fraction * max(self.seen, self.examples_per_epoch):
+            raise BadInputError(
+                f"{self.name}: {num_bad} of {self.seen} examples read were bad ({dict(self.bad)});"
+                f" more than data.max_bad_fraction={self.max_fraction} of"
+                f" max({self.seen}, {self.examples_per_epoch}) allows. The warnings above name"
+                " each file and annotation line.")
+        if errors.any():
+            logging.warning("%s: %d bad inputs so far in %d examples (%s)", self.name, num_bad,
+                            self.seen, dict(self.bad))
+        return batch
 
 
 def make_dataset(
@@ -134,6 +226,9 @@ def make_dataset(
     worker_buffer_size: int = 1,
     read_threads: int = 1,
     prefetch_buffer_size: int = 2,
+    template: str = tokenizer_lib.DEFAULT_TEMPLATE,
+    skip_bad_text: bool = False,
+    max_bad_fraction: float = 0.0,
 ) -> grain.IterDataset:
     """Builds this host's batched Grain IterDataset.
 
@@ -144,7 +239,9 @@ def make_dataset(
     example_valid=False so all batches (and all hosts) have the same shape/count.
 
     Batches are dicts of numpy arrays with a leading (global_batch_size //
-    process_count) axis; see VideoQAFeatures for the keys.
+    process_count) axis; see VideoQAFeatures for the keys. Bad inputs (see the
+    module docstring) end the iteration with ``BadInputError`` once more than
+    ``max_bad_fraction`` of the examples are bad.
     """
     if process_count < 1 or not 0 <= process_index < process_count:
         raise ValueError(
@@ -158,11 +255,12 @@ def make_dataset(
     training = split == "train"
     per_host = global_batch_size // process_count
 
+    num_source = len(source)
     ds = grain.MapDataset.source(source)
     if shuffle:
         ds = ds.shuffle(seed=seed)  # same seed on every host: slicing stays a partition
     ds = ds.repeat(num_epochs)  # reshuffles each epoch
-    ds = ds.map(VideoQAFeatures(tokenizer, max_text_len, max_answer_len))
+    ds = ds.map(VideoQAFeatures(tokenizer, max_text_len, max_answer_len, template, skip_bad_text))
     n = len(ds)
     if n < sys.maxsize:  # finite: make all hosts see the same batch count
         if training:
@@ -184,4 +282,5 @@ def make_dataset(
                 num_workers=worker_count, per_worker_buffer_size=worker_buffer_size
             )
         )
-    return it
+    # After prefetching: runs in the main process, so it sees every worker's batches.
+    return it.map(BadInputGuard(max_bad_fraction, -(-num_source // process_count), split))

@@ -217,3 +217,55 @@ def batch_local(fn: Any) -> Any:
             check_vma=False)(*args)
 
     return wrapped
+
+
+def unsharded_params(params: Any, specs: Any, axis: str = "fsdp", *,
+                     min_size: int = 0) -> list[tuple[str, tuple[int, ...], PartitionSpec]]:
+    """Parameters of more than ``min_size`` elements whose spec does not use ``axis``.
+
+    ``params`` (arrays or ``ShapeDtypeStruct``s) and ``specs`` (``PartitionSpec``s)
+    are trees of the same structure, e.g. the pure dicts of ``train.make_setup``.
+    Returns ``(path, shape, spec)`` triples, largest first.
+    """
+    spec_leaves = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
+    flat, _ = jax.tree_util.tree_flatten_with_path(params)
+    if len(flat) != len(spec_leaves):
+        raise ValueError(f"unsharded_params: {len(flat)} params but {len(spec_leaves)} specs")
+    out = []
+    for (path, p), spec in zip(flat, spec_leaves):
+        used = {a for entry in spec if entry is not None
+                for a in (entry if isinstance(entry, tuple) else (entry,))}
+        if _size(p.shape) > min_size and axis not in used:
+            out.append((jax.tree_util.keystr(path, simple=True, separator="/"),
+                        tuple(p.shape), spec))
+    return sorted(out, key=lambda item: -_size(item[1]))
+
+
+def check_params_sufficiently_sharded(params: Any, specs: Any, mesh_shape: dict[str, int], *,
+                                      max_unsharded_size: int) -> None:
+    """With ``fsdp > 1``, every parameter above ``max_unsharded_size`` elements must use fsdp.
+
+    A large parameter left replicated over fsdp costs its full size (plus two
+    Adam moments) on every device, which is what FSDP exists to avoid; it is
+    nearly always a missing or misspelt rule. (MaxText's
+    ``assert_params_sufficiently_sharded`` has the same purpose.)
+    """
+    fsdp = mesh_shape.get("fsdp", 1)
+    if fsdp <= 1:
+        return
+    offenders = unsharded_params(params, specs, "fsdp", min_size=max_unsharded_size)
+    if offenders:
+        listed = "; ".join(f"{path} {shape} {spec}" for path, shape, spec in offenders[:8])
+        more = f" and {len(offenders) - 8} more" if len(offenders) > 8 else ""
+        raise ValueError(
+            f"sharding.rules leave {len(offenders)} parameter(s) of more than"
+            f" {max_unsharded_size} elements replicated over the fsdp axis ({fsdp} devices):"
+            f" {listed}{more}. Map one of their logical axes to 'fsdp' in"
+            " config.sharding.rules, or raise config.sharding.max_unsharded_param_size.")
+
+
+def _size(shape: Sequence[int]) -> int:
+    size = 1
+    for d in shape:
+        size *= d
+    return size

@@ -10,6 +10,7 @@ model is rebuilt from its ``nnx.GraphDef`` inside every jitted function
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -30,6 +31,8 @@ from frejax import data as data_lib
 from frejax import evaluate as eval_lib
 from frejax import metric_logging
 from frejax import sharding
+from frejax.models import hf_import
+from frejax.models import lora
 from frejax.models.video_mllm import VideoMLLM
 
 # ----------------------------------------------------------------------------
@@ -52,11 +55,15 @@ def create_model(config: ml_collections.ConfigDict, tokenizer: Any, *, seed: int
         raise ValueError(
             f"config.model.llm.vocab_size ({model_cfg.llm.vocab_size}) is smaller than the"
             f" tokenizer's vocabulary ({tokenizer.vocab_size})")
-    return VideoMLLM(
+    model = VideoMLLM(
         model_cfg, config.compressor, num_frames=config.data.num_frames,
         vocab_size=model_cfg.llm.vocab_size, video_token_id=tokenizer.video_id,
         rngs=nnx.Rngs(seed), dtype=compute_dtype(config.train.dtype),
         param_dtype=jnp.float32)
+    lora_cfg = model_cfg.llm.get("lora", None)
+    if lora_cfg is not None and lora_cfg.rank:  # own rng stream: the base init is unchanged
+        lora.apply_lora(model.llm, lora_cfg.rank, lora_cfg.alpha, rngs=nnx.Rngs(seed + 1))
+    return model
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -66,14 +73,44 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
         decay_steps=config.train.num_steps, end_value=o.learning_rate * o.end_lr_fraction)
 
 
+def training_group(path: tuple) -> str:
+    """Optimiser group of a param: ``lora`` for LoRA adapters, else its top-level module."""
+    names = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
+    return "lora" if names[-1].startswith("lora_") else names[0]
+
+
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """AdamW after global-norm clipping; per-group freezing and lr multipliers from ``optim``.
+
+    A frozen group gets no update and no optimiser state (``optax.set_to_zero``)
+    and does not count towards the clipping norm.
+    """
     o = config.optim
     schedule = learning_rate_schedule(config)
     # No weight decay on vectors (norm scales, biases, gates).
     decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)  # noqa: E731
+
+    def adamw(lr):
+        return optax.adamw(lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask)
+
+    frozen = {g.strip() for g in o.get("freeze", "").split(",") if g.strip()}
+    multipliers = dict(o.get("lr_multipliers", {}))
+    if not frozen and all(m == 1.0 for m in multipliers.values()):
+        return optax.chain(optax.clip_by_global_norm(o.clip_norm), adamw(schedule))
+
+    def groups_of(params):
+        return jax.tree_util.tree_map_with_path(lambda path, _: training_group(path), params)
+
+    def frozen_mask(params):
+        return jax.tree.map(lambda g: g in frozen, groups_of(params))
+
+    per_group = {g: optax.set_to_zero() if g in frozen else
+                 adamw(lambda step, m=multipliers.get(g, 1.0): m * schedule(step))
+                 for g in config_lib.TRAINING_GROUPS}
     return optax.chain(
+        optax.masked(optax.set_to_zero(), frozen_mask),
         optax.clip_by_global_norm(o.clip_norm),
-        optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask))
+        optax.multi_transform(per_group, groups_of))
 
 
 # ----------------------------------------------------------------------------
@@ -102,10 +139,19 @@ def make_setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, token
     tx = create_optimizer(config)
     pure_params = nnx.to_pure_dict(abstract_params)
     pure_specs = nnx.to_pure_dict(param_specs)
+    sharding.check_params_sufficiently_sharded(
+        pure_params, pure_specs, dict(mesh.shape),
+        max_unsharded_size=config.sharding.max_unsharded_param_size)
     abstract_opt = jax.eval_shape(tx.init, pure_params)
+    # Per-group optimisers (optim.freeze / lr_multipliers) hold an empty optax.MaskedNode
+    # in place of other groups' params: it stays one, with no spec.
+    is_masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
     opt_specs = optax.tree_map_params(
         tx, lambda _, spec: spec, abstract_opt, pure_specs,
-        transform_non_params=lambda _: jax.P(), is_leaf=lambda x: isinstance(x, jax.P))
+        transform_non_params=lambda _: jax.P(),
+        is_leaf=lambda x: isinstance(x, jax.P) or is_masked(x))
+    opt_specs = jax.tree.map(lambda a, s: a if is_masked(a) else s, abstract_opt, opt_specs,
+                             is_leaf=is_masked)
     specs = dict(step=jax.P(), params=pure_specs, opt_state=opt_specs)
     shardings = sharding.named_shardings(specs, mesh)
     abstract = dict(step=jax.ShapeDtypeStruct((), jnp.int32), params=pure_params,
@@ -127,7 +173,11 @@ def init_state(config: ml_collections.ConfigDict, setup: TrainSetup, tokenizer: 
         params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
         return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=setup.tx.init(params))
 
-    return jax.jit(init, out_shardings=setup.state_shardings)()
+    state = jax.jit(init, out_shardings=setup.state_shardings)()
+    if config.model.vision.get("pretrained") or config.model.llm.get("pretrained"):
+        # Pretrained towers replace their random init, read shard by shard into place.
+        state["params"] = hf_import.load_pretrained(config, state["params"])
+    return state
 
 
 # ----------------------------------------------------------------------------
@@ -194,6 +244,8 @@ def make_train_step(setup: TrainSetup, config: ml_collections.ConfigDict, batch_
         metrics = dict(metrics, grad_norm=optax.tree.norm(grads),
                        learning_rate=schedule(state["step"]),
                        params_finite=params_finite.astype(jnp.float32))
+        if "input_error" in batch:  # examples of this global batch skipped as bad input
+            metrics["bad_inputs"] = (batch["input_error"] > 0).sum().astype(jnp.float32)
         return dict(step=state["step"] + 1, params=params, opt_state=opt_state), metrics
 
     return jax.jit(
@@ -208,6 +260,18 @@ def make_train_step(setup: TrainSetup, config: ml_collections.ConfigDict, batch_
 
 class NonFiniteLossError(FloatingPointError):
     pass
+
+
+class Preempted(Exception):
+    """The run stopped on a preemption notice after committing ``step`` to ``path``.
+
+    Not a failure: ``frejax.main`` exits 0 and a rerun of the same command resumes.
+    """
+
+    def __init__(self, step: int, path: str):
+        super().__init__(f"Preempted: saved step {step} to {path}; rerun the same command"
+                         " to resume from it.")
+        self.step, self.path = step, path
 
 
 def _check_finite(step: int, values: dict | None, last_saved: int | None) -> None:
@@ -246,49 +310,56 @@ def _train_and_evaluate(config, workdir, mesh) -> dict:
     ckpt = checkpointing.Checkpointer(
         os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,
         async_save=config.train.async_checkpoints)
+    # Watch for SIGTERM from here on: a notice during start-up stops after step one.
+    with checkpointing.PreemptionWatcher() as preemption, contextlib.closing(ckpt):
+        # The newest whole checkpoint, shapes checked against the config and the
+        # code, restored into this mesh's shardings; damaged newer ones are set aside.
+        latest, state = ckpt.restore_newest_intact(setup.abstract_state, config, train_iter)
+        if latest is None:
+            state = init_state(config, setup, tokenizer)
+            logging.info("Initialised a new run in %s", workdir)
+        else:
+            logging.info("Resuming from step %d in %s", latest, workdir)
+        start_step = int(jax.device_get(state["step"]))
+        _log_model_summary(setup, state)
 
-    latest = ckpt.latest_step()
-    if latest is None:
-        state = init_state(config, setup, tokenizer)
-        logging.info("Initialised a new run in %s", workdir)
-    else:
-        state = ckpt.restore(latest, setup.abstract_state, train_iter)
-        logging.info("Resuming from step %d in %s", latest, workdir)
-    start_step = int(jax.device_get(state["step"]))
-    _log_model_summary(setup, state)
+        train_step = make_train_step(setup, config, batch_sharding)
+        evaluator = eval_lib.Evaluator(config, setup.graphdef, tokenizer, mesh)
+        logger = metric_logging.MetricLogger(
+            workdir, total_steps=config.train.num_steps, initial_step=start_step,
+            log_every=config.train.log_every, progress_bar=config.train.progress_bar)
+        profiler = _Profiler(workdir, config.train.profile_steps, start_step)
+        last_saved = latest
+        last_save_time = time.monotonic()
+        try:
+            for step in range(start_step + 1, config.train.num_steps + 1):
+                profiler.maybe_start(step)
+                batch = data_lib.next_global_batch(train_iter, batch_sharding)
+                state, metrics = train_step(state, batch)
+                _check_finite(step - 1, logger.log_late(step, metrics), last_saved)
+                profiler.maybe_stop(step, state)
 
-    train_step = make_train_step(setup, config, batch_sharding)
-    evaluator = eval_lib.Evaluator(config, setup.graphdef, tokenizer, mesh)
-    logger = metric_logging.MetricLogger(
-        workdir, total_steps=config.train.num_steps, initial_step=start_step,
-        log_every=config.train.log_every, progress_bar=config.train.progress_bar)
-    profiler = _Profiler(workdir, config.train.profile_steps, start_step)
-
-    last_saved = latest
-    last_save_time = time.monotonic()
-    try:
-        for step in range(start_step + 1, config.train.num_steps + 1):
-            profiler.maybe_start(step)
-            batch = data_lib.next_global_batch(train_iter, batch_sharding)
-            state, metrics = train_step(state, batch)
-            _check_finite(step - 1, logger.log_late(step, metrics), last_saved)
-            profiler.maybe_stop(step, state)
-
-            minutes = (time.monotonic() - last_save_time) / 60
-            if (step % config.train.checkpoint_every == 0 or step == config.train.num_steps
-                    or minutes >= config.train.checkpoint_minutes):
-                # The loss of this very step must be finite before it may be saved.
-                _check_finite(step, logger.flush(), last_saved)
-                ckpt.save(step, state, train_iter, config, force=True)
-                last_saved, last_save_time = step, time.monotonic()
-            if config.train.eval_every and step % config.train.eval_every == 0 \
-                    and step != config.train.num_steps:
-                results = evaluator.evaluate(state["params"])
-                logger.write(step, _scalar_results(results), prefix="eval")
-        _check_finite(config.train.num_steps, logger.flush(), last_saved)
-    finally:
-        logger.close()
-        ckpt.close()
+                preempted = preemption.reached(step)  # every host, every step
+                if preempted:
+                    logging.warning("Preemption notice: saving step %d and stopping", step)
+                minutes = (time.monotonic() - last_save_time) / 60
+                if (preempted or step % config.train.checkpoint_every == 0
+                        or step == config.train.num_steps
+                        or minutes >= config.train.checkpoint_minutes):
+                    # The loss of this very step must be finite before it may be saved.
+                    _check_finite(step, logger.flush(), last_saved)
+                    ckpt.save(step, state, train_iter, config, force=True)
+                    last_saved, last_save_time = step, time.monotonic()
+                if preempted:
+                    ckpt.wait()  # committed before the scheduler's grace period ends
+                    raise Preempted(step, ckpt.step_dir(step))
+                if config.train.eval_every and step % config.train.eval_every == 0 \
+                        and step != config.train.num_steps:
+                    results = evaluator.evaluate(state["params"])
+                    logger.write(step, _scalar_results(results), prefix="eval")
+            _check_finite(config.train.num_steps, logger.flush(), last_saved)
+        finally:
+            logger.close()
 
     results = evaluator.evaluate(state["params"])
     results = finalize_results(results, setup, config, int(jax.device_get(state["step"])))
@@ -297,7 +368,7 @@ def _train_and_evaluate(config, workdir, mesh) -> dict:
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """``--mode=eval``: restores the latest checkpoint in ``workdir`` and evaluates it."""
+    """``--mode=eval``: restores the newest intact checkpoint in ``workdir``, evaluates it."""
     config_lib.validate(config)
     mesh = build_mesh(config)
     with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
@@ -305,11 +376,10 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
         setup = make_setup(config, mesh, tokenizer)
         ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                           keep=config.train.keep_checkpoints)
-        latest = ckpt.latest_step()
+        latest, state = ckpt.restore_newest_intact(setup.abstract_state, config)
+        ckpt.close()
         if latest is None:
             raise FileNotFoundError(f"no checkpoint to evaluate in {ckpt.directory}")
-        state = ckpt.restore(latest, setup.abstract_state)
-        ckpt.close()
         evaluator = eval_lib.Evaluator(config, setup.graphdef, tokenizer, mesh)
         results = finalize_results(evaluator.evaluate(state["params"]), setup, config, latest)
     write_results(workdir, results)

@@ -12,7 +12,7 @@ from frejax import input_pipeline
 from frejax import tokenizer as tokenizer_lib
 
 TOK = tokenizer_lib.benchmark_tokenizer()
-L, A = 24, 2
+L, A = 48, 2
 
 
 def small_source(n, split="eval", seed=0):
@@ -88,7 +88,7 @@ def test_format_prompt():
 
 def test_features_loss_mask_covers_answer_and_eos():
     feats = input_pipeline.VideoQAFeatures(TOK, L, A)
-    src = vqa.VideoQASource(16, 32, 10, "train")
+    src = vqa.VideoQASource(16, 32, 10, "train", followups=False)
     for i in range(10):
         e, f = src[i], feats.map(src[i])
         toks, p, n_ans = f["tokens"], int(f["prompt_len"]), int(f["answer_len"])
@@ -107,6 +107,31 @@ def test_features_loss_mask_covers_answer_and_eos():
         assert list(f["answer_tokens"][:n_ans]) == TOK.encode(e["answer"])
         assert (f["answer_tokens"][n_ans:] == TOK.pad_id).all()
         assert f["example_valid"] and f["frames"].shape == (16, 32, 32, 3)
+
+
+def test_features_train_followups_in_the_same_sequence():
+    feats = input_pipeline.VideoQAFeatures(TOK, L, A)
+    src = vqa.VideoQASource(16, 32, 10, "train")
+    for i in range(10):
+        e, f = src[i], feats.map(src[i])
+        toks, p = f["tokens"], int(f["prompt_len"])
+        n = int(f["text_mask"].sum())
+        # Evaluation still sees the first question only: prompt and answer unchanged.
+        assert TOK.decode(toks[:p]) == tokenizer_lib.format_prompt(e["question"])
+        assert list(f["answer_tokens"][: int(f["answer_len"])]) == TOK.encode(e["answer"])
+        # The follow-up turn comes after the first answer's eos, without a placeholder.
+        text = TOK.decode([t for t in toks[:n] if t != TOK.eos_id])  # decode stops at eos
+        turns = [part for q, a in e["followups"] for part in (tokenizer_lib.format_followup(q), a)]
+        assert text == " ".join([tokenizer_lib.format_prompt(e["question"]), e["answer"], *turns])
+        assert (toks[:n] == TOK.video_id).sum() == 1
+        assert (toks[:n] == TOK.eos_id).sum() == 1 + len(e["followups"])
+        # Loss on both answers and both eos tokens, nothing else.
+        on = np.flatnonzero(f["loss_mask"])
+        targets = [int(t) for t in toks[on + 1]]
+        expected = TOK.encode(e["answer"]) + [TOK.eos_id]
+        for _, answer in e["followups"]:
+            expected += TOK.encode(answer) + [TOK.eos_id]
+        assert targets == expected
 
 
 def test_features_length_errors_name_config_keys():
@@ -131,7 +156,9 @@ def test_eval_pads_last_batch_and_sees_every_example_once():
     assert sorted(index[valid]) == list(range(21))
     last = batches[-1]
     assert (last["loss_mask"][~last["example_valid"]] == 0).all()
-    assert (last["loss_mask"][last["example_valid"]].sum(-1) == 2).all()
+    # Every supervised turn (answer + eos) of each real example, nothing of padding.
+    turns = [1 + len(small_source(21)[int(i)]["followups"]) for i in last["index"][last["example_valid"]]]
+    np.testing.assert_array_equal(last["loss_mask"][last["example_valid"]].sum(-1), 2 * np.array(turns))
 
 
 @pytest.mark.parametrize("n", [21, 24])

@@ -41,6 +41,22 @@ def runs(present):
     return out
 
 
+def band_of(mask, image_size):
+    """'top' or 'bottom': the half holding every pixel of a (.., H, W) mask."""
+    rows = np.flatnonzero(mask.reshape(-1, *mask.shape[-2:]).any((0, 2)))
+    assert rows.size
+    half = image_size // 2
+    assert rows.max() < half or rows.min() >= half, "object straddles the middle"
+    return "top" if rows.max() < half else "bottom"
+
+
+def followup(e, family, i=0):
+    """The i-th follow-up answer, after checking the questions are the family's."""
+    questions = tuple(q for q, _ in e["followups"])
+    assert questions == vqa.FOLLOWUPS[family]
+    return e["followups"][i][1]
+
+
 def examples_of(source, family, count):
     fid = vqa.FAMILIES.index(family)
     got = []
@@ -67,6 +83,9 @@ def test_example_format():
         assert isinstance(e["question"], str) and isinstance(e["answer"], str)
         assert len(e["answer"].split()) == 1
         assert e["answer"] in vqa.ANSWERS[vqa.FAMILIES[e["family"]]]
+        questions = tuple(q for q, _ in e["followups"])
+        assert questions == vqa.FOLLOWUPS[vqa.FAMILIES[e["family"]]]
+        assert all(a in vqa.BANDS + vqa.COLOR_NAMES + vqa.DIRECTIONS for _, a in e["followups"])
         assert e["index"] == i
     with pytest.raises(IndexError):
         src[50]
@@ -116,6 +135,19 @@ def test_families_balanced_and_answers_cover_their_space():
         assert max(counter.values()) < 2 * 120 / len(space)
 
 
+def test_followups_off_and_answers_balanced():
+    src = vqa.VideoQASource(16, 32, 20, "train", seed=0, followups=False)
+    assert all(src[i]["followups"] == () for i in range(5))
+    src = vqa.VideoQASource(16, 32, 400, "train", seed=0)
+    answers = collections.defaultdict(collections.Counter)
+    for i in range(400):
+        e = src[i]
+        answers[e["family"]][e["followups"][0][1]] += 1
+    for f, counter in answers.items():
+        space = vqa.BANDS if vqa.FAMILIES[f] in ("static_detail", "brief_event") else vqa.COLOR_NAMES
+        assert set(counter) == set(space), (vqa.FAMILIES[f], counter)
+
+
 def test_family_subset():
     src = vqa.VideoQASource(16, 32, 20, "eval", families=("counting", "static_detail"))
     fams = [src[i]["family"] for i in range(20)]
@@ -134,6 +166,7 @@ def test_static_detail_by_construction(num_frames, image_size):
         # A larger grey distractor is there too.
         bright = e["frames"].max(-1) > 120
         assert (bright.sum((1, 2)) > side * side).all()
+        assert followup(e, "static_detail") == band_of(m, image_size)
 
 
 @pytest.mark.parametrize("num_frames,image_size", VARIANTS)
@@ -144,6 +177,8 @@ def test_brief_event_by_construction(num_frames, image_size):
         ((start, length),) = runs(present)  # one flash
         assert 1 <= length <= 2
         assert start >= 1 and start + length <= num_frames - 1  # not first/last
+        mask = colour_mask(e["frames"], e["answer"])
+        assert followup(e, "brief_event") == band_of(mask, image_size)
 
 
 @pytest.mark.parametrize("num_frames,image_size", VARIANTS)
@@ -160,6 +195,8 @@ def test_motion_direction_by_construction(num_frames, image_size):
         other = dy if axis is dx else dx
         assert (sign * axis >= 0).all() and sign * axis.sum() >= 0.25 * image_size
         assert (other == 0).all()
+        # The follow-up names the mover's colour: it is present in every frame.
+        assert colour_mask(e["frames"], followup(e, "motion_direction")).any((1, 2)).all()
         seen.add(e["answer"])
     assert seen == set(vqa.DIRECTIONS)
 
@@ -182,6 +219,12 @@ def test_temporal_order_by_construction(num_frames, image_size):
 
         top, bottom = onset(slice(0, half)), onset(slice(half, None))
         assert (top < bottom) == (e["answer"] == "top")
+        # The follow-up names the colour of the object that moved first.
+        first = colour_mask(e["frames"], followup(e, "temporal_order"))
+        assert band_of(first, image_size) == e["answer"]
+        # And which way the top object moved.
+        top_x = centroids(coloured[:, :half])[:, 1]
+        assert followup(e, "temporal_order", 1) == ("right" if top_x[-1] > top_x[0] else "left")
     assert 5 <= answers.count("top") <= 25  # which band moves first is random
 
 
@@ -197,6 +240,7 @@ def test_counting_by_construction(num_frames, image_size):
             p = colour_mask(e["frames"], name).any((1, 2))
             if p.any() and not p.all():
                 toggling.append(runs(p))
+                assert followup(e, "counting") == name
         assert len(toggling) == 1
         flashes = toggling[0]
         assert len(flashes) == n

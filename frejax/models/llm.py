@@ -14,6 +14,8 @@ valid per ``attn_mask`` and lets the query at slot ``s`` attend to valid slots
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any
 
 import jax
@@ -27,19 +29,63 @@ from frejax.models.layers import (Dense, RMSNorm, dot_product_attention,
 Cache = dict[str, Any]
 
 
-def rope_angles(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+@dataclasses.dataclass(frozen=True)
+class Llama3RopeScaling:
+    """Llama-3.1 frequency-dependent RoPE scaling (``rope_type: llama3`` in HF configs).
+
+    Wavelengths longer than ``original_max_position / low_freq_factor`` are
+    divided by ``factor``, shorter than ``original_max_position / high_freq_factor``
+    kept, and those in between interpolated smoothly.
+    """
+
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position: int = 8192
+
+    def __call__(self, inv_freq: jax.Array) -> jax.Array:
+        low_wavelen = self.original_max_position / self.low_freq_factor
+        high_wavelen = self.original_max_position / self.high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        scaled = jnp.where(wavelen > low_wavelen, inv_freq / self.factor, inv_freq)
+        smooth = ((self.original_max_position / wavelen - self.low_freq_factor)
+                  / (self.high_freq_factor - self.low_freq_factor))
+        smoothed = (1 - smooth) * scaled / self.factor + smooth * scaled
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        return jnp.where(medium, smoothed, scaled)
+
+
+def rope_scaling_from_config(cfg: Any) -> Llama3RopeScaling | None:
+    """``model.llm.rope_scaling`` -> a scaling, or None for ``type: none`` (plain RoPE)."""
+    scaling = cfg.get("rope_scaling", None)
+    kind = scaling.get("type", "none") if scaling is not None else "none"
+    if kind == "none":
+        return None
+    if kind != "llama3":
+        raise ValueError(f"model.llm.rope_scaling.type must be 'none' or 'llama3', got {kind!r}")
+    return Llama3RopeScaling(
+        factor=float(scaling.factor), low_freq_factor=float(scaling.low_freq_factor),
+        high_freq_factor=float(scaling.high_freq_factor),
+        original_max_position=int(scaling.original_max_position))
+
+
+def rope_angles(positions: jax.Array, head_dim: int, theta: float,
+                scaling: Llama3RopeScaling | None = None) -> tuple[jax.Array, jax.Array]:
     """``(batch, length)`` int positions -> cos, sin ``(batch, length, 1, head_dim/2)`` float32."""
     inv_freq = theta ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+    if scaling is not None:
+        inv_freq = scaling(inv_freq)
     angles = positions.astype(jnp.float32)[..., None] * inv_freq
     return jnp.cos(angles)[:, :, None], jnp.sin(angles)[:, :, None]
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+def apply_rope(x: jax.Array, positions: jax.Array, theta: float,
+               scaling: Llama3RopeScaling | None = None) -> jax.Array:
     """Rotary embedding, rotate-half convention (HF Llama / Qwen2).
 
     ``x``: ``(batch, length, heads, head_dim)``; ``positions``: ``(batch, length)``.
     """
-    cos, sin = rope_angles(positions, x.shape[-1], theta)
+    cos, sin = rope_angles(positions, x.shape[-1], theta, scaling)
     x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return out.astype(x.dtype)
@@ -49,11 +95,13 @@ class Attention(nnx.Module):
     """Grouped-query causal self-attention with RoPE."""
 
     def __init__(self, width: int, heads: int, kv_heads: int, head_dim: int, *, qkv_bias: bool,
-                 rope_theta: float, dtype: Any, param_dtype: Any, rngs: nnx.Rngs):
+                 rope_theta: float, dtype: Any, param_dtype: Any, rngs: nnx.Rngs,
+                 rope_scaling: Llama3RopeScaling | None = None):
         if heads % kv_heads:
             raise ValueError(f"model.llm.heads {heads} not divisible by model.llm.kv_heads {kv_heads}")
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.rope_theta = float(rope_theta)
+        self.rope_scaling = rope_scaling
         self.query = Dense(width, (heads, head_dim), ("embed", "heads", "head_dim"),
                            use_bias=qkv_bias, **kw)
         self.key = Dense(width, (kv_heads, head_dim), ("embed", "kv_heads", "head_dim"),
@@ -67,8 +115,8 @@ class Attention(nnx.Module):
                  kv_cache: dict[str, jax.Array] | None = None,
                  slots: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array] | None]:
         """``x (B, L, E)``; ``mask`` bool ``(B, L, S)``; with a cache, ``slots (B, L)``."""
-        q = apply_rope(self.query(x), positions, self.rope_theta)
-        k = apply_rope(self.key(x), positions, self.rope_theta)
+        q = apply_rope(self.query(x), positions, self.rope_theta, self.rope_scaling)
+        k = apply_rope(self.key(x), positions, self.rope_theta, self.rope_scaling)
         v = self.value(x)
         q = sharding.constrain(q, ("batch", "length", "heads", "head_dim"))
         kv_names = ("batch", "length", "kv_heads", "head_dim")
@@ -99,11 +147,12 @@ class SwiGLU(nnx.Module):
 class DecoderLayer(nnx.Module):
     def __init__(self, width: int, heads: int, kv_heads: int, head_dim: int, mlp_dim: int, *,
                  qkv_bias: bool, rope_theta: float, norm_eps: float, dtype: Any,
-                 param_dtype: Any, rngs: nnx.Rngs):
+                 param_dtype: Any, rngs: nnx.Rngs,
+                 rope_scaling: Llama3RopeScaling | None = None):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.attn_norm = RMSNorm(width, eps=norm_eps, **kw)
         self.attn = Attention(width, heads, kv_heads, head_dim, qkv_bias=qkv_bias,
-                              rope_theta=rope_theta, **kw)
+                              rope_theta=rope_theta, rope_scaling=rope_scaling, **kw)
         self.mlp_norm = RMSNorm(width, eps=norm_eps, **kw)
         self.mlp = SwiGLU(width, mlp_dim, **kw)
 
@@ -119,7 +168,8 @@ class LLM(nnx.Module):
 
     Config (``model.llm``): vocab_size, width, depth, heads, kv_heads, head_dim
     (0 = width / heads), mlp_dim, rope_theta, qkv_bias, tie_embeddings, remat
-    (and optionally norm_eps). ``vocab_size`` passed here overrides the config.
+    (and optionally norm_eps and rope_scaling). ``vocab_size`` passed here
+    overrides the config.
     """
 
     def __init__(self, cfg: Any, *, rngs: nnx.Rngs, vocab_size: int | None = None,
@@ -141,7 +191,8 @@ class LLM(nnx.Module):
             DecoderLayer(self.width, self.heads, self.kv_heads, self.head_dim,
                          int(cfg.mlp_dim), qkv_bias=bool(cfg.get("qkv_bias", False)),
                          rope_theta=float(cfg.get("rope_theta", 10000.0)),
-                         norm_eps=float(cfg.get("norm_eps", 1e-6)), **kw)
+                         norm_eps=float(cfg.get("norm_eps", 1e-6)),
+                         rope_scaling=rope_scaling_from_config(cfg), **kw)
             for _ in range(int(cfg.depth))])
         self.final_norm = RMSNorm(self.width, eps=float(cfg.get("norm_eps", 1e-6)), **kw)
         self.lm_head = (None if self.tie_embeddings else

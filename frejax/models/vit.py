@@ -75,11 +75,11 @@ class SelfAttention(nnx.Module):
 
 class EncoderBlock(nnx.Module):
     def __init__(self, width: int, heads: int, mlp_dim: int, *, dtype: Any, param_dtype: Any,
-                 rngs: nnx.Rngs):
+                 rngs: nnx.Rngs, norm_eps: float = 1e-6):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.norm1 = LayerNorm(width, **kw)
+        self.norm1 = LayerNorm(width, eps=norm_eps, **kw)
         self.attn = SelfAttention(width, heads, **kw)
-        self.norm2 = LayerNorm(width, **kw)
+        self.norm2 = LayerNorm(width, eps=norm_eps, **kw)
         self.mlp = MLP(width, mlp_dim, **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -92,7 +92,7 @@ class ViT(nnx.Module):
     """Per-frame ViT encoder.
 
     Config (``model.vision``): image_size, patch_size, width, depth, heads,
-    mlp_dim, remat, encode_chunk.
+    mlp_dim, remat, encode_chunk (and optionally norm_eps).
     """
 
     def __init__(self, cfg: Any, *, rngs: nnx.Rngs, dtype: Any = jnp.float32,
@@ -114,10 +114,11 @@ class ViT(nnx.Module):
         self.pos_embed = make_param(nnx.initializers.normal(self.width ** -0.5),
                                     ("tokens", "embed"), (side * side, self.width),
                                     param_dtype, rngs)
+        norm_eps = float(cfg.get("norm_eps", 1e-6))
         self.blocks = nnx.List([
-            EncoderBlock(self.width, int(cfg.heads), int(cfg.mlp_dim), **kw)
+            EncoderBlock(self.width, int(cfg.heads), int(cfg.mlp_dim), norm_eps=norm_eps, **kw)
             for _ in range(int(cfg.depth))])
-        self.final_norm = LayerNorm(self.width, **kw)
+        self.final_norm = LayerNorm(self.width, eps=norm_eps, **kw)
 
     @property
     def grid(self) -> tuple[int, int]:

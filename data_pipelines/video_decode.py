@@ -1,0 +1,198 @@
+"""Video bytes -> a fixed-shape clip: PyAV decode, frame sampling, resize and crop/pad.
+
+    frames, frame_mask = decode_video(data, FrameSampling(num_frames=16, image_size=224))
+
+Sampling modes (``FrameSampling.mode``):
+
+  uniform  N frames spread evenly over the whole clip (centres of N equal bins).
+  fps      frames at a fixed rate (``fps`` per second) from the start, up to N.
+  dense    N consecutive frames: a window of a long video; its start comes from
+           ``window_seed`` (a per-example seed, train) or is centred (None, eval).
+
+Every frame is resized so its short side (``crop``) or long side (``pad``)
+equals ``image_size``, then centre-cropped or zero-padded to a square. A clip
+with fewer frames than N is padded with zero frames whose ``frame_mask`` is
+False: short clips are never dropped.
+
+Failures raise ``VideoDecodeError`` with a ``kind`` from ``DECODE_ERRORS``, so
+callers can count them by cause.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import av
+import numpy as np
+
+# Causes of a clip that cannot be read, in the order of their integer codes (1..).
+DECODE_ERRORS: tuple[str, ...] = (
+    "unreadable_file",  # the file vanished or cannot be opened after indexing
+    "empty_file",
+    "not_a_video",      # no container FFmpeg knows, or no video stream in it
+    "corrupt_video",    # the decoder failed part-way
+    "no_frames",        # a valid container without a single decodable frame
+)
+
+SAMPLING_MODES = ("uniform", "fps", "dense")
+RESIZE_MODES = ("crop", "pad")
+
+
+class VideoDecodeError(ValueError):
+    """A clip that cannot be decoded; ``kind`` is one of ``DECODE_ERRORS``."""
+
+    def __init__(self, kind: str, message: str):
+        if kind not in DECODE_ERRORS:
+            raise ValueError(f"unknown decode error kind {kind!r}")
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameSampling:
+    """How to turn a clip of any length and size into ``(num_frames, S, S, 3)``."""
+
+    num_frames: int
+    image_size: int
+    mode: str = "uniform"
+    fps: float = 2.0
+    resize: str = "crop"
+
+    def __post_init__(self):
+        if self.mode not in SAMPLING_MODES:
+            raise ValueError(f"sampling mode must be one of {SAMPLING_MODES}, got {self.mode!r}")
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
+        if self.num_frames < 1 or self.image_size < 1 or self.fps <= 0:
+            raise ValueError(f"num_frames, image_size and fps must be positive: {self}")
+
+
+def sample_indices(num_available: int, num_frames: int, mode: str,
+                   window_seed: int | None = None) -> np.ndarray:
+    """Frame indices (ascending, at most ``num_frames``) for ``uniform`` or ``dense``.
+
+    uniform: the centres of ``num_frames`` equal bins over the clip; a clip shorter
+    than ``num_frames`` gives all its frames (padding is the caller's job).
+    dense: ``num_frames`` consecutive frames, the window start drawn from
+    ``window_seed`` or centred when it is None.
+    """
+    if num_available <= num_frames:
+        return np.arange(num_available)
+    if mode == "uniform":
+        return ((np.arange(num_frames) + 0.5) * num_available / num_frames).astype(np.int64)
+    if mode == "dense":
+        slack = num_available - num_frames
+        start = (slack // 2 if window_seed is None
+                 else int(np.random.default_rng(window_seed).integers(0, slack + 1)))
+        return np.arange(start, start + num_frames)
+    raise ValueError(f"sample_indices: mode must be uniform or dense, got {mode!r}")
+
+
+def resize_frame(frame: av.VideoFrame, size: int, resize: str) -> np.ndarray:
+    """One decoded frame -> ``(size, size, 3)`` uint8 RGB (short-side crop or long-side pad)."""
+    w, h = frame.width, frame.height
+    scale = size / (min(w, h) if resize == "crop" else max(w, h))
+    # Round, then clamp so crop never falls below and pad never exceeds `size`.
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    if resize == "crop":
+        nw, nh = max(nw, size), max(nh, size)
+    else:
+        nw, nh = min(nw, size), min(nh, size)
+    rgb = frame.to_ndarray(width=nw, height=nh, format="rgb24", interpolation="BILINEAR")
+    if resize == "crop":
+        top, left = (nh - size) // 2, (nw - size) // 2
+        return np.ascontiguousarray(rgb[top:top + size, left:left + size])
+    out = np.zeros((size, size, 3), np.uint8)
+    top, left = (size - nh) // 2, (size - nw) // 2
+    out[top:top + nh, left:left + nw] = rgb
+    return out
+
+
+def decode_video(data: bytes, sampling: FrameSampling,
+                 window_seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Encoded video bytes -> ``frames (T, S, S, 3) uint8``, ``frame_mask (T,) bool``.
+
+    T is ``sampling.num_frames`` and S ``sampling.image_size``; frames past the
+    end of a short clip are zeros with ``frame_mask`` False.
+    """
+    if not data:
+        raise VideoDecodeError("empty_file", "the file has 0 bytes")
+    if sampling.mode == "fps":
+        picked = _decode_at_fps(data, sampling)
+    else:
+        count = _count_frames(data)
+        if count == 0:
+            raise VideoDecodeError("no_frames", "the video stream holds no frames")
+        wanted = sample_indices(count, sampling.num_frames, sampling.mode, window_seed)
+        picked = _decode_indices(data, wanted, sampling)
+    if not picked:
+        raise VideoDecodeError("no_frames", "no frame could be decoded")
+    t, s = sampling.num_frames, sampling.image_size
+    frames = np.zeros((t, s, s, 3), np.uint8)
+    frames[:len(picked)] = picked
+    return frames, np.arange(t) < len(picked)
+
+
+def _open(data: bytes) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
+    try:
+        container = av.open(io.BytesIO(data), mode="r")
+    except av.error.FFmpegError as e:
+        raise VideoDecodeError("not_a_video", f"not a container FFmpeg can read ({e})") from None
+    if not container.streams.video:
+        container.close()
+        raise VideoDecodeError("not_a_video", "the container has no video stream")
+    stream = container.streams.video[0]
+    # One decode thread: parallelism comes from Grain workers, one clip each.
+    stream.thread_type = "NONE"
+    stream.codec_context.thread_count = 1
+    return container, stream
+
+
+def _count_frames(data: bytes) -> int:
+    """Frames in the first video stream, by demuxing (no decoding; WebM/MKV lack a count)."""
+    container, stream = _open(data)
+    try:
+        with container:
+            return sum(1 for packet in container.demux(stream) if packet.size)
+    except av.error.FFmpegError as e:
+        raise VideoDecodeError("corrupt_video", f"demuxing failed ({e})") from None
+
+
+def _decode_indices(data: bytes, wanted: np.ndarray, sampling: FrameSampling) -> list[np.ndarray]:
+    """Decodes in order, keeping the frames at ``wanted`` positions; stops after the last."""
+    container, stream = _open(data)
+    wanted_set, last = set(wanted.tolist()), int(wanted[-1])
+    picked = []
+    try:
+        with container:
+            for i, frame in enumerate(container.decode(stream)):
+                if i in wanted_set:
+                    picked.append(resize_frame(frame, sampling.image_size, sampling.resize))
+                if i >= last:
+                    break
+    except av.error.FFmpegError as e:
+        raise VideoDecodeError("corrupt_video", f"decoding failed after {len(picked)} of"
+                               f" {len(wanted)} frames ({e})") from None
+    return picked
+
+
+def _decode_at_fps(data: bytes, sampling: FrameSampling) -> list[np.ndarray]:
+    """The first frame at or after each time k / fps (k = 0..N-1) from the clip start."""
+    container, stream = _open(data)
+    rate = float(stream.average_rate or 25)
+    picked, start, k = [], None, 0
+    try:
+        with container:
+            for i, frame in enumerate(container.decode(stream)):
+                t = frame.time if frame.time is not None else i / rate
+                start = t if start is None else start
+                if t - start + 0.5 / rate >= k / sampling.fps:
+                    picked.append(resize_frame(frame, sampling.image_size, sampling.resize))
+                    k += 1
+                    if k == sampling.num_frames:
+                        break
+    except av.error.FFmpegError as e:
+        raise VideoDecodeError("corrupt_video", f"decoding failed after {len(picked)}"
+                               f" frames ({e})") from None
+    return picked

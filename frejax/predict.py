@@ -1,0 +1,405 @@
+r"""Video question answering from the command line with a trained checkpoint.
+
+    python -m frejax.predict --config=configs/long_video.py --checkpoint=workdirs/long_video \
+        --video=clip.mp4 --question="which way did the object move"
+    python -m frejax.predict --config=configs/long_video.py --checkpoint=workdirs/long_video \
+        --annotations=qa.jsonl --output=predictions.jsonl
+
+``--checkpoint`` is a workdir, its ``checkpoints/`` folder (latest step) or one
+step folder. ``--config`` must describe the model that was trained (the same
+file and arg as for ``frejax.main``).
+
+Single mode prints the answer, the visual tokens used versus full, and timings
+of each stage. Batch mode reads a JSON list or JSON lines of
+``{"id", "video", "question", "answer"}`` (``id`` and ``answer`` optional,
+``options`` rendered as for training; video paths relative to ``--video_root``,
+default the annotation file's folder) and writes one JSON line per question:
+``{"id", "video", "question", "prediction", "answer"}``.
+
+Every video goes through ``frejax.token_cache``: its compressed tokens and the
+LLM's keys/values for the prompt up to the video are computed once and reused
+by every further question about it; batch mode reports the saving.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from absl import app
+from absl import flags
+from absl import logging
+from flax import nnx
+from ml_collections import config_flags
+
+from data_pipelines import annotations as annotations_lib
+from data_pipelines import video_decode
+from frejax import checkpointing
+from frejax import config_lib
+from frejax import data as data_lib
+from frejax import sharding
+from frejax import token_cache
+from frejax import tokenizer as tokenizer_lib
+from frejax import train
+from frejax.compression import CompressedTokens
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file of the trained model, optionally with an arg.", lock_config=True)
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "A workdir, its checkpoints/ folder, or one checkpoints/<step> folder.")
+_VIDEO = flags.DEFINE_string("video", None, "A video file (single mode).")
+_QUESTION = flags.DEFINE_string("question", None, "The question (single mode).")
+_ANNOTATIONS = flags.DEFINE_string(
+    "annotations", None, "JSON / JSONL of {id, video, question, answer} (batch mode).")
+_VIDEO_ROOT = flags.DEFINE_string(
+    "video_root", None, "Folder the annotation video paths are relative to (batch mode).")
+_OUTPUT = flags.DEFINE_string("output", None, "Predictions JSONL (batch mode).")
+_MAX_NEW_TOKENS = flags.DEFINE_integer(
+    "max_new_tokens", 0, "Answer tokens to generate; 0: config.eval.max_new_tokens.")
+_CACHE_PREFIX = flags.DEFINE_bool(
+    "cache_prefix", True, "Also cache the LLM keys/values of the prompt up to the video.")
+flags.mark_flags_as_required(["config", "checkpoint"])
+
+STAGES = ("decode_video", "encode", "compress", "prefill", "decode")
+
+# ----------------------------------------------------------------------------
+# The model's stages as pure functions of (params, arrays), one video at a time.
+# ----------------------------------------------------------------------------
+
+
+def _encode(graphdef, params, frames):
+    """``(1, T, H, W, 3)`` uint8 -> latents ``(1, T, N, D)``."""
+    return nnx.merge(graphdef, params).encoder(frames)
+
+
+def _compress(graphdef, params, latents, frame_mask):
+    """Latents ``(1, T, N, D)`` -> ``CompressedTokens`` ``(1, M, D)``."""
+    return nnx.merge(graphdef, params).compressor(latents, frame_mask)
+
+
+def _prefill_video(graphdef, max_len, params, visual, prefix_tokens):
+    """Text before the placeholder ``(1, p)`` then the M visual places -> (cache, next position).
+
+    The same embedding, masking and positions as ``VideoMLLM.generate``'s splice,
+    restricted to the question-independent start of the sequence.
+    """
+    model = nnx.merge(graphdef, params)
+    vis_mask = visual.mask.astype(bool)
+    vis = model.projector(visual.tokens) * vis_mask[..., None].astype(model.dtype)
+    text = model.llm.embed(prefix_tokens)
+    embeds = jnp.concatenate([text, vis.astype(text.dtype)], axis=1)
+    valid = jnp.concatenate([jnp.ones(prefix_tokens.shape, bool), vis_mask], axis=1)
+    positions = jnp.maximum(jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1, 0)
+    cache = model.llm.init_cache(1, max_len)
+    _, cache = model.llm(embeds, positions, valid, cache, jnp.zeros((1,), jnp.int32),
+                         return_hidden=True)
+    return cache, valid.sum(axis=1, dtype=jnp.int32)
+
+
+def _prefill_question(graphdef, params, cache, next_position, first_slot, question, length):
+    """The prompt after the placeholder ``(1, Lq)`` (``length`` valid) -> (cache, first token)."""
+    llm = nnx.merge(graphdef, params).llm
+    lq = question.shape[1]
+    valid = jnp.arange(lq)[None] < length[:, None]
+    positions = next_position[:, None] + jnp.arange(lq, dtype=jnp.int32)[None]
+    hidden, cache = llm(llm.embed(question), positions, valid, cache, first_slot,
+                        return_hidden=True)
+    last = hidden[jnp.arange(hidden.shape[0]), length - 1][:, None]
+    return cache, jnp.argmax(llm.logits(last)[:, 0], axis=-1).astype(jnp.int32)
+
+
+def _decode(graphdef, max_new, eos_id, params, cache, token, slot, position):
+    """Greedy decoding from ``token`` -> ``(1, max_new)``; after eos every token is eos."""
+    llm_graphdef, llm_state = nnx.split(nnx.merge(graphdef, params).llm)
+
+    def step(carry, _):
+        cache, token, slot, position, done = carry
+        llm = nnx.merge(llm_graphdef, llm_state)
+        logits, cache = llm(llm.embed(token[:, None]), position[:, None],
+                            jnp.ones(token.shape + (1,), bool), cache, slot)
+        nxt = jnp.where(done, eos_id, jnp.argmax(logits[:, 0], axis=-1).astype(jnp.int32))
+        return (cache, nxt, slot + 1, position + 1, done | (nxt == eos_id)), nxt
+
+    carry = (cache, token, slot, position, token == eos_id)
+    _, rest = jax.lax.scan(step, carry, None, length=max_new - 1)
+    return jnp.concatenate([token[:, None], rest.T], axis=1)
+
+
+@dataclasses.dataclass
+class Answer:
+    text: str
+    tokens: list[int]
+    timings: dict[str, float]   # seconds per stage (``STAGES``); a cached stage is absent
+    cached: bool                # the video's tokens came from the cache
+    visual_tokens: int          # valid visual tokens this video gave the LLM
+
+
+class VideoQA:
+    """A trained video MLLM answering questions about video files, with a token cache.
+
+    Args:
+      config: the run's config.
+      params: the model params (pure dict), e.g. restored by ``load_video_qa``.
+      tokenizer: the run's tokenizer.
+      mesh: a mesh whose ``data`` axis has size 1 (one video at a time).
+      max_new_tokens: answer length limit; 0 = ``config.eval.max_new_tokens``.
+      cache_prefix: also cache the LLM keys/values of the prompt up to the video.
+      fingerprint: identifies the weights in cache keys (checkpoint folder and step).
+    """
+
+    def __init__(self, config: Any, params: Any, tokenizer: Any, mesh: jax.sharding.Mesh, *,
+                 max_new_tokens: int = 0, cache_prefix: bool = True, fingerprint: str = "",
+                 cache: token_cache.VideoTokenCache | None = None):
+        self.config, self.params, self.tokenizer, self.mesh = config, params, tokenizer, mesh
+        self.max_new_tokens = int(max_new_tokens or config.eval.max_new_tokens)
+        d = config.data
+        self.sampling = video_decode.FrameSampling(
+            num_frames=d.num_frames, image_size=d.image_size, mode=d.sampling,
+            fps=d.sample_fps, resize=d.resize)
+        self.template = d.prompt_template
+        tokenizer_lib.check_template(self.template)
+        # The prompt before the video is the same for every question only if the question
+        # comes after the video.
+        self.cache_prefix = cache_prefix and (
+            self.template.index(tokenizer_lib.VIDEO) < self.template.index("{question}"))
+        self.cache = cache if cache is not None else token_cache.VideoTokenCache()
+        self.fingerprint = token_cache.fingerprint(
+            fingerprint, d.num_frames, d.image_size, d.sampling, d.sample_fps, d.resize,
+            config.compressor.to_dict(), self.template)
+        model = nnx.eval_shape(lambda: train.create_model(config, tokenizer, seed=0))
+        graphdef = nnx.graphdef(model)
+        self.num_visual = model.num_visual_tokens
+        self.full_visual = model.full_visual_tokens
+        self.question_len = int(d.max_text_len)
+        self._encode = jax.jit(functools.partial(_encode, graphdef))
+        self._compress = jax.jit(functools.partial(_compress, graphdef))
+        self._prefill_question = jax.jit(functools.partial(_prefill_question, graphdef))
+        self._decode = jax.jit(functools.partial(
+            _decode, graphdef, self.max_new_tokens, tokenizer.eos_id))
+        self._graphdef = graphdef
+        self._prefill_video_by_len: dict[int, Any] = {}
+
+    def _prefill_video(self, prefix_len: int):
+        """Jitted per prefix length (one per template); the cache has room for question and answer."""
+        if prefix_len not in self._prefill_video_by_len:
+            max_len = prefix_len + self.question_len + self.max_new_tokens
+            self._prefill_video_by_len[prefix_len] = jax.jit(
+                functools.partial(_prefill_video, self._graphdef, max_len))
+        return self._prefill_video_by_len[prefix_len]
+
+    def _timed(self, timings: dict, stage: str, fn, *args):
+        start = time.perf_counter()
+        with jax.set_mesh(self.mesh):
+            out = jax.block_until_ready(fn(*args))
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
+        return out
+
+    def _prompt(self, question: str) -> tuple[tuple[int, ...], list[int]]:
+        """-> (tokens before the placeholder, tokens after it)."""
+        tok = self.tokenizer
+        ids = [tok.bos_id] + tok.encode(tokenizer_lib.format_prompt(question,
+                                                                    template=self.template))
+        if ids.count(tok.video_id) != 1:
+            raise ValueError(f"prompt must hold exactly one video placeholder: {question!r}")
+        p = ids.index(tok.video_id)
+        before, after = tuple(ids[:p]), ids[p + 1:]
+        if not after:
+            raise ValueError(f"template {self.template!r} leaves nothing after the video")
+        if len(after) > self.question_len:
+            raise ValueError(f"question has {len(after)} tokens > data.max_text_len="
+                             f"{self.question_len}: {question!r}")
+        return before, after
+
+    def video_tokens(self, path: str, timings: dict | None = None) -> tuple[CompressedTokens, bool]:
+        """The compressed tokens of the video file ``path`` -> (tokens, came from the cache)."""
+        entry, hit = self._entry(path, {} if timings is None else timings)
+        return entry.visual, hit
+
+    def _entry(self, path: str, timings: dict) -> tuple[token_cache.CachedVideo, bool]:
+        key = token_cache.video_key(path, self.fingerprint)
+        entry = self.cache.get(key)
+        if entry is not None:
+            return entry, True
+        start = time.perf_counter()
+        with open(path, "rb") as f:
+            frames, frame_mask = video_decode.decode_video(f.read(), self.sampling)
+        timings["decode_video"] = time.perf_counter() - start
+        latents = self._timed(timings, "encode", self._encode, self.params,
+                              jnp.asarray(frames[None]))
+        visual = self._timed(timings, "compress", self._compress, self.params, latents,
+                             jnp.asarray(frame_mask[None]))
+        entry = token_cache.CachedVideo(visual=visual)
+        self.cache.put(key, entry)
+        return entry, False
+
+    def ask(self, video: str, question: str) -> Answer:
+        """Answers ``question`` about the video file ``video``."""
+        timings: dict[str, float] = {}
+        before, after = self._prompt(question)
+        entry, hit = self._entry(video, timings)
+        prefix_len = len(before) + self.num_visual
+        if entry.prefix is not None and entry.prefix_tokens == before:
+            prefix, next_position = entry.prefix, entry.next_position
+        else:
+            prefix, next_position = self._timed(
+                timings, "prefill", self._prefill_video(prefix_len), self.params, entry.visual,
+                jnp.asarray([before], jnp.int32))
+            if self.cache_prefix:
+                entry.prefix, entry.prefix_tokens = prefix, before
+                entry.prefix_len, entry.next_position = prefix_len, next_position
+        question_ids = jnp.asarray([after + [0] * (self.question_len - len(after))], jnp.int32)
+        length = jnp.asarray([len(after)], jnp.int32)
+        first_slot = jnp.asarray([prefix_len], jnp.int32)
+        cache, token = self._timed(timings, "prefill", self._prefill_question, self.params,
+                                   prefix, next_position, first_slot, question_ids, length)
+        generated = self._timed(timings, "decode", self._decode, self.params, cache, token,
+                                first_slot + length, next_position + length)
+        tokens = [int(t) for t in jax.device_get(generated)[0]]
+        return Answer(text=self.tokenizer.decode(tokens), tokens=tokens, timings=timings,
+                      cached=hit, visual_tokens=int(jax.device_get(entry.visual.mask).sum()))
+
+
+# ----------------------------------------------------------------------------
+# Checkpoints and annotation files.
+# ----------------------------------------------------------------------------
+
+
+def resolve_checkpoint(path: str) -> tuple[str, int | None]:
+    """A workdir, a ``checkpoints/`` folder or a step folder -> (checkpoints folder, step or None)."""
+    path = os.path.abspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"--checkpoint {path}: no such folder")
+    if os.path.isdir(os.path.join(path, "checkpoints")):
+        return os.path.join(path, "checkpoints"), None
+    name = os.path.basename(path)
+    if name.isdigit():
+        return os.path.dirname(path), int(name)
+    return path, None
+
+
+def predict_mesh(config: Any) -> Any:
+    """The training mesh with ``data`` of size 1: params keep their fsdp/tensor layout."""
+    _, fsdp, tensor = (int(s) for s in config.mesh.shape)
+    count = jax.device_count() if -1 in (fsdp, tensor) else fsdp * tensor
+    shape = sharding.resolve_mesh_shape((1, fsdp, tensor), count)
+    return sharding.make_mesh(shape, jax.devices()[:count])
+
+
+def load_video_qa(config: Any, checkpoint: str, **kwargs) -> tuple[VideoQA, int]:
+    """Restores ``checkpoint`` for ``config`` -> (``VideoQA``, step)."""
+    config_lib.validate(config)
+    directory, step = resolve_checkpoint(checkpoint)
+    mesh = predict_mesh(config)
+    with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
+        tokenizer = data_lib.make_tokenizer(config)
+        setup = train.make_setup(config, mesh, tokenizer)
+        ckpt = checkpointing.Checkpointer(directory, keep=config.train.keep_checkpoints)
+        step = ckpt.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"--checkpoint: no checkpoint in {directory}")
+        params = ckpt.restore(step, setup.abstract_state)["params"]
+        ckpt.close()
+    qa = VideoQA(config, params, tokenizer, mesh, fingerprint=f"{directory}@{step}", **kwargs)
+    return qa, step
+
+
+def read_questions(path: str, root: str) -> Iterator[dict]:
+    """A JSON list or JSON lines of ``{id?, video, question, answer?, options?}``."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        entries = json.loads(text)
+        if not isinstance(entries, list):
+            raise ValueError(f"{path}: expected a JSON list or JSON lines")
+        numbered = list(enumerate(entries, 1))
+    except json.JSONDecodeError:
+        numbered = []
+        for line_no, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    numbered.append((line_no, json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{line_no}: not JSON: {e}") from None
+    for n, entry in numbered:
+        where = f"{path}:{n}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("video"), str) \
+                or not isinstance(entry.get("question"), str):
+            raise ValueError(f"{where}: needs string fields 'video' and 'question'")
+        question, answer = entry["question"].strip(), str(entry.get("answer", "")).strip()
+        if "options" in entry:
+            question, answer = annotations_lib.render_multiple_choice(
+                question, entry["options"], answer)
+        yield dict(id=entry.get("id", str(n)), video=entry["video"],
+                   path=annotations_lib.resolve_video(entry["video"], root),
+                   question=question, answer=answer)
+
+
+def predict_file(qa: VideoQA, annotations_path: str, output: str, root: str) -> dict:
+    """Answers every question of ``annotations_path`` into ``output`` (JSONL) -> a summary."""
+    first, repeat = [], []
+    count = 0
+    tmp = output + ".tmp"
+    with open(tmp, "w") as out:
+        for q in read_questions(annotations_path, root):
+            start = time.perf_counter()
+            ans = qa.ask(q["path"], q["question"])
+            (repeat if ans.cached else first).append(time.perf_counter() - start)
+            out.write(json.dumps(dict(id=q["id"], video=q["video"], question=q["question"],
+                                      prediction=ans.text, answer=q["answer"])) + "\n")
+            count += 1
+    os.replace(tmp, output)
+    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+    return dict(questions=count, videos=len(first), cache_hits=len(repeat),
+                first_question_s=mean(first), cached_question_s=mean(repeat),
+                speedup=mean(first) / mean(repeat) if repeat else float("nan"))
+
+
+def format_answer(ans: Answer, qa: VideoQA) -> str:
+    ms = ", ".join(f"{s} {ans.timings[s] * 1e3:.1f}" for s in STAGES if s in ans.timings)
+    return "\n".join([
+        f"answer: {ans.text}",
+        f"visual tokens: {ans.visual_tokens} used of {qa.num_visual}"
+        f" (full {qa.full_visual}, {qa.full_visual / qa.num_visual:.1f}x fewer)",
+        f"timings (ms): {ms}; total {sum(ans.timings.values()) * 1e3:.1f}"
+        + (" (video tokens from the cache)" if ans.cached else ""),
+    ])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    single = _VIDEO.value is not None or _QUESTION.value is not None
+    if single == (_ANNOTATIONS.value is not None):
+        raise app.UsageError("give either --video and --question, or --annotations")
+    if single and not (_VIDEO.value and _QUESTION.value):
+        raise app.UsageError("single mode needs both --video and --question")
+    if _ANNOTATIONS.value and not _OUTPUT.value:
+        raise app.UsageError("batch mode needs --output")
+    qa, step = load_video_qa(_CONFIG.value, _CHECKPOINT.value,
+                             max_new_tokens=_MAX_NEW_TOKENS.value,
+                             cache_prefix=_CACHE_PREFIX.value)
+    logging.info("Restored step %d", step)
+    if single:
+        if not os.path.isfile(_VIDEO.value):
+            raise app.UsageError(f"--video {_VIDEO.value}: no such file")
+        print(format_answer(qa.ask(_VIDEO.value, _QUESTION.value), qa))
+        return
+    root = _VIDEO_ROOT.value or os.path.dirname(os.path.abspath(_ANNOTATIONS.value))
+    summary = predict_file(qa, _ANNOTATIONS.value, _OUTPUT.value, root)
+    print(f"wrote {summary['questions']} predictions for {summary['videos']} videos"
+          f" to {_OUTPUT.value}")
+    print(f"token cache: {summary['cache_hits']} questions reused a video's tokens;"
+          f" first question per video {summary['first_question_s'] * 1e3:.1f} ms,"
+          f" later questions {summary['cached_question_s'] * 1e3:.1f} ms"
+          f" ({summary['speedup']:.1f}x faster)")
+
+
+if __name__ == "__main__":
+    app.run(main)

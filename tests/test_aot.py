@@ -1,0 +1,125 @@
+"""Ahead-of-time compile check and the "sufficiently sharded" guard, on fake devices.
+
+The full pod configuration takes minutes to compile on a small CPU host, so the
+command is tested on its pod-like reduction (``scale=pod,smoke``: the pod mesh
+``(-1, 16, 4)``, the pod vocabulary and sequence lengths, a tiny model) over 64
+fake CPU devices. Figures of the full configuration are in the README.
+"""
+
+import os
+import re
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import long_video
+from frejax import data as data_lib
+from frejax import sharding
+from frejax import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _figure(out: str, name: str) -> int:
+    """The exact byte count printed on the ``name`` line of the report."""
+    match = re.search(rf"^  {name} +[0-9.]+ GiB \((\d+) B\)", out, re.M)
+    assert match, f"no {name!r} line in:\n{out}"
+    return int(match.group(1))
+
+
+# The smoke model's 2 heads cannot split over the pod's tensor axis of 4.
+POD_LIKE = {"train.batch_size": 16, "model.vision.heads": 4, "model.llm.heads": 4,
+            "model.llm.kv_heads": 4, "compressor.absorber.heads": 4}
+
+
+def _pod_like_config():
+    config = long_video.get_config("scale=pod,smoke")
+    for key, value in POD_LIKE.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+def test_aot_command_compiles_a_pod_like_config_on_64_fake_devices():
+    cmd = [sys.executable, "-m", "frejax.aot", "--config=configs/long_video.py:scale=pod,smoke",
+           "--devices=64", *[f"--config.{k}={v}" for k, v in POD_LIKE.items()]]
+    env = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0")
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout
+    assert "mesh {'data': 1, 'fsdp': 16, 'tensor': 4} over 64 devices" in text
+
+    # The train state per device is what its shardings say, computed here independently.
+    config = _pod_like_config()
+    tok = data_lib.make_tokenizer(config)
+    with sharding.axis_rules(config.sharding.rules):
+        model = nnx.eval_shape(lambda: train.create_model(config, tok, seed=0))
+        params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    total_param_bytes = sum(p.size * 4 for p in jax.tree.leaves(params))
+    state = _figure(text, "train state")
+    # params + two Adam moments (3x), split 64 ways but for small replicated vectors
+    assert 3 * total_param_bytes / 64 <= state < 3 * total_param_bytes / 32
+    # XLA's own argument accounting matches: the state and the batch, less the few
+    # batch fields the train step never reads (jit drops them: answer tokens, index, ...).
+    unread = state + _figure(text, "batch") - _figure(text, "arguments")
+    assert 0 <= unread <= 4096, unread
+    assert _figure(text, "temporaries") > 0
+    assert _figure(text, "peak") >= _figure(text, "arguments")
+    flops = float(re.search(r"FLOPs per step ([0-9.e+]+) per device", text).group(1))
+    assert flops > 0
+    assert "v5e 16 GiB: fits" in text
+
+
+def test_pod_params_are_sufficiently_sharded_and_a_replicating_rule_is_caught():
+    config = long_video.get_config("scale=pod")
+    tok = data_lib.make_tokenizer(config)
+    with sharding.axis_rules(config.sharding.rules):
+        model = nnx.eval_shape(lambda: train.create_model(config, tok, seed=0))
+    state = nnx.state(model, nnx.Param)  # 8B parameters, none allocated
+    params = nnx.to_pure_dict(state)
+    mesh = dict(data=4, fsdp=16, tensor=4)
+    limit = config.sharding.max_unsharded_param_size
+
+    specs = nnx.to_pure_dict(sharding.param_specs(state, config.sharding.rules))
+    sharding.check_params_sufficiently_sharded(params, specs, mesh, max_unsharded_size=limit)
+    # What stays unsplit over fsdp is small: biases of tensor-split layers.
+    leftovers = sharding.unsharded_params(params, specs)
+    assert leftovers and all("bias" in path for path, _, _ in leftovers)
+    assert np.prod(leftovers[0][1]) <= 4304  # the largest: a ViT MLP bias
+
+    # A rule set that forgets fsdp on `embed` leaves the big matrices replicated.
+    rules = [(k, None if k == "embed" else v) for k, v in config.sharding.rules]
+    specs = nnx.to_pure_dict(sharding.param_specs(state, rules))
+    with pytest.raises(ValueError, match=r"sharding.rules leave .*llm/embedding \(152064, 3584\)"):
+        sharding.check_params_sufficiently_sharded(params, specs, mesh, max_unsharded_size=limit)
+    # Without fsdp there is nothing to split over: no complaint.
+    sharding.check_params_sufficiently_sharded(params, specs, dict(data=64, fsdp=1, tensor=4),
+                                               max_unsharded_size=limit)
+
+
+def test_make_setup_refuses_a_mesh_where_fsdp_would_not_split_the_model():
+    config = long_video.get_config("smoke")
+    config.mesh.shape = (4, 2, 1)
+    config.sharding.max_unsharded_param_size = 1000  # the smoke model is tiny
+    config.sharding.rules = tuple((k, None if k in ("embed", "vocab") else v)
+                                  for k, v in config.sharding.rules)
+    mesh = sharding.make_mesh(config.mesh.shape, jax.devices()[:8])
+    with sharding.axis_rules(config.sharding.rules):
+        with pytest.raises(ValueError, match="max_unsharded_param_size"):
+            train.make_setup(config, mesh, data_lib.make_tokenizer(config))
+
+
+def test_unsharded_params_lists_largest_first():
+    params = dict(a=np.zeros((4, 8)), b=np.zeros((100,)), c=np.zeros((16, 16)))
+    specs = dict(a=jax.P("fsdp", None), b=jax.P(None), c=jax.P(None, "tensor"))
+    assert sharding.unsharded_params(params, specs) == [
+        ("c", (16, 16), jax.P(None, "tensor")), ("b", (100,), jax.P(None))]
+    assert sharding.unsharded_params(params, specs, min_size=200) == [
+        ("c", (16, 16), jax.P(None, "tensor"))]

@@ -1,0 +1,170 @@
+"""Video Q&A from a trained checkpoint: the CLI, batch predictions and the token cache."""
+
+import json
+import os
+import subprocess
+import sys
+
+import av
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import short_video
+from data_pipelines import video_decode
+from data_pipelines import video_qa_synthetic
+from frejax import checkpointing
+from frejax import data as data_lib
+from frejax import predict
+from frejax import sharding
+from frejax import token_cache
+from frejax import tokenizer as tokenizer_lib
+from frejax import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = "configs/short_video.py:smoke"
+
+
+def _write_video(path, frames):
+    with av.open(str(path), "w", format="mp4") as c:
+        s = c.add_stream("libx264", rate=8)
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv444p"
+        for frame in frames:
+            for packet in s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                c.mux(packet)
+        for packet in s.encode():
+            c.mux(packet)
+
+
+def _save_checkpoint(workdir, config, step=1):
+    """A checkpoint exactly as the main job writes it (state, data iterator, config).
+
+    The params are the initialised ones: the plumbing under test does not need an
+    accurate model, and compiling a train step would double this file's run time
+    (tests/test_train.py trains through ``frejax.main``).
+    """
+    mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+    with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
+        tok = data_lib.make_tokenizer(config)
+        setup = train.make_setup(config, mesh, tok)
+        state = train.init_state(config, setup, tok)
+        state["step"] = jnp.asarray(step, jnp.int32)
+        it = data_lib.make_train_iterator(config, tok, mesh)
+        ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+        ckpt.save(step, state, it, config, force=True)
+        ckpt.close()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A checkpoint in a workdir, and two benchmark clips as mp4 files."""
+    root = tmp_path_factory.mktemp("predict")
+    workdir = root / "run"
+    config = short_video.get_config("smoke")
+    _save_checkpoint(str(workdir), config, step=2)
+    source = video_qa_synthetic.VideoQASource(
+        num_frames=config.data.num_frames, image_size=config.data.image_size, num_examples=2,
+        split="eval", seed=7)
+    videos = []
+    for i in range(2):
+        example = source[i]
+        _write_video(root / f"clip{i}.mp4", example["frames"])
+        videos.append((f"clip{i}.mp4", example["question"], example["answer"]))
+    return root, workdir, videos
+
+
+@pytest.fixture(scope="module")
+def qa(trained):
+    _, workdir, _ = trained
+    config = short_video.get_config("smoke")
+    config.eval.max_new_tokens = 4  # past eos too: decoding continues through the cache
+    qa, step = predict.load_video_qa(config, str(workdir / "checkpoints"))
+    assert step == 2 and qa.max_new_tokens == 4
+    return qa
+
+
+def test_cli_answers_a_question_about_a_video_file(trained):
+    root, workdir, videos = trained
+    clip, question, _ = videos[0]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    out = subprocess.run(
+        [sys.executable, "-m", "frejax.predict", f"--config={CONFIG}",
+         f"--checkpoint={workdir}", f"--video={root / clip}", f"--question={question}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("answer:")
+    # smoke: 8 frames x 16 patches = 128 full tokens, Fre-Res at 8x fewer.
+    assert "used of 16 (full 128, 8.0x fewer)" in lines[1]
+    for stage in predict.STAGES:
+        assert stage in lines[2], (stage, lines[2])
+
+
+def test_batch_mode_writes_jsonl_and_reuses_each_videos_tokens(trained, qa):
+    root, _, videos = trained
+    qa.cache = token_cache.VideoTokenCache()
+    questions = []
+    for clip, question, answer in videos:
+        questions += [dict(id=f"{clip}-{k}", video=clip, question=q, answer=answer)
+                      for k, q in enumerate([question, "what color was the flash", question])]
+    annotations = root / "qa.jsonl"
+    annotations.write_text("".join(json.dumps(q) + "\n" for q in questions))
+    output = root / "predictions.jsonl"
+    summary = predict.predict_file(qa, str(annotations), str(output), str(root))
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [r["id"] for r in rows] == [q["id"] for q in questions]
+    assert all(set(r) == {"id", "video", "question", "prediction", "answer"} for r in rows)
+    assert summary["videos"] == 2 and summary["cache_hits"] == 4
+    assert qa.cache.hits == 4 and qa.cache.misses == 2
+    # The same question about the same video gives the same answer, cached or not.
+    assert rows[0]["prediction"] == rows[2]["prediction"]
+    assert rows[3]["prediction"] == rows[5]["prediction"]
+
+
+def test_cached_answers_equal_generate_on_the_decoded_clip(trained, qa):
+    """Prefix KV reuse and split prefill/decode reproduce ``VideoMLLM.generate`` exactly."""
+    root, _, videos = trained
+    config = qa.config
+    qa.cache = token_cache.VideoTokenCache()
+    clip, question, _ = videos[1]
+    path = str(root / clip)
+    with open(path, "rb") as f:
+        frames, frame_mask = video_decode.decode_video(f.read(), qa.sampling)
+    tok = qa.tokenizer
+    generate = jax.jit(lambda params, batch: nnx.merge(qa._graphdef, params).generate(
+        batch, 4, eos_id=tok.eos_id))
+    for q in (question, "which way did the object move"):
+        prompt = [tok.bos_id] + tok.encode(tokenizer_lib.format_prompt(q))
+        tokens = np.zeros((1, config.data.max_text_len), np.int32)
+        tokens[0, :len(prompt)] = prompt
+        batch = dict(frames=jnp.asarray(frames[None]), frame_mask=jnp.asarray(frame_mask[None]),
+                     tokens=jnp.asarray(tokens), text_mask=jnp.asarray(tokens != 0),
+                     prompt_len=jnp.asarray([len(prompt)], jnp.int32))
+        with jax.set_mesh(qa.mesh):
+            want = np.asarray(generate(qa.params, batch))[0].tolist()
+        first = qa.ask(path, q)
+        again = qa.ask(path, q)
+        assert first.tokens == want and again.tokens == want
+        assert again.cached and "encode" not in again.timings and "decode_video" not in again.timings
+    # Without the prefix cache (compressed tokens only) the answers are the same too.
+    with_prefix = qa.ask(path, question).tokens
+    qa.cache, qa.cache_prefix = token_cache.VideoTokenCache(), False
+    try:
+        assert qa.ask(path, question).tokens == qa.ask(path, question).tokens == with_prefix
+        assert qa.cache.hits == 1 and qa.cache._entries[next(iter(qa.cache._entries))].prefix is None
+    finally:
+        qa.cache_prefix = True
+
+
+def test_bad_inputs_name_the_file(trained, tmp_path):
+    root, workdir, _ = trained
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        predict.resolve_checkpoint(str(tmp_path / "nope"))
+    bad = tmp_path / "qa.jsonl"
+    bad.write_text('{"video": "clip0.mp4", "question": "q"}\n{"video": 3}\n')
+    with pytest.raises(ValueError, match=r"qa.jsonl:2: needs string fields"):
+        list(predict.read_questions(str(bad), str(root)))
+    assert predict.resolve_checkpoint(str(workdir / "checkpoints" / "2")) == (
+        str(workdir / "checkpoints"), 2)
