@@ -14,8 +14,8 @@ stream. Five question families separate what a token-compression method keeps:
 Families cycle with the index (index % len(families)), so each gets 1/len of the
 examples. Every clip also carries follow-up questions about the same content
 (`followups`), trained in the same sequence after the family's question: where
-the small object or the flash is, the colour of the object that moved or
-flashed, and which way the top object of a temporal-order clip moved. Encoding a clip costs far more than its text, so a second question per
+the small object or the flash is, or the colour of the object that moved,
+moved first or flashed. Encoding a clip costs far more than its text, so a second question per
 clip is nearly free supervision for the skills the families share (finding a
 small or brief object, reading its colour). Evaluation asks the family's
 question only. Objects are saturated colours on a dark noisy background, with a
@@ -68,10 +68,7 @@ FOLLOWUPS: dict[str, tuple[str, ...]] = {
     "static_detail": ("is the small object at the top or the bottom",),  # BANDS
     "brief_event": ("was the flash at the top or the bottom",),  # BANDS
     "motion_direction": ("what color is the moving object",),  # COLOR_NAMES
-    "temporal_order": (
-        "what color is the object that moved first",  # COLOR_NAMES
-        "which way did the top object move",  # left / right
-    ),
+    "temporal_order": ("what color is the object that moved first",),  # COLOR_NAMES
     "counting": ("what color was the flash",),  # COLOR_NAMES
 }
 SPLIT_IDS: dict[str, int] = {"train": 0, "eval": 1, "validation": 1, "test": 2}
@@ -248,21 +245,17 @@ def _temporal_order(cv: _Canvas) -> tuple[str, tuple[str, ...]]:
     t_second = int(cv.rng.integers(t_first + gap, min(t_last, cv.t - 2) + 1))
     half = cv.h // 2
     top_is_first = bool(cv.rng.integers(0, 2))
-    top_direction = ""
     for colour, t_start, top in (
         (first, t_first, top_is_first),
         (second, t_second, not top_is_first),
     ):
         band_lo = 0 if top else half
         y = int(cv.rng.integers(band_lo, band_lo + half - s + 1))
-        rightwards = bool(cv.rng.integers(0, 2))
-        xs = _linear_path(cv, 0, cv.h - s, positive=rightwards, t_start=t_start)
+        xs = _linear_path(cv, 0, cv.h - s, positive=bool(cv.rng.integers(0, 2)), t_start=t_start)
         _paint(cv.frames, y, xs, s, cv.colour(colour))
-        if top:
-            top_direction = DIRECTIONS[1 if rightwards else 0]
     # Asked by band, not by colour: the answer set is fixed, so the family
     # measures temporal order rather than copying a colour word from the question.
-    return BANDS[0 if top_is_first else 1], (COLOR_NAMES[first], top_direction)
+    return BANDS[0 if top_is_first else 1], (COLOR_NAMES[first],)
 
 
 def _counting(cv: _Canvas) -> tuple[str, tuple[str, ...]]:

@@ -61,7 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
         num_frames=16,
         image_size=32,
         train_examples=200_000,   # procedural: distinct videos available to train on
-        max_text_len=48,          # tokens: question + answer + the follow-up turns
+        max_text_len=32,          # tokens: question + answer + the follow-up turn
         followups=True,           # synthetic: train one follow-up question per clip too
         max_answer_len=2,
         worker_count=0,           # Grain worker processes (spawned)

@@ -222,9 +222,6 @@ def test_temporal_order_by_construction(num_frames, image_size):
         # The follow-up names the colour of the object that moved first.
         first = colour_mask(e["frames"], followup(e, "temporal_order"))
         assert band_of(first, image_size) == e["answer"]
-        # And which way the top object moved.
-        top_x = centroids(coloured[:, :half])[:, 1]
-        assert followup(e, "temporal_order", 1) == ("right" if top_x[-1] > top_x[0] else "left")
     assert 5 <= answers.count("top") <= 25  # which band moves first is random
 
 
