@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
 from collections.abc import Mapping
@@ -129,6 +130,8 @@ class Checkpointer:
         self._report_unfinished_saves()
         damaged: dict[int, str] = {}
         for step in sorted(self.all_steps(), reverse=True):
+            if data_iter is not None:
+                _check_process_count(self.step_dir(step), step)
             state, reason = None, find_damage(
                 self.step_dir(step), None if data_iter is None else _data_iter_file())
             if reason is None:
@@ -232,6 +235,20 @@ def find_damage(step_dir: str, data_iter_file: str | None = None) -> str | None:
         if name == _STEP_METADATA and not content.get("commit_timestamp_nsecs"):
             return f"{name} has no commit timestamp (the save never finished)"
     return None
+
+
+def _check_process_count(step_dir: str, step: int) -> None:
+    """Each process saved its own data position: their number cannot change on resume."""
+    folder = os.path.join(step_dir, "data_iter")
+    counts = {m.group(1) for name in (os.listdir(folder) if os.path.isdir(folder) else ())
+              if (m := re.fullmatch(r"process_\d+-of-(\d+)\.json", name))}
+    if counts and counts != {str(jax.process_count())}:
+        raise CheckpointMismatchError(
+            f"checkpoint step {step} in {os.path.dirname(step_dir)} holds the data-iterator"
+            f" positions of {'/'.join(sorted(counts))} processes, this run has"
+            f" {jax.process_count()}: the per-host data shards would change, so examples would"
+            " be repeated or skipped. Resume with the same number of processes (the devices"
+            " per process and the mesh may change).")
 
 
 def _data_iter_file() -> str:

@@ -116,7 +116,8 @@ def base_config() -> ml_collections.ConfigDict:
         log_every=25,
         eval_every=0,             # 0: evaluate once at the end
         checkpoint_every=250,     # steps
-        checkpoint_minutes=10.0,  # also save when this much wall-clock time has passed
+        checkpoint_minutes=10.0,  # also save when this much wall-clock time has passed (0: off;
+                                  # checked every log_every steps)
         keep_checkpoints=2,
         async_checkpoints=True,
         profile_steps=0,          # >0: trace this many steps after step 10 into the workdir
@@ -248,11 +249,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in ("optim.learning_rate", "optim.clip_norm"):
         if v[key] <= 0:
             raise ValueError(f"config.{key} must be > 0, got {v[key]}")
+    if v["train.checkpoint_minutes"] < 0:
+        raise ValueError(f"config.train.checkpoint_minutes must be >= 0 (0: off),"
+                         f" got {v['train.checkpoint_minutes']}")
     if not 0 <= v["optim.end_lr_fraction"] <= 1:
         raise ValueError(f"config.optim.end_lr_fraction must be in [0, 1], got {v['optim.end_lr_fraction']}")
-    if v["optim.warmup_steps"] < 0 or v["optim.warmup_steps"] > v["train.num_steps"]:
+    # The cosine decay needs at least one step after the warmup.
+    if not 0 <= v["optim.warmup_steps"] < v["train.num_steps"]:
         raise ValueError(
-            f"config.optim.warmup_steps must be in [0, train.num_steps={v['train.num_steps']}],"
+            f"config.optim.warmup_steps must be in [0, train.num_steps={v['train.num_steps']}),"
             f" got {v['optim.warmup_steps']}")
     _validate_data(v)
     sharding.check_mesh_shape(v["mesh.shape"])  # device count is checked when the mesh is built

@@ -192,10 +192,17 @@ def make_train_iterator(config: ml_collections.ConfigDict, tokenizer, mesh) -> I
     return iter(ds)
 
 
-def make_eval_iterator(config: ml_collections.ConfigDict, tokenizer, mesh) -> Iterator[dict]:
-    """Every eval example exactly once; the last batch is padded (``example_valid``)."""
+def make_eval_source(config: ml_collections.ConfigDict, mesh) -> Any:
+    """The eval split's source, its batch size and annotations checked."""
     _check_batch(config.eval.batch_size, mesh, "eval.batch_size")
-    source = make_source(config, "eval", config.eval.num_examples)
+    return make_source(config, "eval", config.eval.num_examples)
+
+
+def make_eval_iterator(config: ml_collections.ConfigDict, tokenizer, mesh,
+                       source: Any = None) -> Iterator[dict]:
+    """Every eval example exactly once; the last batch is padded (``example_valid``)."""
+    if source is None:
+        source = make_eval_source(config, mesh)
     ds = _dataset(config, tokenizer, source, split="eval", batch_size=config.eval.batch_size,
                   shuffle=False, num_epochs=1)
     return iter(ds)

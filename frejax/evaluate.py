@@ -28,6 +28,8 @@ class Evaluator:
         self.config, self.tokenizer, self.mesh = config, tokenizer, mesh
         self.families = data_lib.family_names(config)
         self.batch_sharding = data_lib.batch_sharding(mesh)
+        # Built now, so a bad eval split stops the run before training, not after it.
+        self.source = data_lib.make_eval_source(config, mesh)
         max_new = config.eval.max_new_tokens
         eos = tokenizer.eos_id
 
@@ -40,7 +42,8 @@ class Evaluator:
     def evaluate(self, params: Any) -> dict:
         correct = np.zeros(len(self.families), np.int64)
         total = np.zeros(len(self.families), np.int64)
-        for local in data_lib.make_eval_iterator(self.config, self.tokenizer, self.mesh):
+        for local in data_lib.make_eval_iterator(self.config, self.tokenizer, self.mesh,
+                                                  self.source):
             batch = data_lib.to_global({k: local[k] for k in _MODEL_INPUTS}, self.batch_sharding)
             generated = self._local_rows(self._generate(params, batch))
             hits = exact_match(generated, local["answer_tokens"], local["answer_len"],

@@ -24,6 +24,7 @@ import numpy as np
 import optax
 from absl import logging
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from frejax import checkpointing
 from frejax import config_lib
@@ -286,6 +287,21 @@ def _check_finite(step: int, values: dict | None, last_saved: int | None) -> Non
             " Lower optim.learning_rate, check the data, or use train.dtype=float32.")
 
 
+def _save_time_reached(step: int, last_save_time: float, train_cfg) -> bool:
+    """Whether ``train.checkpoint_minutes`` have passed since the last save (0: never).
+
+    Asked every ``train.log_every`` steps only, and on several hosts decided by
+    process 0 and broadcast: every host must join the same (collective) save,
+    and their clocks disagree.
+    """
+    if train_cfg.checkpoint_minutes <= 0 or step % train_cfg.log_every:
+        return False
+    due = (time.monotonic() - last_save_time) / 60 >= train_cfg.checkpoint_minutes
+    if jax.process_count() > 1:
+        due = bool(multihost_utils.broadcast_one_to_all(np.int32(due)))
+    return due
+
+
 def build_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
     return sharding.make_mesh(config.mesh.shape)
 
@@ -342,10 +358,9 @@ def _train_and_evaluate(config, workdir, mesh) -> dict:
                 preempted = preemption.reached(step)  # every host, every step
                 if preempted:
                     logging.warning("Preemption notice: saving step %d and stopping", step)
-                minutes = (time.monotonic() - last_save_time) / 60
                 if (preempted or step % config.train.checkpoint_every == 0
                         or step == config.train.num_steps
-                        or minutes >= config.train.checkpoint_minutes):
+                        or _save_time_reached(step, last_save_time, config.train)):
                     # The loss of this very step must be finite before it may be saved.
                     _check_finite(step, logger.flush(), last_saved)
                     ckpt.save(step, state, train_iter, config, force=True)

@@ -222,6 +222,27 @@ def test_damaged_latest_checkpoints_fall_back_to_the_newest_intact_one(reference
     assert _committed_steps(tmp_path)[-2:] == [NUM_STEPS - 2, NUM_STEPS - 1]
 
 
+def test_resuming_with_another_number_of_processes_is_refused_not_set_aside(reference, tmp_path):
+    ckpts = tmp_path / "checkpoints"
+    shutil.copytree(reference / "checkpoints" / str(NUM_STEPS), ckpts / str(NUM_STEPS))
+    data_iter_dir = ckpts / str(NUM_STEPS) / "data_iter"
+    os.rename(data_iter_dir / "process_0-of-1.json", data_iter_dir / "process_0-of-2.json")
+    (data_iter_dir / "process_1-of-2.json").write_text("{}")  # written by a second host
+
+    config = _config()
+    mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+    with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
+        tokenizer = data_lib.make_tokenizer(config)
+        setup = train.make_setup(config, mesh, tokenizer)
+        data_iter = data_lib.make_train_iterator(config, tokenizer, mesh)
+    ckpt = checkpointing.Checkpointer(str(ckpts), keep=NUM_STEPS)
+    with pytest.raises(checkpointing.CheckpointMismatchError,
+                       match=rf"step {NUM_STEPS} .* positions of 2 processes, this run has 1"):
+        ckpt.restore_newest_intact(setup.abstract_state, config, data_iter)
+    ckpt.close()
+    assert (ckpts / str(NUM_STEPS)).is_dir()  # not mistaken for damage, nothing renamed
+
+
 # ----------------------------------------------------------------------------
 # Damage detection, drift, resharding, export: in process, on saved checkpoints.
 # ----------------------------------------------------------------------------
@@ -344,3 +365,18 @@ def test_export_writes_safetensors_that_load_back_without_pickle(reference, tmp_
     save_file({"w": np.zeros(2, np.float32)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(ValueError, match="other.safetensors: not a frejax export"):
         export.load(str(tmp_path / "other.safetensors"))
+
+
+def test_wall_clock_saves_are_asked_every_log_every_steps_and_can_be_off(monkeypatch):
+    cfg = short_video.get_config("smoke").train
+    cfg.update(checkpoint_minutes=5.0, log_every=10)
+    now = [1000.0]
+    monkeypatch.setattr(train.time, "monotonic", lambda: now[0])
+    last_save = now[0]
+    now[0] += 4 * 60
+    assert not train._save_time_reached(10, last_save, cfg)  # 4 minutes: not yet
+    now[0] += 2 * 60
+    assert not train._save_time_reached(11, last_save, cfg)  # due, but not a log step
+    assert train._save_time_reached(20, last_save, cfg)
+    cfg.checkpoint_minutes = 0.0  # off
+    assert not train._save_time_reached(20, last_save, cfg)

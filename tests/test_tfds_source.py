@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 
 import video_files
+from data_pipelines import tfds_video_folder
 from data_pipelines import video_decode
 from data_pipelines import video_folder
 from frejax import input_pipeline
-
-tfds_video_folder = pytest.importorskip("data_pipelines.tfds_video_folder")
 
 SAMPLING = video_decode.FrameSampling(4, 16)
 FAMILIES = ("colour", "motion")

@@ -18,7 +18,7 @@ QWEN_TEMPLATE = "<|im_start|>user\n<video>\n{question}<|im_end|>\n<|im_start|>as
 
 @pytest.fixture(scope="module")
 def sentencepiece_model(tmp_path_factory):
-    spm = pytest.importorskip("sentencepiece")
+    import sentencepiece as spm  # noqa: PLC0415
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(sentence_iterator=iter(TEXTS), model_writer=model,
                                    vocab_size=40, model_type="bpe", minloglevel=2)
@@ -29,7 +29,7 @@ def sentencepiece_model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def hf_folder(tmp_path_factory):
-    tokenizers = pytest.importorskip("tokenizers")
+    import tokenizers  # noqa: PLC0415
     tok = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = tokenizers.decoders.ByteLevel()

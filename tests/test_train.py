@@ -140,6 +140,10 @@ def test_config_validation_names_the_key():
     config.model.llm.kv_heads = 3
     with pytest.raises(ValueError, match="kv_heads"):
         train.config_lib.validate(config)
+    config = short_video.get_config("smoke")
+    config.optim.warmup_steps = config.train.num_steps  # no step left for the decay
+    with pytest.raises(ValueError, match="optim.warmup_steps"):
+        train.config_lib.validate(config)
     with pytest.raises(ValueError, match="unknown key 'sclae'"):
         short_video.get_config("sclae=pod")
 
