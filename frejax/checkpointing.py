@@ -111,6 +111,18 @@ class Checkpointer:
         logging.info("Restored step %d from %s", step, self.directory)
         return restored["state"]
 
+    def restore_params(self, step: int, abstract_state: Any) -> Any:
+        """Only the params of ``step`` (inference): the optimiser state is never read,
+        so restoring needs the memory of the params alone, not three times it."""
+        target = dict(params=abstract_state["params"])
+        with ocp.PyTreeCheckpointer() as reader:  # the format StandardSave writes
+            restored = reader.restore(
+                os.path.join(self.step_dir(step), "state"),
+                args=ocp.args.PyTreeRestore(
+                    target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                    partial_restore=True))
+        return restored["params"]
+
     def restore_config(self, step: int) -> dict:
         return self._manager.restore(
             step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]

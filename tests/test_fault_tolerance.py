@@ -380,3 +380,18 @@ def test_wall_clock_saves_are_asked_every_log_every_steps_and_can_be_off(monkeyp
     assert train._save_time_reached(20, last_save, cfg)
     cfg.checkpoint_minutes = 0.0  # off
     assert not train._save_time_reached(20, last_save, cfg)
+
+
+def test_params_only_restore_equals_the_params_of_a_full_restore(reference):
+    config = _config()
+    mesh = sharding.make_mesh((2, 2, 1), jax.devices()[:4])
+    with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
+        setup = train.make_setup(config, mesh, data_lib.make_tokenizer(config))
+        ckpt = checkpointing.Checkpointer(str(reference / "checkpoints"), keep=100)
+        params = ckpt.restore_params(NUM_STEPS, setup.abstract_state)
+        ckpt.close()
+    wanted = setup.abstract_state["params"]
+    assert jax.tree.structure(params) == jax.tree.structure(wanted)
+    jax.tree.map(lambda p, w: (p.shape, p.sharding) == (w.shape, w.sharding) or
+                 pytest.fail(f"{p.shape} {p.sharding} != {w.shape} {w.sharding}"), params, wanted)
+    _assert_identical(jax.device_get(params), _restore(reference, NUM_STEPS)["params"])

@@ -117,6 +117,8 @@ def test_batch_mode_writes_jsonl_and_reuses_each_videos_tokens(trained, qa):
     assert [r["id"] for r in rows] == [q["id"] for q in questions]
     assert all(set(r) == {"id", "video", "question", "prediction", "answer"} for r in rows)
     assert summary["videos"] == 2 and summary["cache_hits"] == 4
+    # Timed after the first video (its questions compiled every stage): both kinds seen.
+    assert summary["first_question_s"] > 0 and summary["cached_question_s"] > 0
     assert qa.cache.hits == 4 and qa.cache.misses == 2
     # The same question about the same video gives the same answer, cached or not.
     assert rows[0]["prediction"] == rows[2]["prediction"]
