@@ -125,7 +125,13 @@ def decode_video(data: bytes, sampling: FrameSampling,
         if count == 0:
             raise VideoDecodeError("no_frames", "the video stream holds no frames")
         wanted = sample_indices(count, sampling.num_frames, sampling.mode, window_seed)
-        picked = _decode_indices(data, wanted, sampling)
+        picked, decoded = _decode_indices(data, wanted, sampling)
+        if len(picked) < len(wanted) and decoded:
+            # Fewer frames decode than packets were demuxed (a cut-off stream, packets
+            # without a picture): sample again over the frames that really exist,
+            # rather than padding the end of the clip.
+            wanted = sample_indices(decoded, sampling.num_frames, sampling.mode, window_seed)
+            picked, _ = _decode_indices(data, wanted, sampling)
     if not picked:
         raise VideoDecodeError("no_frames", "no frame could be decoded")
     t, s = sampling.num_frames, sampling.image_size
@@ -159,14 +165,20 @@ def _count_frames(data: bytes) -> int:
         raise VideoDecodeError("corrupt_video", f"demuxing failed ({e})") from None
 
 
-def _decode_indices(data: bytes, wanted: np.ndarray, sampling: FrameSampling) -> list[np.ndarray]:
-    """Decodes in order, keeping the frames at ``wanted`` positions; stops after the last."""
+def _decode_indices(data: bytes, wanted: np.ndarray,
+                    sampling: FrameSampling) -> tuple[list[np.ndarray], int]:
+    """Decodes in order, keeping the frames at ``wanted`` positions; stops after the last.
+
+    Returns the kept frames and how many frames were decoded (all of the clip's
+    when it ended before the last wanted one).
+    """
     container, stream = _open(data)
     wanted_set, last = set(wanted.tolist()), int(wanted[-1])
-    picked = []
+    picked, decoded = [], 0
     try:
         with container:
             for i, frame in enumerate(container.decode(stream)):
+                decoded = i + 1
                 if i in wanted_set:
                     picked.append(resize_frame(frame, sampling.image_size, sampling.resize))
                 if i >= last:
@@ -174,7 +186,7 @@ def _decode_indices(data: bytes, wanted: np.ndarray, sampling: FrameSampling) ->
     except av.error.FFmpegError as e:
         raise VideoDecodeError("corrupt_video", f"decoding failed after {len(picked)} of"
                                f" {len(wanted)} frames ({e})") from None
-    return picked
+    return picked, decoded
 
 
 def _decode_at_fps(data: bytes, sampling: FrameSampling) -> list[np.ndarray]:

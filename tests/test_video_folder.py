@@ -61,6 +61,15 @@ def test_every_container_and_codec_decodes_to_the_model_resolution(folder, clip)
     assert profile.tolist() == [lo <= i < lo + short for i in range(S)]
 
 
+def test_fewer_decodable_frames_than_packets_are_sampled_again_not_padded(folder, monkeypatch):
+    root, _ = folder
+    data = _read(root, "mpeg4.mkv")  # 20 decodable frames
+    monkeypatch.setattr(video_decode, "_count_frames", lambda _: 40)  # the demuxer says 40
+    frames, mask = video_decode.decode_video(data, video_decode.FrameSampling(4, S))
+    assert mask.all()
+    assert [_nearest_frame(f, 20) for f in frames] == [2, 7, 12, 17]  # uniform over 20
+
+
 def test_sampling_modes_pick_the_documented_frames(folder):
     root, _ = folder
     data = _read(root, "mpeg4.mkv")  # 20 frames at 8 fps
