@@ -80,6 +80,10 @@ def training_group(path: tuple) -> str:
     return "lora" if names[-1].startswith("lora_") else names[0]
 
 
+def frozen_groups(config: ml_collections.ConfigDict) -> frozenset[str]:
+    return frozenset(g.strip() for g in config.optim.get("freeze", "").split(",") if g.strip())
+
+
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
     """AdamW after global-norm clipping; per-group freezing and lr multipliers from ``optim``.
 
@@ -94,7 +98,7 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
     def adamw(lr):
         return optax.adamw(lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask)
 
-    frozen = {g.strip() for g in o.get("freeze", "").split(",") if g.strip()}
+    frozen = frozen_groups(config)
     multipliers = dict(o.get("lr_multipliers", {}))
     if not frozen and all(m == 1.0 for m in multipliers.values()):
         return optax.chain(optax.clip_by_global_norm(o.clip_norm), adamw(schedule))
@@ -208,9 +212,14 @@ def make_train_step(setup: TrainSetup, config: ml_collections.ConfigDict, batch_
     graphdef, tx = setup.graphdef, setup.tx
     accum = config.optim.accum_steps
     schedule = learning_rate_schedule(config)
+    frozen = frozen_groups(config)
 
     def grads_of(params, batch):
         def loss_fn(p):
+            if frozen:  # constants to autodiff: no backward pass through a frozen encoder
+                p = jax.tree_util.tree_map_with_path(
+                    lambda path, x: jax.lax.stop_gradient(x) if training_group(path) in frozen
+                    else x, p)
             model = nnx.merge(graphdef, p)
             return loss_and_metrics(model(batch), batch)
 
