@@ -7,12 +7,14 @@ stream. Five question families separate what a token-compression method keeps:
   static_detail     a 5x5 px (at 32 px) static object: needs full-resolution anchors.
   brief_event       a 1-2 frame flash: lost by frame subsampling.
   motion_direction  steady motion: needs more than one frame.
-  temporal_order    which of two objects (top / bottom band) started moving first:
-                    needs temporal order.
+  temporal_order    two objects (top / bottom band) each move during their own
+                    window, one after the other: which moved first? Needs temporal order.
   counting          n in 1..4 well-separated flashes: needs dense temporal sampling.
 
 Families cycle with the index (index % len(families)), so each gets 1/len of the
-examples. Every clip also carries follow-up questions about the same content
+examples, or with `family_weights` a share proportional to its weight (the
+training mix can favour the families that take longest to learn; evaluation
+keeps the uniform cycle). Every clip also carries follow-up questions about the same content
 (`followups`), trained in the same sequence after the family's question: where
 the small object or the flash is, or the colour of the object that moved,
 moved first or flashed. Encoding a clip costs far more than its text, so a second question per
@@ -210,14 +212,16 @@ def _linear_path(
     positive: bool,
     t_start: float = 0.0,
     travel: tuple[float, float] = (0.35, 0.55),
+    t_end: float | None = None,
 ) -> np.ndarray:
-    """Coordinates (T,) that hold still until t_start, then move steadily by a
-    random fraction in `travel` of [lo, hi] until the last frame; positive=True
-    increases."""
+    """Coordinates (T,) that hold still until t_start, move steadily by a random
+    fraction in `travel` of [lo, hi] until t_end (default: the last frame), then
+    hold still again; positive=True increases."""
     span = hi - lo
     dist = cv.rng.uniform(*travel) * span
     p0 = lo + cv.rng.uniform(0, span - dist)
-    frac = np.clip((cv.time - t_start) / max(cv.t - 1 - t_start, 1e-9), 0.0, 1.0)
+    t_end = cv.t - 1 if t_end is None else t_end
+    frac = np.clip((cv.time - t_start) / max(t_end - t_start, 1e-9), 0.0, 1.0)
     path = p0 + dist * frac if positive else p0 + dist * (1.0 - frac)
     return np.rint(path).astype(np.int64)
 
@@ -239,10 +243,12 @@ def _motion_direction(cv: _Canvas) -> tuple[str, tuple[str, ...]]:
 def _temporal_order(cv: _Canvas) -> tuple[str, tuple[str, ...]]:
     s = cv.medium
     first, second = _two_colours(cv.rng)
-    gap = max(2, round(cv.t / 4))
-    t_first = int(cv.rng.integers(0, max(1, round(0.35 * cv.t)) + 1))
-    t_last = max(t_first + gap, round(0.75 * cv.t))
-    t_second = int(cv.rng.integers(t_first + gap, min(t_last, cv.t - 2) + 1))
+    # Two events in sequence: each object moves during its own window of T/4
+    # frames and rests otherwise; the first window ends before the second starts.
+    move = max(2, round(cv.t / 4))
+    gap = max(1, round(cv.t / 16))
+    t_first = int(cv.rng.integers(0, cv.t - 2 * move - gap + 1))
+    t_second = int(cv.rng.integers(t_first + move + gap, cv.t - move + 1))
     half = cv.h // 2
     top_is_first = bool(cv.rng.integers(0, 2))
     for colour, t_start, top in (
@@ -251,7 +257,8 @@ def _temporal_order(cv: _Canvas) -> tuple[str, tuple[str, ...]]:
     ):
         band_lo = 0 if top else half
         y = int(cv.rng.integers(band_lo, band_lo + half - s + 1))
-        xs = _linear_path(cv, 0, cv.h - s, positive=bool(cv.rng.integers(0, 2)), t_start=t_start)
+        xs = _linear_path(cv, 0, cv.h - s, positive=bool(cv.rng.integers(0, 2)), t_start=t_start,
+                          t_end=t_start + move - 1)
         _paint(cv.frames, y, xs, s, cv.colour(colour))
     # Asked by band, not by colour: the answer set is fixed, so the family
     # measures temporal order rather than copying a colour word from the question.
@@ -317,6 +324,7 @@ class VideoQASource:
         seed: int = 0,
         families: Sequence[str] = ALL_FAMILIES,
         followups: bool = True,
+        family_weights: Sequence[int] = (),
     ):
         if split not in SPLIT_IDS:
             raise ValueError(f"split must be one of {sorted(SPLIT_IDS)}, got {split!r}")
@@ -331,12 +339,19 @@ class VideoQASource:
             raise ValueError(f"image_size must be >= 16, got {image_size}")
         if num_examples <= 0:
             raise ValueError(f"num_examples must be positive, got {num_examples}")
+        weights = tuple(family_weights) or (1,) * len(families)
+        if (len(weights) != len(families) or any(int(w) != w or w < 0 for w in weights)
+                or not sum(weights)):
+            raise ValueError(f"family_weights must be {len(families)} non-negative ints (one per"
+                             f" family of {tuple(families)}), not all 0; got {family_weights}")
         self.num_frames, self.image_size = int(num_frames), int(image_size)
         self.num_examples, self.split, self.seed = int(num_examples), split, int(seed)
         self.families = tuple(families)
         self.followups = bool(followups)
         self._split_id = SPLIT_IDS[split]
-        self._family_ids = tuple(FAMILIES.index(f) for f in self.families)
+        # Index i renders family _cycle[i % len(_cycle)]: weight w gives a family w slots.
+        self._cycle = tuple(FAMILIES.index(f) for f, w in zip(self.families, weights)
+                            for _ in range(int(w)))
 
     def __len__(self) -> int:
         return self.num_examples
@@ -345,14 +360,14 @@ class VideoQASource:
         return (
             f"VideoQASource(split={self.split!r}, n={self.num_examples}, "
             f"T={self.num_frames}, size={self.image_size}, seed={self.seed}, "
-            f"families={self.families})"
+            f"families={self.families}, cycle={self._cycle})"
         )
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = int(index)
         if not 0 <= index < self.num_examples:
             raise IndexError(f"index {index} out of range [0, {self.num_examples})")
-        family = self._family_ids[index % len(self._family_ids)]
+        family = self._cycle[index % len(self._cycle)]
         rng = np.random.default_rng([self.seed, self._split_id, index])
         canvas = _Canvas(rng, self.num_frames, self.image_size)
         name = FAMILIES[family]

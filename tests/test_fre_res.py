@@ -78,7 +78,9 @@ def _roundtrip(latents, frame_mask, *, plan, residual):
 def test_split_reconstructs_exactly(residual, frames, segment_len):
     """K = L-1, no pooling: anchors + coefficients give back the latents, every anchor mode."""
     geometry = VideoGeometry(frames, (2, 3), 4)
-    options = dict(segment_len=segment_len, num_coeffs=segment_len - 1, pool=1)
+    # Absorbed: the residual track is complete whatever the budget.
+    options = dict(output="absorbed", segment_len=segment_len, num_coeffs=segment_len - 1,
+                   pool=1)
     plan = budget_lib.make_plan(geometry, geometry.full_tokens, options)
     x = _latents(frames, 2, frames, 6, 4)
     got = _roundtrip(x, jnp.ones((2, frames), bool), plan=plan, residual=residual)
@@ -89,7 +91,7 @@ def test_split_reconstructs_exactly(residual, frames, segment_len):
 def test_reconstructs_valid_frames_of_a_masked_video(residual):
     geometry = VideoGeometry(9, (2, 2), 3)
     plan = budget_lib.make_plan(geometry, geometry.full_tokens,
-                                dict(segment_len=4, num_coeffs=3, pool=1))
+                                dict(output="absorbed", segment_len=4, num_coeffs=3, pool=1))
     x = _latents(1, 2, 9, 4, 3)
     mask = jnp.array([[True] * 9, [True] * 6 + [False] * 3])
     got = _roundtrip(x, mask, plan=plan, residual=residual)
@@ -183,7 +185,7 @@ def test_params_carry_logical_names():
 def test_absorbed_at_init_equals_anchors_only():
     geometry = VideoGeometry(10, (3, 3), 8)
     x = _latents(3, 2, 10, 9, 8)
-    opts = dict(absorber=dict(heads=2))
+    opts = dict(output="absorbed", absorber=dict(heads=2))
     absorbed = compression.build("fre_res", geometry, 30, opts, rngs=nnx.Rngs(0))
     anchors_only = compression.build("anchors_only", geometry, 30, opts, rngs=nnx.Rngs(0))
     assert absorbed.plan.segment_len == anchors_only.plan.segment_len
@@ -281,10 +283,10 @@ def test_plan_never_exceeds_the_budget(frames, h, w, data):
 
 def test_auto_plan_rule():
     g = VideoGeometry(32, (16, 16), 64)
-    absorbed = budget_lib.make_plan(g, 1024, None)
+    absorbed = budget_lib.make_plan(g, 1024, dict(output="absorbed"))
     assert (absorbed.segment_len, absorbed.num_segments, absorbed.num_coeffs) == (8, 4, 4)
     assert absorbed.total_tokens == 1024
-    dual = budget_lib.make_plan(g, 1024, dict(output="dual"))
+    dual = budget_lib.make_plan(g, 1024, None)  # the default
     assert (dual.num_segments, dual.segment_len, dual.num_coeffs, dual.pool) == (2, 16, 4, 2)
     assert dual.anchor_tokens == 512 and dual.total_tokens == 1024
     only = budget_lib.make_plan(g, 1024, None, variant="temporal_dct_only")

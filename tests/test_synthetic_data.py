@@ -148,6 +148,18 @@ def test_followups_off_and_answers_balanced():
         assert set(counter) == set(space), (vqa.FAMILIES[f], counter)
 
 
+def test_family_weights_set_the_training_mix():
+    src = vqa.VideoQASource(16, 32, 700, "train", family_weights=(1, 1, 2, 2, 1))
+    fam = collections.Counter(src[i]["family"] for i in range(700))
+    assert fam == {0: 100, 1: 100, 2: 200, 3: 200, 4: 100}
+    zero = vqa.VideoQASource(16, 32, 20, "train", family_weights=(0, 0, 1, 0, 0))
+    assert {zero[i]["family"] for i in range(20)} == {2}
+    with pytest.raises(ValueError, match="family_weights"):
+        vqa.VideoQASource(16, 32, 20, "train", family_weights=(1, 1))
+    with pytest.raises(ValueError, match="family_weights"):
+        vqa.VideoQASource(16, 32, 20, "train", family_weights=(0, 0, 0, 0, 0))
+
+
 def test_family_subset():
     src = vqa.VideoQASource(16, 32, 20, "eval", families=("counting", "static_detail"))
     fams = [src[i]["family"] for i in range(20)]
@@ -211,17 +223,19 @@ def test_temporal_order_by_construction(num_frames, image_size):
         half = image_size // 2
         coloured = e["frames"].max(-1).astype(int) - e["frames"].min(-1) > 100  # (T, H, W)
 
-        def onset(rows):
+        def moving(rows):
+            """Frames (of T-1 steps) in which the band's object moved: one run."""
             c = centroids(coloured[:, rows])
-            moved = np.flatnonzero(np.abs(c - c[0]).max(-1) > 0)
-            assert moved.size
-            return moved[0]
+            steps = np.flatnonzero(np.abs(np.diff(c, axis=0)).max(-1) > 0)
+            assert steps.size
+            return steps[0], steps[-1]
 
-        top, bottom = onset(slice(0, half)), onset(slice(half, None))
-        assert (top < bottom) == (e["answer"] == "top")
+        top, bottom = moving(slice(0, half)), moving(slice(half, None))
+        first, then = (top, bottom) if e["answer"] == "top" else (bottom, top)
+        assert first[1] < then[0]  # one event after the other, no overlap
         # The follow-up names the colour of the object that moved first.
-        first = colour_mask(e["frames"], followup(e, "temporal_order"))
-        assert band_of(first, image_size) == e["answer"]
+        first_mask = colour_mask(e["frames"], followup(e, "temporal_order"))
+        assert band_of(first_mask, image_size) == e["answer"]
     assert 5 <= answers.count("top") <= 25  # which band moves first is random
 
 

@@ -6,9 +6,10 @@ and the options, never on a video, so one compiled program serves every video.
 Token counts (``N = h*w`` tokens per frame, ``S = ceil(T / L)`` segments,
 ``P = ceil(h/p) * ceil(w/p)`` pooled cells):
 
-* ``absorbed`` (fre_res default): ``S*N`` anchor tokens; the residual track is
-  absorbed into them and costs no tokens.
-* ``dual``: ``S*N + S*K*P``: absorbed anchors, then residual-frequency tokens.
+* ``dual`` (fre_res default): ``S*N + S*K*P``: absorbed anchors, then
+  residual-frequency tokens.
+* ``absorbed``: ``S*N`` anchor tokens; the residual track is absorbed into them
+  and costs no tokens.
 * ``residual`` (``temporal_dct_only``): ``S*K*P``, no anchors.
 * ``anchors`` (``anchors_only``): ``S*N``, no residual track.
 
@@ -161,7 +162,7 @@ def make_plan(geometry: VideoGeometry, budget: int, options: Any = None,
     absorber = option(options, "absorber", None)
     absorb = bool(option(absorber, "enabled", True))
     if variant == "fre_res":
-        output = choice(options, "output", "absorbed", OUTPUTS)
+        output = choice(options, "output", "dual", OUTPUTS)
     else:
         output = "residual" if variant == "temporal_dct_only" else "anchors"
         absorb = False

@@ -5,9 +5,9 @@ Registry entries:
 * ``fre_res``: per segment of ``L`` frames one full-resolution anchor frame; the
   other frames become per-position residual trajectories, coded by their lowest
   ``K`` temporal DCT coefficients (optionally ``p x p`` pooled). The
-  Spatial-Guided Absorber injects them into the anchors. ``output='absorbed'``
-  emits the ``S*N`` absorbed anchors; ``output='dual'`` emits them followed by the
-  ``S*K*P`` residual-frequency tokens.
+  Spatial-Guided Absorber injects them into the anchors. ``output='dual'`` (the
+  default) emits the ``S*N`` absorbed anchors followed by the ``S*K*P``
+  residual-frequency tokens; ``output='absorbed'`` the absorbed anchors alone.
 * ``temporal_dct_only``: the residual-frequency tokens alone (no anchors).
 * ``anchors_only``: the anchors alone (no residual track), ``S = budget // N``.
 

@@ -1,0 +1,366 @@
+"""Evidence for Fre-Res, side by side: accuracy against visual tokens for every
+compressor at matched budgets, the ablations, and the residual energy spectrum.
+
+    python -m benchmarks.evidence                              # the whole sweep
+    python -m benchmarks.evidence --lengths=long --ratios=8    # a slice of it
+    python -m benchmarks.evidence --preset=smoke --out=/tmp/ev --report_dir=/tmp/ev
+
+Every run is ``python -m frejax.main`` in its own process with the same recipe
+and seed; only the compressor settings differ. Runs live in
+``<out>/runs/<name>``, and one whose ``results.json`` exists is not run again,
+so an interrupted sweep resumes where it stopped. A run that cannot be built
+(a budget a method cannot meet, say) is reported as such, with its error, and
+the sweep goes on. The report is ``<report_dir>/results.md`` with PNG plots
+beside it: accuracy against visual tokens per method, accuracy per question
+family per method, residual energy against DCT coefficient index.
+
+The full sweep trains (2 lengths x 4 ratios x 7 methods + 2 full-token runs +
+the ablations) ~70 times; on 2 CPU cores that is days, on one accelerator
+hours. Speed and memory are measured by ``benchmarks/dct_and_compressor.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+
+if __package__ in (None, ""):  # run as a script: make the repo root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = {"short": "configs/short_video.py", "long": "configs/long_video.py"}
+# Every registry entry but `full`, which runs once per length at ratio 0.
+METHODS = ("fre_res", "uniform_frames", "spatial_pool", "fourier_2d", "temporal_merge",
+           "temporal_dct_only", "anchors_only")
+# (label, flag overrides of fre_res at the preset's ablation ratio and length).
+ABLATIONS = (
+    ("dual track, absorber (default)", ()),
+    ("absorbed only (no residual tokens)", ("--config.compressor.output=absorbed",)),
+    ("plain concatenation (no absorber)", ("--config.compressor.absorber.enabled=false",)),
+    ("anchor-relative residuals", ("--config.compressor.residual=anchor_relative",)),
+    ("anchor: first frame", ("--config.compressor.anchor=first",)),
+    ("anchor: highest energy", ("--config.compressor.anchor=energy",)),
+    ("K = 1 coefficient", ("--config.compressor.num_coeffs=1",)),
+    ("K = 2 coefficients", ("--config.compressor.num_coeffs=2",)),
+    ("one anchor (L = 32 frames)", ("--config.compressor.segment_len=32",)),
+    ("absorber window 1", ("--config.compressor.absorber.window=1",)),
+    ("absorber window 5", ("--config.compressor.absorber.window=5",)),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    lengths: tuple[str, ...]
+    ratios: tuple[int, ...]
+    methods: tuple[str, ...]
+    ablations: tuple[str, ...]  # labels of ABLATIONS
+    ablation_length: str
+    ablation_ratio: int
+    config_arg: str = ""  # extra config-file arg, e.g. "smoke"
+
+
+PRESETS = {
+    "full": Preset(("short", "long"), (2, 4, 8, 16), METHODS,
+                   tuple(label for label, _ in ABLATIONS), "long", 8),
+    # Seconds-long runs of the smoke model: checks the sweep, the report and the plots.
+    "smoke": Preset(("short",), (4,), ("fre_res", "uniform_frames"),
+                    ("absorbed only (no residual tokens)",), "short", 4, config_arg="smoke"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    name: str
+    length: str
+    method: str
+    ratio: int      # 0: full tokens
+    flags: tuple[str, ...] = ()
+    ablation: str = ""
+
+
+def plan_runs(preset: Preset) -> list[Run]:
+    runs = []
+    for length in preset.lengths:
+        runs.append(Run(f"{length}-full", length, "full", 0))
+        runs += [Run(f"{length}-{m}-x{r}", length, m, r)
+                 for r in preset.ratios for m in preset.methods]
+    for label, flags in ABLATIONS:
+        if label in preset.ablations and flags:  # the default is the fre_res run above
+            slug = "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-")
+            slug = "-".join(filter(None, slug.split("-")))
+            runs.append(Run(f"{preset.ablation_length}-ablation-{slug}-x{preset.ablation_ratio}",
+                            preset.ablation_length, "fre_res", preset.ablation_ratio, flags,
+                            ablation=label))
+    return runs
+
+
+def _config_arg(run: Run, preset: Preset) -> str:
+    return ",".join(a for a in (preset.config_arg, f"compressor={run.method}",
+                                f"ratio={run.ratio}") if a)
+
+
+def command(run: Run, preset: Preset, out: str) -> list[str]:
+    return [sys.executable, "-m", "frejax.main",
+            f"--config={CONFIGS[run.length]}:{_config_arg(run, preset)}",
+            f"--workdir={os.path.join(out, 'runs', run.name)}",
+            "--config.train.progress_bar=False", *run.flags]
+
+
+def execute(runs: list[Run], preset: Preset, out: str) -> dict[str, dict]:
+    """Runs what has no ``results.json`` yet; returns results (or errors) by run name."""
+    results = {}
+    for i, run in enumerate(runs, 1):
+        workdir = os.path.join(out, "runs", run.name)
+        path = os.path.join(workdir, "results.json")
+        if not os.path.isfile(path):
+            os.makedirs(workdir, exist_ok=True)
+            start = time.monotonic()
+            print(f"[{i}/{len(runs)}] {run.name}", flush=True)
+            with open(os.path.join(workdir, "log.txt"), "w") as log:
+                done = subprocess.run(command(run, preset, out), cwd=REPO, stdout=log,
+                                      stderr=subprocess.STDOUT, check=False)
+            print(f"    {'done' if done.returncode == 0 else 'FAILED'} in"
+                  f" {time.monotonic() - start:.0f} s", flush=True)
+        if os.path.isfile(path):
+            with open(path) as f:
+                results[run.name] = json.load(f)
+        else:
+            results[run.name] = {"error": _last_error(os.path.join(workdir, "log.txt"))}
+    return results
+
+
+def _last_error(log_path: str) -> str:
+    if not os.path.isfile(log_path):
+        return "did not run"
+    with open(log_path) as f:
+        lines = [line.strip() for line in f if line.strip()]
+    errors = [line for line in lines if "Error" in line.split(":")[0]]
+    return (errors or lines or ["no output"])[-1][:200]
+
+
+# ----------------------------------------------------------------------------
+# Residual energy spectrum, on the latents of the trained Fre-Res encoder.
+# ----------------------------------------------------------------------------
+
+
+def energy_spectrum(run: Run, preset: Preset, out: str, num_videos: int = 64) -> list[float]:
+    """Mean share of residual energy per DCT coefficient index (whole clip as one segment)."""
+    import jax  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+    from flax import nnx  # noqa: PLC0415
+
+    from frejax import checkpointing, sharding, train  # noqa: PLC0415
+    from frejax import data as data_lib  # noqa: PLC0415
+    from frejax.compression import energy  # noqa: PLC0415
+
+    import importlib  # noqa: PLC0415
+
+    module = importlib.import_module(CONFIGS[run.length][:-3].replace("/", "."))
+    config = module.get_config(_config_arg(run, preset))
+    config.eval.update(num_examples=num_videos, batch_size=min(num_videos, 32))
+    mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+    with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
+        tokenizer = data_lib.make_tokenizer(config)
+        setup = train.make_setup(config, mesh, tokenizer)
+        ckpt = checkpointing.Checkpointer(os.path.join(out, "runs", run.name, "checkpoints"))
+        params = ckpt.restore_params(ckpt.latest_step(), setup.abstract_state)
+        ckpt.close()
+        graphdef = setup.graphdef
+        encode = jax.jit(lambda p, frames: nnx.merge(graphdef, p).encoder(frames))
+        spectra = []
+        for batch in data_lib.make_eval_iterator(config, tokenizer, mesh):
+            valid = batch["example_valid"].astype(bool)
+            latents = encode(params, batch["frames"])
+            spectrum = energy.residual_energy_spectrum(latents, batch["frame_mask"])
+            spectra.append(np.asarray(spectrum)[valid])
+    spectrum = np.concatenate(spectra).mean(0)
+    return (spectrum / spectrum.sum()).tolist()
+
+
+# ----------------------------------------------------------------------------
+# Report: markdown tables and PNG plots.
+# ----------------------------------------------------------------------------
+
+
+def _acc(result: dict | None, family: str | None = None) -> str:
+    if not result:
+        return "not run"
+    if "error" in result:
+        return "n/a"
+    value = result["accuracy"] if family is None else result["accuracy_by_family"].get(family)
+    return "-" if value is None else f"{value:.2f}"
+
+
+def write_report(runs: list[Run], results: dict, spectrum: list[float] | None,
+                 preset_name: str, report_dir: str) -> str:
+    os.makedirs(report_dir, exist_ok=True)
+    by_name = {r.name: r for r in runs}
+    lines = ["# Fre-Res evidence on the embedded benchmark", "",
+             f"Written by `python -m benchmarks.evidence --preset={preset_name}`; every number is"
+             " exact-match accuracy on the eval split, from one training run with the same"
+             " recipe and seed (only the compressor differs).", ""]
+    lengths = sorted({r.length for r in runs}, key=list(CONFIGS).index)
+    for length in lengths:
+        main = [r for r in runs if r.length == length and not r.ablation]
+        ratios = sorted({r.ratio for r in main if r.ratio})
+        methods = list(dict.fromkeys(r.method for r in main if r.ratio))
+        full = results.get(f"{length}-full", {})
+        tokens = {r.ratio: results.get(r.name, {}).get("visual_tokens_per_video")
+                  for r in main if r.ratio}
+        lines += [f"## {length} clips: accuracy against visual tokens per video", "",
+                  f"Full tokens ({full.get('full_visual_tokens_per_video', '?')} per video):"
+                  f" accuracy {_acc(full)}.", "",
+                  "| method | " + " | ".join(f"{r}x ({tokens.get(r) or '?'} tokens)"
+                                           for r in ratios) + " |",
+                  "|---|" + "---|" * len(ratios)]
+        for m in methods:
+            cells = [_acc(results.get(f"{length}-{m}-x{r}")) for r in ratios]
+            lines.append(f"| `{m}` | " + " | ".join(cells) + " |")
+        families = sorted(full.get("accuracy_by_family", {}))
+        ratio = 8 if 8 in ratios else (ratios[-1] if ratios else 0)
+        if families and ratio:
+            lines += ["", f"Per question family at {ratio}x:", "",
+                      "| method | " + " | ".join(families) + " |",
+                      "|---|" + "---|" * len(families),
+                      "| `full` | " + " | ".join(_acc(full, f) for f in families) + " |"]
+            for m in methods:
+                res = results.get(f"{length}-{m}-x{ratio}")
+                lines.append(f"| `{m}` | " + " | ".join(_acc(res, f) for f in families) + " |")
+        lines.append("")
+        _plot_accuracy(length, main, results, report_dir)
+    ablations = [r for r in runs if r.ablation]
+    if ablations:
+        base = [r for r in runs if not r.ablation and r.method == "fre_res"
+                and r.length == ablations[0].length and r.ratio == ablations[0].ratio]
+        rows = [(ABLATIONS[0][0], base[0])] if base else []
+        rows += [(r.ablation, r) for r in ablations]
+        families = sorted(next((results[r.name]["accuracy_by_family"] for _, r in rows
+                                if "accuracy_by_family" in results.get(r.name, {})), {}))
+        lines += [f"## Ablations ({ablations[0].length} clips, fre_res at {ablations[0].ratio}x)",
+                  "", "| variant | overall | " + " | ".join(families) + " |",
+                  "|---|---|" + "---|" * len(families)]
+        for label, r in rows:
+            res = results.get(r.name)
+            lines.append(f"| {label} | {_acc(res)} | "
+                         + " | ".join(_acc(res, f) for f in families) + " |")
+        lines.append("")
+    if spectrum:
+        cumulative, total = [], 0.0
+        for share in spectrum:
+            total += share
+            cumulative.append(total)
+        shown = [k for k in (1, 2, 4, 8) if k <= len(spectrum)]
+        lines += ["## Residual energy against DCT coefficient index", "",
+                  "Inter-frame residuals of the trained encoder's latents on eval clips, the"
+                  " whole clip as one segment: share of the residual energy in the lowest K"
+                  " coefficients.", "",
+                  "| K | " + " | ".join(str(k) for k in shown) + " |",
+                  "|---|" + "---|" * len(shown),
+                  "| energy share | " + " | ".join(f"{cumulative[k - 1]:.2f}" for k in shown)
+                  + " |", "", "![energy](energy_spectrum.png)", ""]
+        _plot_spectrum(spectrum, report_dir)
+    errors = [(n, res["error"]) for n, res in results.items() if "error" in res]
+    if errors:
+        lines += ["## Runs that could not be built or failed", ""]
+        lines += [f"- `{n}` ({by_name[n].method} at {by_name[n].ratio}x): {e}" for n, e in errors]
+        lines.append("")
+    path = os.path.join(report_dir, "results.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    return path
+
+
+def _pyplot():
+    try:
+        import matplotlib  # noqa: PLC0415
+    except ImportError:
+        raise SystemExit("benchmarks.evidence: plots need matplotlib (pip install matplotlib)")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    return plt
+
+
+def _plot_accuracy(length: str, runs: list[Run], results: dict, report_dir: str) -> None:
+    plt = _pyplot()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for method in dict.fromkeys(r.method for r in runs if r.ratio):
+        points = sorted((results[r.name]["visual_tokens_per_video"], results[r.name]["accuracy"])
+                        for r in runs if r.method == method and "accuracy" in results.get(r.name, {}))
+        if points:
+            ax.plot(*zip(*points), marker="o", label=method)
+    full = results.get(f"{length}-full", {})
+    if "accuracy" in full:
+        ax.axhline(full["accuracy"], color="k", linestyle="--", label="full tokens")
+    ax.set(xscale="log", xlabel="visual tokens per video", ylabel="accuracy",
+           title=f"{length} clips: accuracy against visual tokens")
+    ax.legend(fontsize=8)
+    ratios = sorted({r.ratio for r in runs if r.ratio})
+    ratio = 8 if 8 in ratios else ratios[-1]
+    chosen = [r for r in runs if r.ratio == ratio and "accuracy_by_family" in results.get(r.name, {})]
+    families = sorted(full.get("accuracy_by_family", {}) or
+                      (results[chosen[0].name]["accuracy_by_family"] if chosen else {}))
+    width = 0.8 / max(len(chosen), 1)
+    for i, r in enumerate(chosen):
+        values = [results[r.name]["accuracy_by_family"].get(f, 0.0) for f in families]
+        bx.bar([j + i * width for j in range(len(families))], values, width, label=r.method)
+    bx.set_xticks([j + 0.4 - width / 2 for j in range(len(families))], families, rotation=20,
+                  fontsize=8)
+    bx.set(ylabel="accuracy", title=f"{length} clips: per family at {ratio}x")
+    bx.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(report_dir, f"accuracy_{length}.png"), dpi=100)
+    plt.close(fig)
+
+
+def _plot_spectrum(spectrum: list[float], report_dir: str) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.bar(range(len(spectrum)), spectrum)
+    ax.set(xlabel="temporal DCT coefficient index k", ylabel="share of residual energy",
+           title="Residual energy concentrates in low frequencies")
+    fig.tight_layout()
+    fig.savefig(os.path.join(report_dir, "energy_spectrum.png"), dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
+    parser.add_argument("--out", default="workdirs/evidence", help="run directories")
+    parser.add_argument("--report_dir", default="docs", help="results.md and the PNG plots")
+    parser.add_argument("--lengths", default="", help="comma-separated subset: short,long")
+    parser.add_argument("--ratios", default="", help="comma-separated subset, e.g. 8,16")
+    parser.add_argument("--methods", default="", help="comma-separated subset of compressors")
+    parser.add_argument("--no_ablations", action="store_true")
+    args = parser.parse_args(argv)
+    preset = PRESETS[args.preset]
+    pick = lambda text, default, cast=str: tuple(cast(x) for x in text.split(",")) if text else default  # noqa: E731
+    preset = dataclasses.replace(
+        preset, lengths=pick(args.lengths, preset.lengths),
+        ratios=pick(args.ratios, preset.ratios, int), methods=pick(args.methods, preset.methods),
+        ablations=() if args.no_ablations else preset.ablations)
+    unknown = sorted(set(preset.lengths) - set(CONFIGS)) + sorted(set(preset.methods) - set(METHODS))
+    if unknown:
+        raise SystemExit(f"benchmarks.evidence: unknown lengths or methods {unknown}")
+    runs = plan_runs(preset)
+    print(f"{len(runs)} runs in {os.path.abspath(args.out)}/runs", flush=True)
+    results = execute(runs, preset, args.out)
+    spectrum = None
+    trained = [r for r in runs if r.method == "fre_res" and not r.ablation
+               and "accuracy" in results.get(r.name, {})]
+    if trained:  # the encoder of the main Fre-Res run if it trained, else any Fre-Res run
+        main_run = [r for r in trained if (r.length, r.ratio) ==
+                    (preset.ablation_length, preset.ablation_ratio)]
+        spectrum = energy_spectrum((main_run or trained)[0], preset, args.out)
+    path = write_report(runs, results, spectrum, args.preset, args.report_dir)
+    print(f"Wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

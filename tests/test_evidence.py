@@ -1,0 +1,41 @@
+"""The evidence sweep end to end on the smoke preset: runs, report, plots, resume."""
+
+import os
+import subprocess
+import sys
+
+from benchmarks import evidence
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_full_sweep_plan_covers_every_method_ratio_length_and_ablation():
+    runs = evidence.plan_runs(evidence.PRESETS["full"])
+    names = {r.name for r in runs}
+    assert len(names) == len(runs)
+    for length in ("short", "long"):
+        assert f"{length}-full" in names
+        for ratio in (2, 4, 8, 16):
+            assert {f"{length}-{m}-x{ratio}" for m in evidence.METHODS} <= names
+    ablations = [r for r in runs if r.ablation]
+    assert len(ablations) == len(evidence.ABLATIONS) - 1  # the default is the main run
+    assert all(r.length == "long" and r.ratio == 8 and r.method == "fre_res" for r in ablations)
+
+
+def test_smoke_sweep_writes_tables_and_plots_and_resumes(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    cmd = [sys.executable, "-m", "benchmarks.evidence", "--preset=smoke",
+           f"--out={tmp_path}", f"--report_dir={tmp_path / 'report'}"]
+    first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
+    report = (tmp_path / "report" / "results.md").read_text()
+    for row in ("| `fre_res` |", "| `uniform_frames` |", "absorbed only (no residual tokens)",
+                "Residual energy against DCT coefficient index"):
+        assert row in report, report
+    assert "n/a" not in report and "not run" not in report, report
+    for png in ("accuracy_short.png", "energy_spectrum.png"):
+        assert (tmp_path / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # A second invocation finds every results.json and trains nothing.
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "[1/" not in again.stdout, again.stdout
