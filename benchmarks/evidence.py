@@ -231,7 +231,7 @@ def write_report(runs: list[Run], results: dict, spectrum: list[float] | None,
             for m in methods:
                 res = results.get(f"{length}-{m}-x{ratio}")
                 lines.append(f"| `{m}` | " + " | ".join(_acc(res, f) for f in families) + " |")
-        lines.append("")
+        lines += ["", f"![accuracy, {length} clips](accuracy_{length}.png)", ""]
         _plot_accuracy(length, main, results, report_dir)
     ablations = [r for r in runs if r.ablation]
     if ablations:
@@ -348,16 +348,17 @@ def main(argv=None) -> None:
     unknown = sorted(set(preset.lengths) - set(CONFIGS)) + sorted(set(preset.methods) - set(METHODS))
     if unknown:
         raise SystemExit(f"benchmarks.evidence: unknown lengths or methods {unknown}")
+    out = os.path.abspath(args.out)  # the runs start in the repository root
     runs = plan_runs(preset)
-    print(f"{len(runs)} runs in {os.path.abspath(args.out)}/runs", flush=True)
-    results = execute(runs, preset, args.out)
+    print(f"{len(runs)} runs in {out}/runs", flush=True)
+    results = execute(runs, preset, out)
     spectrum = None
     trained = [r for r in runs if r.method == "fre_res" and not r.ablation
                and "accuracy" in results.get(r.name, {})]
     if trained:  # the encoder of the main Fre-Res run if it trained, else any Fre-Res run
         main_run = [r for r in trained if (r.length, r.ratio) ==
                     (preset.ablation_length, preset.ablation_ratio)]
-        spectrum = energy_spectrum((main_run or trained)[0], preset, args.out)
+        spectrum = energy_spectrum((main_run or trained)[0], preset, out)
     path = write_report(runs, results, spectrum, args.preset, args.report_dir)
     print(f"Wrote {path}")
 
