@@ -34,8 +34,8 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {"short": "configs/short_video.py", "long": "configs/long_video.py"}
-# Every registry entry but `full`, which runs once per length at ratio 0.
-METHODS = ("fre_res", "uniform_frames", "spatial_pool", "fourier_2d", "temporal_merge",
+# Every registry entry; `full` runs once per length, at ratio 0 (all tokens).
+METHODS = ("full", "fre_res", "uniform_frames", "spatial_pool", "fourier_2d", "temporal_merge",
            "temporal_dct_only", "anchors_only")
 # (label, flag overrides of fre_res at the preset's ablation ratio and length).
 ABLATIONS = (
@@ -68,7 +68,7 @@ PRESETS = {
     "full": Preset(("short", "long"), (2, 4, 8, 16), METHODS,
                    tuple(label for label, _ in ABLATIONS), "long", 8),
     # Seconds-long runs of the smoke model: checks the sweep, the report and the plots.
-    "smoke": Preset(("short",), (4,), ("fre_res", "uniform_frames"),
+    "smoke": Preset(("short",), (4,), ("full", "fre_res", "uniform_frames"),
                     ("absorbed only (no residual tokens)",), "short", 4, config_arg="smoke"),
 }
 
@@ -86,9 +86,10 @@ class Run:
 def plan_runs(preset: Preset) -> list[Run]:
     runs = []
     for length in preset.lengths:
-        runs.append(Run(f"{length}-full", length, "full", 0))
+        if "full" in preset.methods:
+            runs.append(Run(f"{length}-full", length, "full", 0))
         runs += [Run(f"{length}-{m}-x{r}", length, m, r)
-                 for r in preset.ratios for m in preset.methods]
+                 for r in preset.ratios for m in preset.methods if m != "full"]
     for label, flags in ABLATIONS:
         if label in preset.ablations and flags:  # the default is the fre_res run above
             slug = "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-")
@@ -197,11 +198,11 @@ def _acc(result: dict | None, family: str | None = None) -> str:
 
 
 def write_report(runs: list[Run], results: dict, spectrum: list[float] | None,
-                 preset_name: str, report_dir: str) -> str:
+                 command_line: str, report_dir: str) -> str:
     os.makedirs(report_dir, exist_ok=True)
     by_name = {r.name: r for r in runs}
     lines = ["# Fre-Res evidence on the embedded benchmark", "",
-             f"Written by `python -m benchmarks.evidence --preset={preset_name}`; every number is"
+             f"Written by `python -m benchmarks.evidence {command_line}`; every number is"
              " exact-match accuracy on the eval split, from one training run with the same"
              " recipe and seed (only the compressor differs).", ""]
     lengths = sorted({r.length for r in runs}, key=list(CONFIGS).index)
@@ -212,16 +213,18 @@ def write_report(runs: list[Run], results: dict, spectrum: list[float] | None,
         full = results.get(f"{length}-full", {})
         tokens = {r.ratio: results.get(r.name, {}).get("visual_tokens_per_video")
                   for r in main if r.ratio}
+        full_tokens = next((res["full_visual_tokens_per_video"] for r in main
+                            if "accuracy" in (res := results.get(r.name, {}))), "?")
         lines += [f"## {length} clips: accuracy against visual tokens per video", "",
-                  f"Full tokens ({full.get('full_visual_tokens_per_video', '?')} per video):"
-                  f" accuracy {_acc(full)}.", "",
+                  f"Full tokens ({full_tokens} per video): accuracy {_acc(full)}.", "",
                   "| method | " + " | ".join(f"{r}x ({tokens.get(r) or '?'} tokens)"
                                            for r in ratios) + " |",
                   "|---|" + "---|" * len(ratios)]
         for m in methods:
             cells = [_acc(results.get(f"{length}-{m}-x{r}")) for r in ratios]
             lines.append(f"| `{m}` | " + " | ".join(cells) + " |")
-        families = sorted(full.get("accuracy_by_family", {}))
+        families = sorted(next((res["accuracy_by_family"] for r in main
+                                if "accuracy" in (res := results.get(r.name, {}))), {}))
         ratio = 8 if 8 in ratios else (ratios[-1] if ratios else 0)
         if families and ratio:
             lines += ["", f"Per question family at {ratio}x:", "",
@@ -359,7 +362,9 @@ def main(argv=None) -> None:
         main_run = [r for r in trained if (r.length, r.ratio) ==
                     (preset.ablation_length, preset.ablation_ratio)]
         spectrum = energy_spectrum((main_run or trained)[0], preset, out)
-    path = write_report(runs, results, spectrum, args.preset, args.report_dir)
+    shown = [a for a in (argv if argv is not None else sys.argv[1:])
+             if not a.startswith(("--out", "--report_dir"))]
+    path = write_report(runs, results, spectrum, " ".join(shown), args.report_dir)
     print(f"Wrote {path}")
 
 

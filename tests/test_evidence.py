@@ -16,7 +16,8 @@ def test_full_sweep_plan_covers_every_method_ratio_length_and_ablation():
     for length in ("short", "long"):
         assert f"{length}-full" in names
         for ratio in (2, 4, 8, 16):
-            assert {f"{length}-{m}-x{ratio}" for m in evidence.METHODS} <= names
+            assert {f"{length}-{m}-x{ratio}" for m in evidence.METHODS if m != "full"} <= names
+        assert f"{length}-full-x{ratio}" not in names  # full tokens: one run, ratio 0
     ablations = [r for r in runs if r.ablation]
     assert len(ablations) == len(evidence.ABLATIONS) - 1  # the default is the main run
     assert all(r.length == "long" and r.ratio == 8 and r.method == "fre_res" for r in ablations)
