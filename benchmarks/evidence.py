@@ -112,13 +112,19 @@ def command(run: Run, preset: Preset, out: str) -> list[str]:
             "--config.train.progress_bar=False", *run.flags]
 
 
-def execute(runs: list[Run], preset: Preset, out: str) -> dict[str, dict]:
-    """Runs what has no ``results.json`` yet; returns results (or errors) by run name."""
+def execute(runs: list[Run], preset: Preset, out: str,
+            train: bool = True) -> dict[str, dict]:
+    """Runs what has no ``results.json`` yet; returns results (or errors) by run name.
+
+    Without ``train`` only finished runs are returned (the rest read "not run").
+    """
     results = {}
     for i, run in enumerate(runs, 1):
         workdir = os.path.join(out, "runs", run.name)
         path = os.path.join(workdir, "results.json")
-        if not os.path.isfile(path):
+        if not train and not os.path.isfile(path):
+            continue
+        if train and not os.path.isfile(path):
             os.makedirs(workdir, exist_ok=True)
             start = time.monotonic()
             print(f"[{i}/{len(runs)}] {run.name}", flush=True)
@@ -341,6 +347,8 @@ def main(argv=None) -> None:
     parser.add_argument("--ratios", default="", help="comma-separated subset, e.g. 8,16")
     parser.add_argument("--methods", default="", help="comma-separated subset of compressors")
     parser.add_argument("--no_ablations", action="store_true")
+    parser.add_argument("--report_only", action="store_true",
+                        help="train nothing: report the runs already finished")
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
     pick = lambda text, default, cast=str: tuple(cast(x) for x in text.split(",")) if text else default  # noqa: E731
@@ -354,7 +362,7 @@ def main(argv=None) -> None:
     out = os.path.abspath(args.out)  # the runs start in the repository root
     runs = plan_runs(preset)
     print(f"{len(runs)} runs in {out}/runs", flush=True)
-    results = execute(runs, preset, out)
+    results = execute(runs, preset, out, train=not args.report_only)
     spectrum = None
     trained = [r for r in runs if r.method == "fre_res" and not r.ablation
                and "accuracy" in results.get(r.name, {})]
@@ -363,7 +371,7 @@ def main(argv=None) -> None:
                     (preset.ablation_length, preset.ablation_ratio)]
         spectrum = energy_spectrum((main_run or trained)[0], preset, out)
     shown = [a for a in (argv if argv is not None else sys.argv[1:])
-             if not a.startswith(("--out", "--report_dir"))]
+             if not a.startswith(("--out", "--report_dir", "--report_only"))]
     path = write_report(runs, results, spectrum, " ".join(shown), args.report_dir)
     print(f"Wrote {path}")
 
