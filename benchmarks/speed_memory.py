@@ -35,21 +35,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from benchmarks.dct_and_compressor import median_seconds
 from configs import long_video
 from frejax import config_lib
 from frejax import data as data_lib
 from frejax import sharding
 from frejax import train
-
-
-def median_seconds(fn, *args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))  # compiled and warm
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def compiled_figures(fn, *args) -> tuple[float, float]:

@@ -301,6 +301,19 @@ _RENDER = {
 # ----------------------------------------------------------------------------
 
 
+def family_cycle(families: Sequence[str], weights: Sequence[int] = ()) -> tuple[int, ...]:
+    """Family ids (into FAMILIES) in index order: weight w gives a family w slots.
+
+    ``weights`` () means one slot each; otherwise one non-negative int per family, not all 0.
+    """
+    counts = tuple(weights) or (1,) * len(families)
+    if (len(counts) != len(families) or not sum(counts)
+            or not all(isinstance(w, int) and w >= 0 for w in counts)):
+        raise ValueError(f"family_weights must be {len(families)} non-negative ints (one per"
+                         f" family of {tuple(families)}), not all 0; got {tuple(weights)}")
+    return tuple(FAMILIES.index(f) for f, w in zip(families, counts) for _ in range(w))
+
+
 class VideoQASource:
     """Grain random-access source of synthetic video QA examples.
 
@@ -339,19 +352,13 @@ class VideoQASource:
             raise ValueError(f"image_size must be >= 16, got {image_size}")
         if num_examples <= 0:
             raise ValueError(f"num_examples must be positive, got {num_examples}")
-        weights = tuple(family_weights) or (1,) * len(families)
-        if (len(weights) != len(families) or any(int(w) != w or w < 0 for w in weights)
-                or not sum(weights)):
-            raise ValueError(f"family_weights must be {len(families)} non-negative ints (one per"
-                             f" family of {tuple(families)}), not all 0; got {family_weights}")
+        # Index i renders family _cycle[i % len(_cycle)].
+        self._cycle = family_cycle(families, family_weights)
         self.num_frames, self.image_size = int(num_frames), int(image_size)
         self.num_examples, self.split, self.seed = int(num_examples), split, int(seed)
         self.families = tuple(families)
         self.followups = bool(followups)
         self._split_id = SPLIT_IDS[split]
-        # Index i renders family _cycle[i % len(_cycle)]: weight w gives a family w slots.
-        self._cycle = tuple(FAMILIES.index(f) for f, w in zip(self.families, weights)
-                            for _ in range(int(w)))
 
     def __len__(self) -> int:
         return self.num_examples

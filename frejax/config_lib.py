@@ -284,14 +284,12 @@ def _validate_data(v: dict) -> None:
     if v["data.tokenizer"] != "auto" and not v["data.tokenizer_path"]:
         raise ValueError(
             f"config.data.tokenizer_path must name the {v['data.tokenizer']} tokenizer file")
-    from data_pipelines.video_qa_synthetic import FAMILIES  # noqa: PLC0415
+    from data_pipelines import video_qa_synthetic  # noqa: PLC0415
 
-    weights = tuple(v["data.train_family_weights"])
-    if weights and (len(weights) != len(FAMILIES) or not sum(weights)
-                    or not all(isinstance(w, int) and w >= 0 for w in weights)):
-        raise ValueError(f"config.data.train_family_weights must be () or {len(FAMILIES)}"
-                         f" non-negative ints, one per family of {FAMILIES}, not all 0;"
-                         f" got {weights}")
+    try:
+        video_qa_synthetic.family_cycle(video_qa_synthetic.FAMILIES, v["data.train_family_weights"])
+    except ValueError as e:
+        raise ValueError(f"config.data.train_{e}") from None
     if not 0 <= v["data.max_bad_fraction"] <= 1:
         raise ValueError(
             f"config.data.max_bad_fraction must be in [0, 1], got {v['data.max_bad_fraction']}")
