@@ -14,6 +14,9 @@ equals ``image_size``, then centre-cropped or zero-padded to a square. A clip
 with fewer frames than N is padded with zero frames whose ``frame_mask`` is
 False: short clips are never dropped.
 
+``iter_frames`` streams every frame (or every k-th) of a clip of any length,
+one at a time, for ``frejax.streaming``.
+
 Failures raise ``VideoDecodeError`` with a ``kind`` from ``DECODE_ERRORS``, so
 callers can count them by cause.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+from collections.abc import Iterator
 
 import av
 import numpy as np
@@ -138,6 +142,35 @@ def decode_video(data: bytes, sampling: FrameSampling,
     frames = np.zeros((t, s, s, 3), np.uint8)
     frames[:len(picked)] = picked
     return frames, np.arange(t) < len(picked)
+
+
+def iter_frames(data: bytes, image_size: int, resize: str = "crop",
+                every: int = 1) -> Iterator[np.ndarray]:
+    """Every ``every``-th frame of the whole clip, ``(S, S, 3)`` uint8, decoded one at a time.
+
+    For videos longer than a model's clip (``frejax.streaming``): frames are
+    resized as they are decoded and never held together, so memory does not
+    grow with the video's length.
+    """
+    if every < 1:
+        raise ValueError(f"iter_frames: every must be >= 1, got {every}")
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"iter_frames: resize must be one of {RESIZE_MODES}, got {resize!r}")
+    if not data:
+        raise VideoDecodeError("empty_file", "the file has 0 bytes")
+    container, stream = _open(data)
+    yielded = 0
+    try:
+        with container:
+            for i, frame in enumerate(container.decode(stream)):
+                if i % every == 0:
+                    yielded += 1
+                    yield resize_frame(frame, image_size, resize)
+    except av.error.FFmpegError as e:
+        raise VideoDecodeError("corrupt_video", f"decoding failed after {yielded}"
+                               f" frames ({e})") from None
+    if not yielded:
+        raise VideoDecodeError("no_frames", "no frame could be decoded")
 
 
 def _open(data: bytes) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
