@@ -12,7 +12,13 @@ so an interrupted sweep resumes where it stopped. A run that cannot be built
 (a budget a method cannot meet, say) is reported as such, with its error, and
 the sweep goes on. The report is ``<report_dir>/results.md`` with PNG plots
 beside it: accuracy against visual tokens per method, accuracy per question
-family per method, residual energy against DCT coefficient index.
+family per method, residual energy against DCT coefficient index (of the
+trained encoder's latents and of the raw pixels).
+
+The benchmark draws its background noise afresh every frame. At the ablation
+budget, Fre-Res and temporal-DCT-only train again with the background held
+still over each clip (``data.background_noise=clip``), to show what that noise
+does to the residual track.
 
 The full sweep trains (2 lengths x 4 ratios x 7 methods + 2 full-token runs +
 the ablations) ~70 times; on 2 CPU cores that is days, on one accelerator
@@ -51,6 +57,10 @@ ABLATIONS = (
     ("absorber window 1", ("--config.compressor.absorber.window=1",)),
     ("absorber window 5", ("--config.compressor.absorber.window=5",)),
 )
+# The benchmark's background noise is drawn afresh every frame; these methods run again at the
+# ablation budget with it held still over each clip, to test what that noise does to the
+# residual track (README, "Every method at matched budgets").
+STATIC_BACKGROUND = ("--config.data.background_noise=clip",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,14 +72,17 @@ class Preset:
     ablation_length: str
     ablation_ratio: int
     config_arg: str = ""  # extra config-file arg, e.g. "smoke"
+    background: tuple[str, ...] = ()  # methods rerun with a static background
 
 
 PRESETS = {
     "full": Preset(("short", "long"), (2, 4, 8, 16), METHODS,
-                   tuple(label for label, _ in ABLATIONS), "long", 8),
+                   tuple(label for label, _ in ABLATIONS), "long", 8,
+                   background=("fre_res", "temporal_dct_only")),
     # Seconds-long runs of the smoke model: checks the sweep, the report and the plots.
     "smoke": Preset(("short",), (4,), ("full", "fre_res", "uniform_frames"),
-                    ("absorbed only (no residual tokens)",), "short", 4, config_arg="smoke"),
+                    ("absorbed only (no residual tokens)",), "short", 4, config_arg="smoke",
+                    background=("fre_res",)),
 }
 
 
@@ -81,15 +94,26 @@ class Run:
     ratio: int      # 0: full tokens
     flags: tuple[str, ...] = ()
     ablation: str = ""
+    static_background: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        """A cell of the method x budget tables (not an ablation or the background study)."""
+        return not self.ablation and not self.static_background
 
 
 def plan_runs(preset: Preset) -> list[Run]:
+    """Every run of ``preset``; the ablations and the background reruns only when the
+    preset's lengths and ratios hold their length and ratio."""
     runs = []
     for length in preset.lengths:
         if "full" in preset.methods:
             runs.append(Run(f"{length}-full", length, "full", 0))
         runs += [Run(f"{length}-{m}-x{r}", length, m, r)
                  for r in preset.ratios for m in preset.methods if m != "full"]
+    length, ratio = preset.ablation_length, preset.ablation_ratio
+    if length not in preset.lengths or ratio not in preset.ratios:
+        return runs
     for label, flags in ABLATIONS:
         if label in preset.ablations and flags:  # the default is the fre_res run above
             slug = "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-")
@@ -97,6 +121,8 @@ def plan_runs(preset: Preset) -> list[Run]:
             runs.append(Run(f"{preset.ablation_length}-ablation-{slug}-x{preset.ablation_ratio}",
                             preset.ablation_length, "fre_res", preset.ablation_ratio, flags,
                             ablation=label))
+    runs += [Run(f"{length}-static-background-{m}-x{ratio}", length, m, ratio, STATIC_BACKGROUND,
+                 static_background=True) for m in preset.background]
     return runs
 
 
@@ -155,8 +181,31 @@ def _last_error(log_path: str) -> str:
 # ----------------------------------------------------------------------------
 
 
-def energy_spectrum(run: Run, preset: Preset, out: str, num_videos: int = 64) -> list[float]:
-    """Mean share of residual energy per DCT coefficient index (whole clip as one segment)."""
+def _run_config(run: Run, preset: Preset):
+    """The config a run trains with: its config-file arg, then its ``--config.*`` flags."""
+    import importlib  # noqa: PLC0415
+
+    module = importlib.import_module(CONFIGS[run.length][:-3].replace("/", "."))
+    config = module.get_config(_config_arg(run, preset))
+    for flag in run.flags:
+        key, value = flag.removeprefix("--config.").split("=", 1)
+        *path, leaf = key.split(".")
+        section = config
+        for name in path:
+            section = section[name]
+        old = section[leaf]
+        section[leaf] = (value.lower() == "true") if isinstance(old, bool) else type(old)(value)
+    return config
+
+
+def energy_spectrum(run: Run, preset: Preset, out: str | None,
+                    num_videos: int = 64) -> list[float]:
+    """Mean share of residual energy per DCT coefficient index (whole clip as one segment).
+
+    Of the latents of the run's trained encoder on its eval clips, or with ``out``
+    None of the clips' raw pixels (each patch's pixels as one token): what the
+    video itself puts in each frequency, before any encoder.
+    """
     import jax  # noqa: PLC0415
     import numpy as np  # noqa: PLC0415
     from flax import nnx  # noqa: PLC0415
@@ -164,21 +213,25 @@ def energy_spectrum(run: Run, preset: Preset, out: str, num_videos: int = 64) ->
     from frejax import checkpointing, sharding, train  # noqa: PLC0415
     from frejax import data as data_lib  # noqa: PLC0415
     from frejax.compression import energy  # noqa: PLC0415
+    from frejax.models import vit  # noqa: PLC0415
 
-    import importlib  # noqa: PLC0415
-
-    module = importlib.import_module(CONFIGS[run.length][:-3].replace("/", "."))
-    config = module.get_config(_config_arg(run, preset))
+    config = _run_config(run, preset)
     config.eval.update(num_examples=num_videos, batch_size=min(num_videos, 32))
     mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
     with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
         tokenizer = data_lib.make_tokenizer(config)
-        setup = train.make_setup(config, mesh, tokenizer)
-        ckpt = checkpointing.Checkpointer(os.path.join(out, "runs", run.name, "checkpoints"))
-        params = ckpt.restore_params(ckpt.latest_step(), setup.abstract_state)
-        ckpt.close()
-        graphdef = setup.graphdef
-        encode = jax.jit(lambda p, frames: nnx.merge(graphdef, p).encoder(frames))
+        if out is None:
+            patch = config.model.vision.patch_size
+            params = None
+            encode = jax.jit(lambda _, frames: jax.vmap(lambda clip: vit.patchify(
+                vit.normalize_pixels(clip), patch))(frames))
+        else:
+            setup = train.make_setup(config, mesh, tokenizer)
+            ckpt = checkpointing.Checkpointer(os.path.join(out, "runs", run.name, "checkpoints"))
+            params = ckpt.restore_params(ckpt.latest_step(), setup.abstract_state)
+            ckpt.close()
+            graphdef = setup.graphdef
+            encode = jax.jit(lambda p, frames: nnx.merge(graphdef, p).encoder(frames))
         spectra = []
         for batch in data_lib.make_eval_iterator(config, tokenizer, mesh):
             valid = batch["example_valid"].astype(bool)
@@ -187,6 +240,28 @@ def energy_spectrum(run: Run, preset: Preset, out: str, num_videos: int = 64) ->
             spectra.append(np.asarray(spectrum)[valid])
     spectrum = np.concatenate(spectra).mean(0)
     return (spectrum / spectrum.sum()).tolist()
+
+
+def energy_spectra(runs: list[Run], preset: Preset, results: dict,
+                   out: str) -> dict[str, list[float]]:
+    """Spectra by label: the trained Fre-Res encoder's and the raw pixels', per background."""
+    trained = [r for r in runs if r.method == "fre_res" and not r.ablation
+               and "accuracy" in results.get(r.name, {})]
+    spectra = {}
+    for static in (False, True):
+        background = "static background" if static else "noise every frame"
+        pick = [r for r in trained if r.static_background == static]
+        # The encoder of the main Fre-Res run if it trained, else any Fre-Res run.
+        pick = [r for r in pick if (r.length, r.ratio) == (preset.ablation_length,
+                                                           preset.ablation_ratio)] or pick
+        if pick:
+            spectra[f"encoder, {background}"] = energy_spectrum(pick[0], preset, out)
+    if trained:  # the clips themselves, with either background (nothing trained)
+        for flags, background in (((), "noise every frame"),
+                                  (STATIC_BACKGROUND, "static background")):
+            clips = dataclasses.replace(trained[0], flags=flags)
+            spectra[f"pixels, {background}"] = energy_spectrum(clips, preset, None)
+    return spectra
 
 
 # ----------------------------------------------------------------------------
@@ -203,7 +278,7 @@ def _acc(result: dict | None, family: str | None = None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def write_report(runs: list[Run], results: dict, spectrum: list[float] | None,
+def write_report(runs: list[Run], results: dict, spectra: dict[str, list[float]],
                  command_line: str, report_dir: str) -> str:
     os.makedirs(report_dir, exist_ok=True)
     by_name = {r.name: r for r in runs}
@@ -213,7 +288,7 @@ def write_report(runs: list[Run], results: dict, spectrum: list[float] | None,
              " recipe and seed (only the compressor differs).", ""]
     lengths = sorted({r.length for r in runs}, key=list(CONFIGS).index)
     for length in lengths:
-        main = [r for r in runs if r.length == length and not r.ablation]
+        main = [r for r in runs if r.length == length and r.is_main]
         ratios = sorted({r.ratio for r in main if r.ratio})
         methods = list(dict.fromkeys(r.method for r in main if r.ratio))
         full = results.get(f"{length}-full", {})
@@ -244,7 +319,7 @@ def write_report(runs: list[Run], results: dict, spectrum: list[float] | None,
         _plot_accuracy(length, main, results, report_dir)
     ablations = [r for r in runs if r.ablation]
     if ablations:
-        base = [r for r in runs if not r.ablation and r.method == "fre_res"
+        base = [r for r in runs if r.is_main and r.method == "fre_res"
                 and r.length == ablations[0].length and r.ratio == ablations[0].ratio]
         rows = [(ABLATIONS[0][0], base[0])] if base else []
         rows += [(r.ablation, r) for r in ablations]
@@ -258,21 +333,38 @@ def write_report(runs: list[Run], results: dict, spectrum: list[float] | None,
             lines.append(f"| {label} | {_acc(res)} | "
                          + " | ".join(_acc(res, f) for f in families) + " |")
         lines.append("")
-    if spectrum:
-        cumulative, total = [], 0.0
-        for share in spectrum:
-            total += share
-            cumulative.append(total)
-        shown = [k for k in (1, 2, 4, 8) if k <= len(spectrum)]
+    study = [r for r in runs if r.static_background]
+    if study:
+        length, ratio = study[0].length, study[0].ratio
+        families = sorted(next((res["accuracy_by_family"] for r in runs
+                                if r.length == length and r.ratio == ratio
+                                and "accuracy_by_family" in (res := results.get(r.name, {}))),
+                               {}))
+        lines += [f"## Static background ({length} clips, {ratio}x)", "",
+                  "The same runs with the background noise drawn once per clip and held still"
+                  " (`data.background_noise=clip`) instead of afresh every frame.", "",
+                  "| method | background | overall | " + " | ".join(families) + " |",
+                  "|---|---|---|" + "---|" * len(families)]
+        for r in study:
+            for label, name in (("noise every frame", f"{length}-{r.method}-x{ratio}"),
+                                ("static", r.name)):
+                res = results.get(name)
+                lines.append(f"| `{r.method}` | {label} | {_acc(res)} | "
+                             + " | ".join(_acc(res, f) for f in families) + " |")
+        lines.append("")
+    if spectra:
+        shown = [k for k in (1, 2, 4, 8) if k <= len(next(iter(spectra.values())))]
         lines += ["## Residual energy against DCT coefficient index", "",
-                  "Inter-frame residuals of the trained encoder's latents on eval clips, the"
-                  " whole clip as one segment: share of the residual energy in the lowest K"
-                  " coefficients.", "",
-                  "| K | " + " | ".join(str(k) for k in shown) + " |",
-                  "|---|" + "---|" * len(shown),
-                  "| energy share | " + " | ".join(f"{cumulative[k - 1]:.2f}" for k in shown)
-                  + " |", "", "![energy](energy_spectrum.png)", ""]
-        _plot_spectrum(spectrum, report_dir)
+                  "Inter-frame residuals on eval clips, the whole clip as one segment: share of"
+                  " the residual energy in the lowest K coefficients, of the trained Fre-Res"
+                  " encoder's latents and of the raw pixels (each patch one token).", "",
+                  "| residuals of | " + " | ".join(f"K = {k}" for k in shown) + " |",
+                  "|---|" + "---|" * len(shown)]
+        for label, spectrum in spectra.items():
+            cumulative = [sum(spectrum[:k]) for k in shown]
+            lines.append(f"| {label} | " + " | ".join(f"{c:.2f}" for c in cumulative) + " |")
+        lines += ["", "![energy](energy_spectrum.png)", ""]
+        _plot_spectrum(spectra, report_dir)
     errors = [(n, res["error"]) for n, res in results.items() if "error" in res]
     if errors:
         lines += ["## Runs that could not be built or failed", ""]
@@ -327,12 +419,15 @@ def _plot_accuracy(length: str, runs: list[Run], results: dict, report_dir: str)
     plt.close(fig)
 
 
-def _plot_spectrum(spectrum: list[float], report_dir: str) -> None:
+def _plot_spectrum(spectra: dict[str, list[float]], report_dir: str) -> None:
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.bar(range(len(spectrum)), spectrum)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, spectrum in spectra.items():
+        ax.plot(range(len(spectrum)), spectrum, marker=".",
+                linestyle="-" if label.startswith("encoder") else "--", label=label)
     ax.set(xlabel="temporal DCT coefficient index k", ylabel="share of residual energy",
-           title="Residual energy concentrates in low frequencies")
+           title="Inter-frame residual energy per temporal frequency")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(report_dir, "energy_spectrum.png"), dpi=100)
     plt.close(fig)
@@ -347,6 +442,8 @@ def main(argv=None) -> None:
     parser.add_argument("--ratios", default="", help="comma-separated subset, e.g. 8,16")
     parser.add_argument("--methods", default="", help="comma-separated subset of compressors")
     parser.add_argument("--no_ablations", action="store_true")
+    parser.add_argument("--no_background", action="store_true",
+                        help="skip the static-background reruns")
     parser.add_argument("--report_only", action="store_true",
                         help="train nothing: report the runs already finished")
     args = parser.parse_args(argv)
@@ -355,7 +452,8 @@ def main(argv=None) -> None:
     preset = dataclasses.replace(
         preset, lengths=pick(args.lengths, preset.lengths),
         ratios=pick(args.ratios, preset.ratios, int), methods=pick(args.methods, preset.methods),
-        ablations=() if args.no_ablations else preset.ablations)
+        ablations=() if args.no_ablations else preset.ablations,
+        background=() if args.no_background else preset.background)
     unknown = sorted(set(preset.lengths) - set(CONFIGS)) + sorted(set(preset.methods) - set(METHODS))
     if unknown:
         raise SystemExit(f"benchmarks.evidence: unknown lengths or methods {unknown}")
@@ -363,16 +461,10 @@ def main(argv=None) -> None:
     runs = plan_runs(preset)
     print(f"{len(runs)} runs in {out}/runs", flush=True)
     results = execute(runs, preset, out, train=not args.report_only)
-    spectrum = None
-    trained = [r for r in runs if r.method == "fre_res" and not r.ablation
-               and "accuracy" in results.get(r.name, {})]
-    if trained:  # the encoder of the main Fre-Res run if it trained, else any Fre-Res run
-        main_run = [r for r in trained if (r.length, r.ratio) ==
-                    (preset.ablation_length, preset.ablation_ratio)]
-        spectrum = energy_spectrum((main_run or trained)[0], preset, out)
+    spectra = energy_spectra(runs, preset, results, out)
     shown = [a for a in (argv if argv is not None else sys.argv[1:])
              if not a.startswith(("--out", "--report_dir", "--report_only"))]
-    path = write_report(runs, results, spectrum, " ".join(shown), args.report_dir)
+    path = write_report(runs, results, spectra, " ".join(shown), args.report_dir)
     print(f"Wrote {path}")
 
 

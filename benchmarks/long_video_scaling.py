@@ -28,6 +28,7 @@ Target: the 4,096-frame compressor path's peak device memory within 2x of the
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -35,8 +36,6 @@ import time
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import functools
 
 import jax
 import jax.numpy as jnp

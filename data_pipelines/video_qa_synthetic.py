@@ -23,6 +23,11 @@ small or brief object, reading its colour). Evaluation asks the family's
 question only. Objects are saturated colours on a dark noisy background, with a
 drifting grey distractor in the colour and counting families; sizes scale
 with `image_size / 32`, event times with `num_frames` (flashes stay 1-2 frames).
+
+The background noise (`background`) is drawn afresh every frame (`frame`, the
+default: sensor-like noise that makes every inter-frame residual non-zero) or
+once per clip and held still (`clip`: a static textured background, as in most
+real footage, whose inter-frame residuals are zero away from the objects).
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ _COLORS = np.array(
 DIRECTIONS: tuple[str, ...] = ("left", "right", "up", "down")
 NUMBERS: tuple[str, ...] = ("one", "two", "three", "four")
 BANDS: tuple[str, ...] = ("top", "bottom")
+BACKGROUNDS: tuple[str, ...] = ("frame", "clip")  # background noise drawn per frame | per clip
 
 # Questions are written already tokenised (punctuation split by spaces).
 QUESTIONS: dict[str, str] = {
@@ -124,7 +130,8 @@ def _bounce(p0: float, v: float, t: np.ndarray, hi: int) -> np.ndarray:
 class _Canvas:
     """Per-example rendering context: rng, sizes and a noisy dark background."""
 
-    def __init__(self, rng: np.random.Generator, num_frames: int, image_size: int):
+    def __init__(self, rng: np.random.Generator, num_frames: int, image_size: int,
+                 background: str = "frame"):
         self.rng, self.t, self.h = rng, num_frames, image_size
         scale = image_size / 32.0
         self.small = max(2, round(5 * scale))  # static detail: 5x5 px at 32 px, under one 8x8 patch
@@ -133,10 +140,11 @@ class _Canvas:
         level = rng.integers(6, 22)
         # Mild uniform noise in [0, 16): raw generator bits are ~8x faster than
         # rng.integers and just as deterministic.
-        shape = (num_frames, image_size, image_size, 3)
+        shape = (num_frames if background == "frame" else 1, image_size, image_size, 3)
         size = int(np.prod(shape))
         raw = rng.bit_generator.random_raw(-(-size // 8)).view(np.uint8)[:size]
-        self.frames = (raw.reshape(shape) & 15) + np.uint8(level)
+        noise = (raw.reshape(shape) & 15) + np.uint8(level)
+        self.frames = np.repeat(noise, num_frames // shape[0], axis=0)
         self.time = np.arange(num_frames, dtype=np.float64)
 
     def colour(self, idx: int) -> np.ndarray:
@@ -338,6 +346,7 @@ class VideoQASource:
         families: Sequence[str] = ALL_FAMILIES,
         followups: bool = True,
         family_weights: Sequence[int] = (),
+        background: str = "frame",
     ):
         if split not in SPLIT_IDS:
             raise ValueError(f"split must be one of {sorted(SPLIT_IDS)}, got {split!r}")
@@ -352,12 +361,15 @@ class VideoQASource:
             raise ValueError(f"image_size must be >= 16, got {image_size}")
         if num_examples <= 0:
             raise ValueError(f"num_examples must be positive, got {num_examples}")
+        if background not in BACKGROUNDS:
+            raise ValueError(f"background must be one of {BACKGROUNDS}, got {background!r}")
         # Index i renders family _cycle[i % len(_cycle)].
         self._cycle = family_cycle(families, family_weights)
         self.num_frames, self.image_size = int(num_frames), int(image_size)
         self.num_examples, self.split, self.seed = int(num_examples), split, int(seed)
         self.families = tuple(families)
         self.followups = bool(followups)
+        self.background = background
         self._split_id = SPLIT_IDS[split]
 
     def __len__(self) -> int:
@@ -367,7 +379,7 @@ class VideoQASource:
         return (
             f"VideoQASource(split={self.split!r}, n={self.num_examples}, "
             f"T={self.num_frames}, size={self.image_size}, seed={self.seed}, "
-            f"families={self.families}, cycle={self._cycle})"
+            f"families={self.families}, cycle={self._cycle}, background={self.background!r})"
         )
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -376,7 +388,7 @@ class VideoQASource:
             raise IndexError(f"index {index} out of range [0, {self.num_examples})")
         family = self._cycle[index % len(self._cycle)]
         rng = np.random.default_rng([self.seed, self._split_id, index])
-        canvas = _Canvas(rng, self.num_frames, self.image_size)
+        canvas = _Canvas(rng, self.num_frames, self.image_size, self.background)
         name = FAMILIES[family]
         answer, followup_answers = _RENDER[name](canvas)
         followups = tuple(zip(FOLLOWUPS[name], followup_answers)) if self.followups else ()

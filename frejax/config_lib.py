@@ -68,6 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
         # synthetic: training share of each family (static_detail, brief_event,
         # motion_direction, temporal_order, counting); () = equal. Eval stays equal.
         train_family_weights=(1, 1, 2, 2, 1),
+        background_noise="frame",  # synthetic: noise drawn every frame | once per clip ("clip")
         max_answer_len=2,
         worker_count=0,           # Grain worker processes (spawned)
         worker_buffer_size=2,
@@ -290,6 +291,9 @@ def _validate_data(v: dict) -> None:
         video_qa_synthetic.family_cycle(video_qa_synthetic.FAMILIES, v["data.train_family_weights"])
     except ValueError as e:
         raise ValueError(f"config.data.train_{e}") from None
+    if v["data.background_noise"] not in video_qa_synthetic.BACKGROUNDS:
+        raise ValueError(f"config.data.background_noise must be one of"
+                         f" {video_qa_synthetic.BACKGROUNDS}, got {v['data.background_noise']!r}")
     if not 0 <= v["data.max_bad_fraction"] <= 1:
         raise ValueError(
             f"config.data.max_bad_fraction must be in [0, 1], got {v['data.max_bad_fraction']}")

@@ -69,7 +69,8 @@ def make_source(config: ml_collections.ConfigDict, split: str, num_examples: int
         return video_qa_synthetic.VideoQASource(
             num_frames=d.num_frames, image_size=d.image_size, num_examples=num_examples,
             split=split, seed=config.seed, followups=d.followups,
-            family_weights=d.train_family_weights if split == "train" else ())
+            family_weights=d.train_family_weights if split == "train" else (),
+            background=d.background_noise)
     cap = None if split == "train" else num_examples
     common = dict(sampling=frame_sampling(config), families=family_names(config),
                   seed=config.seed, num_examples=cap)

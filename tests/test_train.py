@@ -145,6 +145,10 @@ def test_config_validation_names_the_key():
     with pytest.raises(ValueError, match="data.train_family_weights"):
         train.config_lib.validate(config)
     config = short_video.get_config("smoke")
+    config.data.background_noise = "static"
+    with pytest.raises(ValueError, match="data.background_noise"):
+        train.config_lib.validate(config)
+    config = short_video.get_config("smoke")
     config.optim.warmup_steps = config.train.num_steps  # no step left for the decay
     with pytest.raises(ValueError, match="optim.warmup_steps"):
         train.config_lib.validate(config)
