@@ -247,7 +247,7 @@ def energy_spectra(runs: list[Run], preset: Preset, results: dict,
     """Spectra by label: the trained Fre-Res encoder's and the raw pixels', per background."""
     trained = [r for r in runs if r.method == "fre_res" and not r.ablation
                and "accuracy" in results.get(r.name, {})]
-    spectra = {}
+    spectra, main = {}, None
     for static in (False, True):
         background = "static background" if static else "noise every frame"
         pick = [r for r in trained if r.static_background == static]
@@ -256,10 +256,11 @@ def energy_spectra(runs: list[Run], preset: Preset, results: dict,
                                                            preset.ablation_ratio)] or pick
         if pick:
             spectra[f"encoder, {background}"] = energy_spectrum(pick[0], preset, out)
-    if trained:  # the clips themselves, with either background (nothing trained)
+            main = main or pick[0]
+    if main:  # the same clips' pixels, with either background (nothing trained)
         for flags, background in (((), "noise every frame"),
                                   (STATIC_BACKGROUND, "static background")):
-            clips = dataclasses.replace(trained[0], flags=flags)
+            clips = dataclasses.replace(main, flags=flags)
             spectra[f"pixels, {background}"] = energy_spectrum(clips, preset, None)
     return spectra
 
@@ -292,8 +293,10 @@ def write_report(runs: list[Run], results: dict, spectra: dict[str, list[float]]
         ratios = sorted({r.ratio for r in main if r.ratio})
         methods = list(dict.fromkeys(r.method for r in main if r.ratio))
         full = results.get(f"{length}-full", {})
-        tokens = {r.ratio: results.get(r.name, {}).get("visual_tokens_per_video")
-                  for r in main if r.ratio}
+        tokens = {}  # any finished run at a ratio gives its token count
+        for r in main:
+            if r.ratio and not tokens.get(r.ratio):
+                tokens[r.ratio] = results.get(r.name, {}).get("visual_tokens_per_video")
         full_tokens = next((res["full_visual_tokens_per_video"] for r in main
                             if "accuracy" in (res := results.get(r.name, {}))), "?")
         lines += [f"## {length} clips: accuracy against visual tokens per video", "",
