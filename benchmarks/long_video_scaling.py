@@ -30,9 +30,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import statistics
 import sys
-import time
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -42,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from benchmarks.dct_and_compressor import median_seconds
 from configs import long_video
 from frejax import config_lib
 from frejax import data as data_lib
@@ -59,26 +58,10 @@ def _model_for(config, frames: int, tokenizer, encode_chunk: int = 0, abstract: 
     return nnx.eval_shape(make) if abstract else make()
 
 
-def _stage_split(model) -> tuple[dict, dict]:
-    graphdefs, params = {}, {}
-    for stage in streaming.STAGES:
-        graphdefs[stage], params[stage] = nnx.split(getattr(model, stage), nnx.Param)
-    return graphdefs, params
-
-
 def _frames(rng: np.random.Generator, num: int, size: int):
     """Random frames one at a time (a decoder's stream): the video is never held whole."""
     for _ in range(num):
         yield rng.integers(0, 256, (size, size, 3), np.uint8)
-
-
-def _median(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _allocator_peak() -> int | None:
@@ -92,10 +75,7 @@ def measure(config, lengths: list[int], compile_only: bool, repeats: int,
     clip = config.data.num_frames
     size = config.model.vision.image_size
     chunk_model = _model_for(config, clip, tokenizer, abstract=compile_only)
-    graphdefs, params = _stage_split(chunk_model)
-    graph_params = params
-    if not compile_only:
-        params = {k: nnx.to_pure_dict(v) for k, v in params.items()}
+    graphdefs, params = streaming.split_stages(chunk_model)
     chunked = streaming.ChunkedVideoCompressor(graphdefs, params, clip)
     chunk_memory = chunked.memory_analysis(size)
     rows = []
@@ -103,7 +83,9 @@ def measure(config, lengths: list[int], compile_only: bool, repeats: int,
         if t % clip:
             raise ValueError(f"--lengths: {t} is not a multiple of the clip length {clip}")
         row = {"frames": t}
-        whole_model = _model_for(config, t, tokenizer)
+        whole_models = {path: _model_for(config, t, tokenizer, encode_chunk)
+                        for path, encode_chunk in (("whole", 0), ("whole+ec", clip))}
+        whole_model = whole_models["whole"]
         row["tokens"] = whole_model.compressor.num_tokens
         row["full_tokens"] = whole_model.full_visual_tokens
         row["token_bytes"] = row["tokens"] * whole_model.geometry.embed * 4
@@ -113,13 +95,13 @@ def measure(config, lengths: list[int], compile_only: bool, repeats: int,
             run = lambda: chunked(streaming.chunk_frames(_frames(rng, t, size), clip))  # noqa: E731
             out = run()  # warm-up (compiles once, on the first length)
             assert out.tokens.shape[0] == row["tokens"], (out.tokens.shape, row["tokens"])
-            row["streamed"]["seconds"] = _median(run, repeats)
+            row["streamed"]["seconds"] = median_seconds(run, repeats=repeats, warmup=0)
         frames = jax.ShapeDtypeStruct((1, t, size, size, 3), jnp.uint8)
         mask = jax.ShapeDtypeStruct((1, t), jnp.bool_)
-        for path, encode_chunk in (("whole", 0), ("whole+ec", clip)):
-            defs, whole_params = _stage_split(_model_for(config, t, tokenizer, encode_chunk))
-            if (jax.tree.structure(nnx.to_pure_dict(whole_params["compressor"]))
-                    != jax.tree.structure(nnx.to_pure_dict(graph_params["compressor"]))):
+        for path, model in whole_models.items():
+            defs, whole_params = streaming.split_stages(model)
+            if (jax.tree.structure(whole_params["compressor"])
+                    != jax.tree.structure(params["compressor"])):
                 raise ValueError(
                     f"--lengths {t}: the budget gives {t} frames another compressor layout"
                     f" (other parameters) than the {clip}-frame clip the chunks use, so the"
@@ -132,10 +114,8 @@ def measure(config, lengths: list[int], compile_only: bool, repeats: int,
                 video = jnp.asarray(np.random.default_rng(0).integers(
                     0, 256, (1, t, size, size, 3), np.uint8))
                 ones = jnp.ones((1, t), bool)
-                jax.block_until_ready(compiled(params, video, ones))
-                row[path]["seconds"] = _median(
-                    lambda: jax.block_until_ready(compiled(params, video, ones)),  # noqa: B023
-                    repeats)
+                row[path]["seconds"] = median_seconds(compiled, params, video, ones,
+                                                      repeats=repeats)
         row["allocator_peak"] = _allocator_peak()
         rows.append(row)
         print(_format_row(row), flush=True)

@@ -36,7 +36,8 @@ from flax import nnx
 
 from frejax.compression import CompressedTokens
 
-__all__ = ["ChunkedVideoCompressor", "chunk_frames", "encode_and_compress", "program_memory"]
+__all__ = ["ChunkedVideoCompressor", "chunk_frames", "encode_and_compress", "program_memory",
+           "split_stages"]
 
 
 STAGES = ("encoder", "compressor")
@@ -52,6 +53,15 @@ def encode_and_compress(graphdefs: dict[str, Any], params: dict[str, Any], frame
     encoder = nnx.merge(graphdefs["encoder"], params["encoder"])
     compressor = nnx.merge(graphdefs["compressor"], params["compressor"])
     return compressor(encoder(frames), frame_mask)
+
+
+def split_stages(model: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A ``VideoMLLM`` (real or ``nnx.eval_shape``) -> graphdefs and pure params by stage."""
+    graphdefs, params = {}, {}
+    for stage in STAGES:  # frejax models hold only Params
+        graphdefs[stage], state = nnx.split(getattr(model, stage), nnx.Param)
+        params[stage] = nnx.to_pure_dict(state)
+    return graphdefs, params
 
 
 def chunk_frames(frames: Iterable[np.ndarray],
@@ -99,11 +109,7 @@ class ChunkedVideoCompressor:
     def from_model(cls, model: Any, mesh: jax.sharding.Mesh | None = None
                    ) -> ChunkedVideoCompressor:
         """From a ``VideoMLLM`` (e.g. ``nnx.merge(graphdef, restored_params)``)."""
-        graphdefs, params = {}, {}
-        for stage in STAGES:  # frejax models hold only Params
-            graphdefs[stage], state = nnx.split(getattr(model, stage), nnx.Param)
-            params[stage] = nnx.to_pure_dict(state)
-        return cls(graphdefs, params, model.geometry.frames, mesh)
+        return cls(*split_stages(model), model.geometry.frames, mesh)
 
     def _call(self, fn, *args):
         if self.mesh is None:
