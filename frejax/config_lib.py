@@ -36,7 +36,8 @@ def compressor_config(name: str = "fre_res", ratio: float = 8.0) -> ml_collectio
         ratio=ratio,       # T*N / budget; 0 with budget 0: full tokens
         # Fre-Res (0 = chosen by the budget).
         segment_len=0,     # L frames per segment (one anchor each)
-        num_coeffs=0,      # K kept temporal DCT coefficients
+        num_coeffs=0,      # K kept temporal DCT coefficients per time window
+        time_windows=0,    # W residual time windows per segment
         pool=0,            # p x p pooling of residual-frequency tokens
         residual="inter_frame",   # inter_frame | anchor_relative
         anchor="middle",          # first | middle | energy

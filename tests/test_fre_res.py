@@ -65,22 +65,24 @@ def _roundtrip(latents, frame_mask, *, plan, residual):
     for anchor in budget_lib.ANCHORS:
         parts = fre_res.fre_res_parts(latents, frame_mask, plan=plan, residual=residual,
                                       anchor=anchor, method=method)
-        assert parts.coeffs is None or parts.coeffs.shape[2] == plan.segment_len - 1
+        assert parts.coeffs is None or parts.coeffs.shape[2] == plan.residual_slots
         out.append(anchors_lib.reconstruct(
             parts.anchors, parts.anchor_index, parts.coeffs, frames=plan.frames,
             segment_len=plan.segment_len, residual=residual, method=method,
-            frame_mask=frame_mask))
+            frame_mask=frame_mask, time_windows=plan.time_windows))
     return jnp.stack(out)
 
 
 @pytest.mark.parametrize("residual", budget_lib.RESIDUALS)
-@pytest.mark.parametrize("frames,segment_len", [(10, 4), (3, 5), (1, 4), (5, 1)])
-def test_split_reconstructs_exactly(residual, frames, segment_len):
-    """K = L-1, no pooling: anchors + coefficients give back the latents, every anchor mode."""
+@pytest.mark.parametrize("frames,segment_len,windows", [(10, 4, 1), (3, 5, 1), (1, 4, 1),
+                                                        (5, 1, 1), (9, 9, 3), (8, 8, 2)])
+def test_split_reconstructs_exactly(residual, frames, segment_len, windows):
+    """Every coefficient of every time window, no pooling: anchors + coefficients give
+    back the latents, every anchor mode (7 steps in 2 windows: a zero-padded tail)."""
     geometry = VideoGeometry(frames, (2, 3), 4)
     # Absorbed: the residual track is complete whatever the budget.
-    options = dict(output="absorbed", segment_len=segment_len, num_coeffs=segment_len - 1,
-                   pool=1)
+    options = dict(output="absorbed", segment_len=segment_len, time_windows=windows,
+                   num_coeffs=-(-(segment_len - 1) // windows), pool=1)
     plan = budget_lib.make_plan(geometry, geometry.full_tokens, options)
     x = _latents(frames, 2, frames, 6, 4)
     got = _roundtrip(x, jnp.ones((2, frames), bool), plan=plan, residual=residual)
@@ -226,6 +228,7 @@ def video_cases(draw, name):
         segment_len=segment_len,
         num_coeffs=draw(st.sampled_from([0, 0, draw(st.integers(1, max_k))])),
         pool=draw(st.sampled_from([0, 0, draw(st.integers(1, max(grid)))])),
+        time_windows=draw(st.sampled_from([0, 0, draw(st.integers(1, max_k))])),
         absorber=dict(heads=2, window=draw(st.sampled_from([1, 3])),
                       enabled=draw(st.booleans())),
     )
@@ -249,7 +252,8 @@ def test_every_entry_returns_exactly_the_budget(name, mode, data):
     assert plan.total_tokens == model.num_valid_tokens <= budget == model.num_tokens
     assert plan.num_segments == -(-frames // plan.segment_len)
     if plan.num_coeffs:
-        assert 1 <= plan.num_coeffs <= plan.segment_len - 1
+        assert 1 <= plan.num_coeffs <= plan.window_len <= plan.segment_len - 1
+        assert plan.time_windows * plan.window_len >= plan.segment_len - 1
     x = np.random.default_rng(frames).normal(size=(2, frames, geometry.tokens, 8))
     out = _jit_apply(model)(x.astype(np.float32))
     tokens, mask = np.asarray(out.tokens), np.asarray(out.mask)
@@ -277,8 +281,13 @@ def test_plan_never_exceeds_the_budget(frames, h, w, data):
         if mode.get("output") == "dual" and plan.num_coeffs:
             # Filling rule: one more coefficient row would not fit (or K is at L-1).
             room = budget - plan.anchor_tokens
-            assert (plan.num_coeffs == plan.segment_len - 1
-                    or room - plan.residual_tokens < plan.num_segments * plan.pooled_tokens)
+            assert (plan.num_coeffs == plan.window_len or room - plan.residual_tokens
+                    < plan.num_segments * plan.time_windows * plan.pooled_tokens)
+        if mode.get("allocation") == "uniform" and plan.num_coeffs:
+            # Two time windows per clip, unless two leave no room for a coefficient.
+            fits = mode.get("output") == "absorbed" or budget - plan.anchor_tokens >= 2
+            two = plan.num_segments == 1 and plan.segment_len >= 3 and fits
+            assert plan.time_windows == (2 if two else 1)
 
 
 def test_auto_plan_rule():
@@ -288,6 +297,7 @@ def test_auto_plan_rule():
     assert absorbed.total_tokens == 1024
     dual = budget_lib.make_plan(g, 1024, None)  # the default
     assert (dual.num_segments, dual.segment_len, dual.num_coeffs, dual.pool) == (2, 16, 4, 2)
+    assert dual.time_windows == 1  # two segments: already two windows per clip
     assert dual.anchor_tokens == 512 and dual.total_tokens == 1024
     only = budget_lib.make_plan(g, 1024, None, variant="temporal_dct_only")
     assert only.anchor_tokens == 0 and only.residual_tokens == 1024
@@ -295,6 +305,16 @@ def test_auto_plan_rule():
     plan = budget_lib.make_plan(g, 2048, dict(output="dual", segment_len=8, num_coeffs=3))
     assert (plan.segment_len, plan.num_coeffs, plan.pool) == (8, 3, 2)
     assert plan.total_tokens == 1024 + 4 * 3 * 64
+    # One segment: its residual track is cut into two time windows of 8 steps.
+    one = budget_lib.make_plan(VideoGeometry(16, (4, 4), 8), 32, None)
+    assert (one.num_segments, one.time_windows, one.window_len, one.num_coeffs, one.pool) == (
+        1, 2, 8, 2, 2)
+    assert one.residual_tokens == 16 and one.residual_slots == 4
+    one = budget_lib.make_plan(VideoGeometry(16, (4, 4), 8), 32, dict(time_windows=1))
+    assert (one.time_windows, one.num_coeffs, one.pool) == (1, 4, 2)
+    # Two windows that leave no room for a coefficient fall back to one.
+    tight = budget_lib.make_plan(VideoGeometry(16, (1, 1), 8), 2, None)
+    assert (tight.time_windows, tight.num_coeffs) == (1, 1)
     # Full budget in dual mode: L=2, K=1, p=1 uses every token.
     full = budget_lib.make_plan(g, g.full_tokens, dict(output="dual"))
     assert (full.segment_len, full.num_coeffs, full.pool) == (2, 1, 1)
@@ -397,6 +417,18 @@ def test_error_messages():
     with pytest.raises(ValueError, match=r"compressor\.num_coeffs .* over the"):
         compression.build("fre_res", g, 64, dict(output="dual", num_coeffs=7, pool=1),
                           rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"compressor\.time_windows must be in \[1, 7\] for"
+                                         r" segment_len 8"):
+        compression.build("fre_res", g, 64, dict(segment_len=8, time_windows=8),
+                          rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"compressor\.time_windows must be 1 with"
+                                         r" allocation='energy'"):
+        compression.build("fre_res", g, 64, dict(allocation="energy", time_windows=2),
+                          rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"compressor\.num_coeffs must be in \[1, 4\] for 2"
+                                         r" time windows of segment_len 8"):
+        compression.build("fre_res", g, 64, dict(segment_len=8, time_windows=2, num_coeffs=5),
+                          rngs=nnx.Rngs(0))
     model = _build("fre_res", g, 64, dict(absorber=dict(heads=2)))
     with pytest.raises(ValueError, match=r"latents must be \(batch, 16, 16, 8\)"):
         model(jnp.zeros((1, 16, 15, 8)))
@@ -430,3 +462,17 @@ def test_energy_concentrates_in_low_frequencies_for_smooth_latents():
     a = spectrum(smooth, mask, segment_len=16)
     b = spectrum(smooth.at[:, 20:].set(1e3), mask, segment_len=16)
     np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_time_windows_localise_events():
+    """Two windows: an early and a late event reach disjoint coefficient slots. One
+    window: both give the same DC coefficient; their times live only in the phases."""
+    early = jnp.zeros((1, 1, 15, 1, 2)).at[0, 0, 3].set(1.0)  # (B, S, L-1, cells, D)
+    late = jnp.zeros((1, 1, 15, 1, 2)).at[0, 0, 11].set(1.0)
+    two = [residual_freq.residual_freq_tokens(x, 2, "matmul", time_windows=2)[0, 0, :, 0, 0]
+           for x in (early, late)]
+    assert two[0].shape == (4,)
+    assert bool(jnp.all(two[0][:2] != 0)) and not jnp.any(two[0][2:])
+    assert bool(jnp.all(two[1][2:] != 0)) and not jnp.any(two[1][:2])
+    one = [residual_freq.residual_freq_tokens(x, 4, "fft")[0, 0, :, 0, 0] for x in (early, late)]
+    np.testing.assert_allclose(one[0][0], one[1][0], rtol=1e-6)

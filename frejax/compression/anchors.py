@@ -159,7 +159,8 @@ def integrate_residuals(anchors: jax.Array, anchor_index: jax.Array, residuals: 
 
 def reconstruct(anchors: jax.Array, anchor_index: jax.Array, coeffs: jax.Array | None, *,
                 frames: int, segment_len: int, residual: str = "inter_frame",
-                method: str = "auto", frame_mask: jax.Array | None = None) -> jax.Array:
+                method: str = "auto", frame_mask: jax.Array | None = None,
+                time_windows: int = 1) -> jax.Array:
     """Inverts the split: anchors + unpooled DCT coefficients -> latents.
 
     Exact (up to float error) when all ``L-1`` coefficients were kept without
@@ -168,18 +169,23 @@ def reconstruct(anchors: jax.Array, anchor_index: jax.Array, coeffs: jax.Array |
     Args:
       anchors: ``(batch, S, N, D)``.
       anchor_index: ``(batch, S)``.
-      coeffs: ``(batch, S, K, N, D)`` lowest DCT-II coefficients of the residual
-        trajectories, ``K <= L-1``; ``None`` when ``L == 1``.
+      coeffs: ``(batch, S, W*K, N, D)`` lowest DCT-II coefficients of the residual
+        trajectories per time window, in (window, coefficient) order,
+        ``K <= ceil((L-1) / W)``; ``None`` when ``L == 1``.
       frames: T.
       segment_len: L.
       frame_mask: optional ``(batch, T)``; invalid frames come back as zeros.
+      time_windows: W, as in ``residual_freq.residual_freq_tokens``.
     Returns:
       ``(batch, frames T, tokens N, embed D)``.
     """
     residuals = None
     if segment_len > 1 and coeffs is not None:
-        residuals = dct_lib.idct(coeffs.astype(jnp.float32), segment_len - 1, axis=2,
-                                 method=method)
+        steps, w = segment_len - 1, time_windows
+        b, s = coeffs.shape[:2]
+        windows = coeffs.astype(jnp.float32).reshape((b, s, w, -1) + coeffs.shape[3:])
+        residuals = dct_lib.idct(windows, -(-steps // w), axis=3, method=method)
+        residuals = residuals.reshape((b, s, -1) + coeffs.shape[3:])[:, :, :steps]
     elif segment_len > 1:
         residuals = jnp.zeros(anchors.shape[:2] + (segment_len - 1,) + anchors.shape[2:],
                               jnp.float32)

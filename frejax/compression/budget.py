@@ -4,14 +4,19 @@ Pure python and static: the plan depends only on the geometry, the token budget
 and the options, never on a video, so one compiled program serves every video.
 
 Token counts (``N = h*w`` tokens per frame, ``S = ceil(T / L)`` segments,
-``P = ceil(h/p) * ceil(w/p)`` pooled cells):
+``W`` time windows per segment, ``P = ceil(h/p) * ceil(w/p)`` pooled cells):
 
-* ``dual`` (fre_res default): ``S*N + S*K*P``: absorbed anchors, then
+* ``dual`` (fre_res default): ``S*N + S*W*K*P``: absorbed anchors, then
   residual-frequency tokens.
 * ``absorbed``: ``S*N`` anchor tokens; the residual track is absorbed into them
   and costs no tokens.
-* ``residual`` (``temporal_dct_only``): ``S*K*P``, no anchors.
+* ``residual`` (``temporal_dct_only``): ``S*W*K*P``, no anchors.
 * ``anchors`` (``anchors_only``): ``S*N``, no residual track.
+
+Time windows: a segment's ``L-1`` residual steps are cut into ``W`` windows of
+``ceil((L-1) / W)`` steps (the last one zero-padded), each transformed on its
+own, so a coefficient says *when* in the segment a change happened as well as
+how fast (the short-block switch of transform audio coders, for transients).
 
 Rule for options left at 0 ("chosen by the budget"):
 
@@ -21,14 +26,20 @@ Rule for options left at 0 ("chosen by the budget"):
    the segmentation ``dual`` would use, so the ablation only removes anchors).
    Then ``L = ceil(T / S)`` and ``S = ceil(T / L)`` (padding, never dropping,
    frames).
-2. Coefficients and pooling, given the residual room ``R`` (the budget left
-   after anchors): the target is the lowest quarter of the spectrum,
-   ``K* = ceil((L-1) / 4)``. ``p`` is the finest pooling with
-   ``S * K* * P(p) <= R``; ``K = min(L-1, R // (S*P(p)))`` then fills what is
-   left at that ``p``. If no ``p`` reaches ``K*``, the coarsest (``P = 1``) is
-   used with as many coefficients as fit. ``dual`` with no room left
-   (``R < S``) drops the residual track (``K = 0``).
-   ``absorbed``: ``p = 1`` and ``K = ceil((L-1) / 2)`` (no token cost; the
+2. Time windows: at least two per clip, ``W = ceil(2 / S)`` (so ``W = 2`` for
+   one segment, else 1), at most ``L-1`` and, with an explicit ``K``, at most
+   ``(L-1) // K``; 1 with energy allocation (it keeps a prefix of each
+   segment's spectrum) or when two windows leave no room for a coefficient. One window over a one-segment clip leaves the model to
+   read event times from coefficient phases, which it did not learn on the
+   embedded benchmark (README, "Every method at matched budgets").
+3. Coefficients and pooling, given the residual room ``R`` (the budget left
+   after anchors) and the window length ``l = ceil((L-1) / W)``: the target is
+   the lowest quarter of the spectrum, ``K* = ceil(l / 4)``. ``p`` is the
+   finest pooling with ``S * W * K* * P(p) <= R``; ``K = min(l, R // (S*W*P(p)))``
+   then fills what is left at that ``p``. If no ``p`` reaches ``K*``, the
+   coarsest (``P = 1``) is used with as many coefficients as fit. ``dual`` with
+   no room left (``R < S*W``) drops the residual track (``K = 0``).
+   ``absorbed``: ``p = 1`` and ``K = ceil(l / 2)`` (no token cost; the
    absorber reads the lower half of the spectrum).
 
 Explicit values are honoured and checked; impossible ones raise ``ValueError``
@@ -38,6 +49,7 @@ naming ``compressor.<field>`` and the allowed range.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -89,10 +101,11 @@ class FreResPlan:
     output: str              # "absorbed" | "dual" | "residual" | "anchors"
     segment_len: int         # L frames per segment, one anchor each
     num_segments: int        # S = ceil(T / L)
-    num_coeffs: int          # K lowest DCT coefficients per trajectory (0: no residual track)
+    num_coeffs: int          # K lowest DCT coefficients per window (0: no residual track)
     pool: int                # p: residual tokens are averaged over p x p cells
     allocation: str          # "uniform" | "energy"
     absorb: bool             # the absorber injects the residual track into the anchors
+    time_windows: int = 1    # W residual windows per segment, each with its own K coefficients
 
     @property
     def tokens(self) -> int:  # N
@@ -101,6 +114,11 @@ class FreResPlan:
     @property
     def padded_frames(self) -> int:  # S * L
         return self.num_segments * self.segment_len
+
+    @property
+    def window_len(self) -> int:
+        """Residual steps per time window, ``ceil((L-1) / W)``."""
+        return -(-(self.segment_len - 1) // self.time_windows)
 
     @property
     def pooled_grid(self) -> tuple[int, int]:
@@ -113,10 +131,13 @@ class FreResPlan:
 
     @property
     def residual_slots(self) -> int:
-        """C, coefficient slots per segment: K, or all L-1 when energy allocation picks."""
+        """C, coefficient slots per segment: W*K in (window, coefficient) order, or all
+        L-1 when energy allocation picks (one window)."""
         if not self.num_coeffs:
             return 0
-        return self.segment_len - 1 if self.allocation == "energy" else self.num_coeffs
+        if self.allocation == "energy":
+            return self.segment_len - 1
+        return self.time_windows * self.num_coeffs
 
     @property
     def computes_residual(self) -> bool:
@@ -133,7 +154,7 @@ class FreResPlan:
     def residual_tokens(self) -> int:
         if self.output not in ("dual", "residual"):
             return 0
-        return self.num_segments * self.num_coeffs * self.pooled_tokens
+        return self.num_segments * self.time_windows * self.num_coeffs * self.pooled_tokens
 
     @property
     def total_tokens(self) -> int:
@@ -141,7 +162,7 @@ class FreResPlan:
 
     def describe(self) -> str:
         return (f"FreResPlan({self.output}, {self.allocation}: L={self.segment_len},"
-                f" S={self.num_segments}, K={self.num_coeffs}, p={self.pool}"
+                f" S={self.num_segments}, W={self.time_windows}, K={self.num_coeffs}, p={self.pool}"
                 f" -> {self.anchor_tokens} anchor + {self.residual_tokens} residual"
                 f" = {self.total_tokens} / {self.budget} tokens)")
 
@@ -158,6 +179,7 @@ def make_plan(geometry: VideoGeometry, budget: int, options: Any = None,
     seg_opt = non_negative_int(options, "segment_len")
     k_opt = non_negative_int(options, "num_coeffs")
     p_opt = non_negative_int(options, "pool")
+    w_opt = non_negative_int(options, "time_windows")
     allocation = choice(options, "allocation", "uniform", ALLOCATIONS)
     absorber = option(options, "absorber", None)
     absorb = bool(option(absorber, "enabled", True))
@@ -186,57 +208,89 @@ def make_plan(geometry: VideoGeometry, budget: int, options: Any = None,
             f" anchor tokens, over the budget {budget}; segment_len must be >="
             f" {-(-frames // (budget // n))} for T={frames}, N={n}")
 
-    # 2. Coefficients and pooling.
-    max_k = seg_len - 1
-    if k_opt and max_k < 1:
+    # 2. Time windows.
+    steps = seg_len - 1
+    if k_opt and steps < 1:
         raise ValueError(f"compressor.num_coeffs must be 0 for segment_len 1 (no residual"
                          f" track), got {k_opt}")
-    if k_opt > max_k:
-        raise ValueError(f"compressor.num_coeffs must be in [1, {max_k}] for segment_len"
+    if k_opt > steps:
+        raise ValueError(f"compressor.num_coeffs must be in [1, {steps}] for segment_len"
                          f" {seg_len}, got {k_opt}")
-    if output == "residual" and max_k < 1:
+    if output == "residual" and steps < 1:
         raise ValueError(f"compressor.segment_len must be >= 2 for temporal_dct_only (a residual"
                          f" track needs two frames per segment), got {seg_len} for T={frames}")
+    if w_opt and w_opt > max(steps, 1):
+        raise ValueError(f"compressor.time_windows must be in [1, {max(steps, 1)}] for"
+                         f" segment_len {seg_len} (one residual step per window at least),"
+                         f" got {w_opt}")
+    if w_opt > 1 and allocation == "energy":
+        raise ValueError(f"compressor.time_windows must be 1 with allocation='energy' (it keeps"
+                         f" a prefix of each segment's spectrum), got {w_opt}")
+    if w_opt:
+        windows = w_opt
+    elif allocation == "energy" or steps < 1:
+        windows = 1
+    else:
+        windows = min(-(-2 // segments), steps // k_opt if k_opt else steps)
+    max_k = -(-steps // windows) if steps else 0  # window length
+    if k_opt > max_k:
+        raise ValueError(f"compressor.num_coeffs must be in [1, {max_k}] for {windows} time"
+                         f" windows of segment_len {seg_len}, got {k_opt}")
+
+    # 3. Coefficients and pooling (back to one window if two leave no room).
     if output == "anchors" or max_k < 1:
         num_coeffs, pool = 0, 1
     elif output == "absorbed":
         num_coeffs, pool = (k_opt or -(-max_k // 2)), (p_opt or 1)
     else:
-        num_coeffs, pool = _fit_residual(budget - anchor_tokens, segments, max_k, grid,
-                                         k_opt, p_opt, required=output == "residual")
+        room = budget - anchor_tokens
+        fit = functools.partial(_fit_residual, room, grid=grid, k_opt=k_opt, p_opt=p_opt,
+                                required=output == "residual")
+        try:
+            num_coeffs, pool = fit(segments * windows, max_k)
+        except ValueError:
+            if w_opt or windows == 1:
+                raise
+            num_coeffs = 0
+        if not num_coeffs and windows > 1 and not w_opt:
+            windows, max_k = 1, steps
+            num_coeffs, pool = fit(segments, max_k)
+    if not num_coeffs:
+        windows = 1
     plan = FreResPlan(frames=frames, grid=grid, budget=budget, output=output,
                       segment_len=seg_len, num_segments=segments, num_coeffs=num_coeffs,
-                      pool=pool, allocation=allocation, absorb=absorb)
+                      pool=pool, allocation=allocation, absorb=absorb, time_windows=windows)
     assert plan.total_tokens <= budget, plan
     return plan
 
 
-def _fit_residual(room: int, segments: int, max_k: int, grid: tuple[int, int], k_opt: int,
+def _fit_residual(room: int, blocks: int, max_k: int, grid: tuple[int, int], k_opt: int,
                   p_opt: int, required: bool) -> tuple[int, int]:
-    """(K, p) with ``segments * K * P(p) <= room`` by the module docstring's step 2."""
+    """(K, p) with ``blocks * K * P(p) <= room`` (``blocks = S*W`` windows) by the module
+    docstring's step 3."""
     pools = [p_opt] if p_opt else list(range(1, max(grid) + 1))
     cells = {p: math.prod(pooled_grid(grid, p)) for p in pools}
     if k_opt:
         for p in pools:
-            if segments * k_opt * cells[p] <= room:
+            if blocks * k_opt * cells[p] <= room:
                 return k_opt, p
         p = pools[-1]
         raise ValueError(
-            f"compressor.num_coeffs {k_opt} with pool {p} needs {segments}*{k_opt}*{cells[p]}"
-            f" = {segments * k_opt * cells[p]} residual tokens, over the {room} left in the"
+            f"compressor.num_coeffs {k_opt} with pool {p} needs {blocks}*{k_opt}*{cells[p]}"
+            f" = {blocks * k_opt * cells[p]} residual tokens, over the {room} left in the"
             f" budget; lower num_coeffs or raise pool / budget")
     target = -(-max_k // 4)
     for p in pools:
-        k = min(max_k, room // (segments * cells[p]))
+        k = min(max_k, room // (blocks * cells[p]))
         if k >= target:
             return k, p
     p = pools[-1]
-    k = min(max_k, room // (segments * cells[p]))
+    k = min(max_k, room // (blocks * cells[p]))
     if k >= 1:
         return k, p
     if p_opt or required:
         raise ValueError(
-            f"compressor.budget: no room for residual-frequency tokens: {segments} segments"
-            f" x {cells[p]} cells (pool {p}) need {segments * cells[p]} tokens for one"
+            f"compressor.budget: no room for residual-frequency tokens: {blocks} time windows"
+            f" x {cells[p]} cells (pool {p}) need {blocks * cells[p]} tokens for one"
             f" coefficient, {room} left; raise compressor.budget or compressor.pool")
     return 0, 1

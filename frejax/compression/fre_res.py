@@ -3,19 +3,19 @@
 Registry entries:
 
 * ``fre_res``: per segment of ``L`` frames one full-resolution anchor frame; the
-  other frames become per-position residual trajectories, coded by their lowest
-  ``K`` temporal DCT coefficients (optionally ``p x p`` pooled). The
-  Spatial-Guided Absorber injects them into the anchors. ``output='dual'`` (the
-  default) emits the ``S*N`` absorbed anchors followed by the ``S*K*P``
-  residual-frequency tokens; ``output='absorbed'`` the absorbed anchors alone.
+  other frames become per-position residual trajectories, cut into ``W`` time
+  windows each coded by its lowest ``K`` temporal DCT coefficients (optionally
+  ``p x p`` pooled). The Spatial-Guided Absorber injects them into the anchors.
+  ``output='dual'`` (the default) emits the ``S*N`` absorbed anchors followed by
+  the ``S*W*K*P`` residual-frequency tokens; ``output='absorbed'`` the absorbed anchors alone.
 * ``temporal_dct_only``: the residual-frequency tokens alone (no anchors).
 * ``anchors_only``: the anchors alone (no residual track), ``S = budget // N``.
 
 Layout of the output (before ``Compressor.__call__`` pads to the budget):
-anchors in (segment, cell) order, then residual tokens in (segment,
+anchors in (segment, cell) order, then residual tokens in (segment, window,
 coefficient, pooled cell) order. A token is valid when its segment has a valid
-frame. Every residual token carries the learned embedding of its coefficient
-index. The token plan (``budget.FreResPlan``) is static; see ``budget.py`` for
+frame. Every residual token carries the learned embedding of its (window,
+coefficient) slot. The token plan (``budget.FreResPlan``) is static; see ``budget.py`` for
 the rule that fills the budget.
 
 The parameter-free split (``fre_res_parts``) runs per device under
@@ -79,7 +79,9 @@ def fre_res_parts(latents: jax.Array, frame_mask: jax.Array, *, plan: FreResPlan
         return FreResParts(anchors, anchor_index, segment_valid, None, None, None)
     residuals = anchors_lib.residual_trajectories(segments, mask, anchor_index, residual)
     residuals = residual_freq.pool_tokens(residuals, plan.grid, plan.pool)
-    coeffs = residual_freq.residual_freq_tokens(residuals, plan.residual_slots, method)
+    # K per window, or every coefficient of the one window for energy allocation to pick from.
+    coeffs = residual_freq.residual_freq_tokens(
+        residuals, plan.residual_slots // plan.time_windows, method, plan.time_windows)
     b, s, c = coeffs.shape[:3]
     total = plan.num_segments * plan.num_coeffs
     compact_index = None

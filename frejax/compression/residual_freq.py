@@ -54,16 +54,30 @@ def pool_tokens(x: jax.Array, grid: tuple[int, int], pool: int) -> jax.Array:
     return (total / counts[:, :, None]).reshape(lead + (hp * wp, d))
 
 
-def residual_freq_tokens(residuals: jax.Array, num_coeffs: int, method: str = "auto") -> jax.Array:
-    """Lowest ``K`` orthonormal DCT-II coefficients of each residual trajectory.
+def residual_freq_tokens(residuals: jax.Array, num_coeffs: int, method: str = "auto",
+                         time_windows: int = 1) -> jax.Array:
+    """Lowest ``K`` orthonormal DCT-II coefficients of each residual trajectory, per time window.
 
     Args:
       residuals: ``(batch, S, L-1, cells, D)``.
-      num_coeffs: K in ``[1, L-1]``.
+      num_coeffs: K in ``[1, l]``, ``l = ceil((L-1) / W)`` steps per window.
+      time_windows: W; the ``L-1`` steps are cut into W windows of ``l`` steps
+        (the last zero-padded), each transformed on its own.
     Returns:
-      ``(batch, S, K, cells, D)`` float32.
+      ``(batch, S, W*K, cells, D)`` float32, in (window, coefficient) order.
     """
-    return dct_lib.dct(residuals.astype(jnp.float32), axis=2, num_coeffs=num_coeffs, method=method)
+    x = split_windows(residuals.astype(jnp.float32), time_windows)
+    coeffs = dct_lib.dct(x, axis=3, num_coeffs=num_coeffs, method=method)
+    return coeffs.reshape(coeffs.shape[:2] + (-1,) + coeffs.shape[4:])
+
+
+def split_windows(residuals: jax.Array, time_windows: int) -> jax.Array:
+    """``(batch, S, L-1, ...)`` -> ``(batch, S, W, l, ...)``, the tail zero-padded."""
+    b, s, steps = residuals.shape[:3]
+    length = -(-steps // time_windows)
+    pad = [(0, 0)] * residuals.ndim
+    pad[2] = (0, time_windows * length - steps)
+    return jnp.pad(residuals, pad).reshape((b, s, time_windows, length) + residuals.shape[3:])
 
 
 def allocate_coefficients(coeffs: jax.Array, segment_valid: jax.Array, total: int) -> jax.Array:
