@@ -15,10 +15,13 @@ beside it: accuracy against visual tokens per method, accuracy per question
 family per method, residual energy against DCT coefficient index (of the
 trained encoder's latents and of the raw pixels).
 
-The benchmark draws its background noise afresh every frame. At the ablation
-budget, Fre-Res and temporal-DCT-only train again with the background held
-still over each clip (``data.background_noise=clip``), to show what that noise
-does to the residual track.
+Two studies train methods again with one setting changed, beside their main
+run (``--no_studies`` skips them): at the ablation budget, Fre-Res and
+temporal-DCT-only with the background noise held still over each clip instead
+of drawn afresh every frame (``data.background_noise=clip``), to show what that
+noise does to the residual track; on the short clips at 8x, where the budget
+buys one segment, the same two with one residual time window instead of two
+(``compressor.time_windows=1``).
 
 The full sweep trains (2 lengths x 4 ratios x 7 methods + 2 full-token runs +
 the ablations) ~70 times; on 2 CPU cores that is days, on one accelerator
@@ -53,14 +56,43 @@ ABLATIONS = (
     ("anchor: highest energy", ("--config.compressor.anchor=energy",)),
     ("K = 1 coefficient", ("--config.compressor.num_coeffs=1",)),
     ("K = 2 coefficients", ("--config.compressor.num_coeffs=2",)),
-    ("one anchor (L = 32 frames)", ("--config.compressor.segment_len=32",)),
+    ("one anchor, two time windows (L = 32)", ("--config.compressor.segment_len=32",)),
+    ("one anchor, one time window (L = 32)", ("--config.compressor.segment_len=32",
+                                              "--config.compressor.time_windows=1")),
     ("absorber window 1", ("--config.compressor.absorber.window=1",)),
     ("absorber window 5", ("--config.compressor.absorber.window=5",)),
 )
-# The benchmark's background noise is drawn afresh every frame; these methods run again at the
-# ablation budget with it held still over each clip, to test what that noise does to the
-# residual track (README, "Every method at matched budgets").
-STATIC_BACKGROUND = ("--config.data.background_noise=clip",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """Methods trained again with one setting changed, reported beside their main runs."""
+
+    slug: str                # run names: <length>-<slug>-<method>-x<ratio>
+    title: str               # report section
+    text: str                # what changed, for the report
+    flags: tuple[str, ...]   # the change
+    main_label: str          # the main run's row
+    label: str               # the rerun's row
+
+
+STUDIES = {
+    # The benchmark's background noise is drawn afresh every frame: what does it do to the
+    # residual track (README, "Every method at matched budgets")?
+    "background": Study(
+        "static-background", "Static background",
+        "The same runs with the background noise drawn once per clip and held still"
+        " (`data.background_noise=clip`) instead of afresh every frame.",
+        ("--config.data.background_noise=clip",), "noise every frame", "static"),
+    # Where the budget buys one segment, its residual track gets two time windows by default.
+    "windows": Study(
+        "one-time-window", "Time windows",
+        "The budget buys one segment here; the default cuts its residual track into two time"
+        " windows, the rerun keeps one (`compressor.time_windows=1`), the same token count.",
+        ("--config.compressor.time_windows=1",), "two time windows (default)",
+        "one time window"),
+}
+STATIC_BACKGROUND = STUDIES["background"].flags
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,17 +104,20 @@ class Preset:
     ablation_length: str
     ablation_ratio: int
     config_arg: str = ""  # extra config-file arg, e.g. "smoke"
-    background: tuple[str, ...] = ()  # methods rerun with a static background
+    # (STUDIES key, length, ratio, methods): reruns with the study's flags.
+    studies: tuple[tuple[str, str, int, tuple[str, ...]], ...] = ()
 
 
 PRESETS = {
     "full": Preset(("short", "long"), (2, 4, 8, 16), METHODS,
                    tuple(label for label, _ in ABLATIONS), "long", 8,
-                   background=("fre_res", "temporal_dct_only")),
+                   studies=(("background", "long", 8, ("fre_res", "temporal_dct_only")),
+                            ("windows", "short", 8, ("fre_res", "temporal_dct_only")))),
     # Seconds-long runs of the smoke model: checks the sweep, the report and the plots.
     "smoke": Preset(("short",), (4,), ("full", "fre_res", "uniform_frames"),
                     ("absorbed only (no residual tokens)",), "short", 4, config_arg="smoke",
-                    background=("fre_res",)),
+                    studies=(("background", "short", 4, ("fre_res",)),
+                             ("windows", "short", 4, ("fre_res",)))),
 }
 
 
@@ -94,17 +129,17 @@ class Run:
     ratio: int      # 0: full tokens
     flags: tuple[str, ...] = ()
     ablation: str = ""
-    static_background: bool = False
+    study: str = ""  # STUDIES key of a rerun
 
     @property
     def is_main(self) -> bool:
-        """A cell of the method x budget tables (not an ablation or the background study)."""
-        return not self.ablation and not self.static_background
+        """A cell of the method x budget tables (not an ablation or a study's rerun)."""
+        return not self.ablation and not self.study
 
 
 def plan_runs(preset: Preset) -> list[Run]:
-    """Every run of ``preset``; the ablations and the background reruns only when the
-    preset's lengths and ratios hold their length and ratio."""
+    """Every run of ``preset``; the ablations and each study's reruns only when the
+    preset's lengths and ratios hold their length and ratio (their main runs)."""
     runs = []
     for length in preset.lengths:
         if "full" in preset.methods:
@@ -112,17 +147,18 @@ def plan_runs(preset: Preset) -> list[Run]:
         runs += [Run(f"{length}-{m}-x{r}", length, m, r)
                  for r in preset.ratios for m in preset.methods if m != "full"]
     length, ratio = preset.ablation_length, preset.ablation_ratio
-    if length not in preset.lengths or ratio not in preset.ratios:
-        return runs
-    for label, flags in ABLATIONS:
-        if label in preset.ablations and flags:  # the default is the fre_res run above
-            slug = "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-")
-            slug = "-".join(filter(None, slug.split("-")))
-            runs.append(Run(f"{preset.ablation_length}-ablation-{slug}-x{preset.ablation_ratio}",
-                            preset.ablation_length, "fre_res", preset.ablation_ratio, flags,
-                            ablation=label))
-    runs += [Run(f"{length}-static-background-{m}-x{ratio}", length, m, ratio, STATIC_BACKGROUND,
-                 static_background=True) for m in preset.background]
+    if length in preset.lengths and ratio in preset.ratios:
+        for label, flags in ABLATIONS:
+            if label in preset.ablations and flags:  # the default is the fre_res run above
+                slug = "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-")
+                slug = "-".join(filter(None, slug.split("-")))
+                runs.append(Run(f"{length}-ablation-{slug}-x{ratio}", length, "fre_res", ratio,
+                                flags, ablation=label))
+    for key, length, ratio, methods in preset.studies:
+        if length in preset.lengths and ratio in preset.ratios:
+            study = STUDIES[key]
+            runs += [Run(f"{length}-{study.slug}-{m}-x{ratio}", length, m, ratio, study.flags,
+                         study=key) for m in methods if m in preset.methods]
     return runs
 
 
@@ -246,11 +282,11 @@ def energy_spectra(runs: list[Run], preset: Preset, results: dict,
                    out: str) -> dict[str, list[float]]:
     """Spectra by label: the trained Fre-Res encoder's and the raw pixels', per background."""
     trained = [r for r in runs if r.method == "fre_res" and not r.ablation
-               and "accuracy" in results.get(r.name, {})]
+               and r.study in ("", "background") and "accuracy" in results.get(r.name, {})]
     spectra, main = {}, None
     for static in (False, True):
         background = "static background" if static else "noise every frame"
-        pick = [r for r in trained if r.static_background == static]
+        pick = [r for r in trained if (r.study == "background") == static]
         # The encoder of the main Fre-Res run if it trained, else any Fre-Res run.
         pick = [r for r in pick if (r.length, r.ratio) == (preset.ablation_length,
                                                            preset.ablation_ratio)] or pick
@@ -336,21 +372,21 @@ def write_report(runs: list[Run], results: dict, spectra: dict[str, list[float]]
             lines.append(f"| {label} | {_acc(res)} | "
                          + " | ".join(_acc(res, f) for f in families) + " |")
         lines.append("")
-    study = [r for r in runs if r.static_background]
-    if study:
-        length, ratio = study[0].length, study[0].ratio
+    for key, study in STUDIES.items():
+        reruns = [r for r in runs if r.study == key]
+        if not reruns:
+            continue
+        length, ratio = reruns[0].length, reruns[0].ratio
         families = sorted(next((res["accuracy_by_family"] for r in runs
                                 if r.length == length and r.ratio == ratio
                                 and "accuracy_by_family" in (res := results.get(r.name, {}))),
                                {}))
-        lines += [f"## Static background ({length} clips, {ratio}x)", "",
-                  "The same runs with the background noise drawn once per clip and held still"
-                  " (`data.background_noise=clip`) instead of afresh every frame.", "",
-                  "| method | background | overall | " + " | ".join(families) + " |",
+        lines += [f"## {study.title} ({length} clips, {ratio}x)", "", study.text, "",
+                  "| method | setting | overall | " + " | ".join(families) + " |",
                   "|---|---|---|" + "---|" * len(families)]
-        for r in study:
-            for label, name in (("noise every frame", f"{length}-{r.method}-x{ratio}"),
-                                ("static", r.name)):
+        for r in reruns:
+            for label, name in ((study.main_label, f"{length}-{r.method}-x{ratio}"),
+                                (study.label, r.name)):
                 res = results.get(name)
                 lines.append(f"| `{r.method}` | {label} | {_acc(res)} | "
                              + " | ".join(_acc(res, f) for f in families) + " |")
@@ -445,8 +481,8 @@ def main(argv=None) -> None:
     parser.add_argument("--ratios", default="", help="comma-separated subset, e.g. 8,16")
     parser.add_argument("--methods", default="", help="comma-separated subset of compressors")
     parser.add_argument("--no_ablations", action="store_true")
-    parser.add_argument("--no_background", action="store_true",
-                        help="skip the static-background reruns")
+    parser.add_argument("--no_studies", action="store_true",
+                        help="skip the studies' reruns (static background, time windows)")
     parser.add_argument("--report_only", action="store_true",
                         help="train nothing: report the runs already finished")
     args = parser.parse_args(argv)
@@ -456,7 +492,7 @@ def main(argv=None) -> None:
         preset, lengths=pick(args.lengths, preset.lengths),
         ratios=pick(args.ratios, preset.ratios, int), methods=pick(args.methods, preset.methods),
         ablations=() if args.no_ablations else preset.ablations,
-        background=() if args.no_background else preset.background)
+        studies=() if args.no_studies else preset.studies)
     unknown = sorted(set(preset.lengths) - set(CONFIGS)) + sorted(set(preset.methods) - set(METHODS))
     if unknown:
         raise SystemExit(f"benchmarks.evidence: unknown lengths or methods {unknown}")

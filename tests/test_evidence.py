@@ -21,16 +21,23 @@ def test_full_sweep_plan_covers_every_method_ratio_length_and_ablation():
     ablations = [r for r in runs if r.ablation]
     assert len(ablations) == len(evidence.ABLATIONS) - 1  # the default is the main run
     assert all(r.length == "long" and r.ratio == 8 and r.method == "fre_res" for r in ablations)
-    study = [r for r in runs if r.static_background]
-    assert {r.method for r in study} == {"fre_res", "temporal_dct_only"}
-    assert all(r.flags == ("--config.data.background_noise=clip",) for r in study)
-    # A slice without the ablation budget plans no ablations and no background reruns.
-    short = evidence.dataclasses.replace(evidence.PRESETS["full"], lengths=("short",))
-    assert all(r.is_main for r in evidence.plan_runs(short))
+    for key, length, flags in (("background", "long", "--config.data.background_noise=clip"),
+                               ("windows", "short", "--config.compressor.time_windows=1")):
+        study = [r for r in runs if r.study == key]
+        assert {r.method for r in study} == {"fre_res", "temporal_dct_only"}
+        assert all(r.flags == (flags,) and (r.length, r.ratio) == (length, 8) for r in study)
+    # A slice without a study's or the ablations' budget plans none of their runs.
+    slice_ = evidence.dataclasses.replace(evidence.PRESETS["full"], lengths=("long",),
+                                          ratios=(2, 4))
+    assert all(r.is_main for r in evidence.plan_runs(slice_))
+    short = evidence.dataclasses.replace(evidence.PRESETS["full"], lengths=("short",),
+                                         methods=("full", "fre_res"))
+    assert {r.name for r in evidence.plan_runs(short) if not r.is_main} == {
+        "short-one-time-window-fre_res-x8"}
 
 
 def test_run_config_applies_the_runs_flags():
-    run = next(r for r in evidence.plan_runs(evidence.PRESETS["full"]) if r.static_background)
+    run = next(r for r in evidence.plan_runs(evidence.PRESETS["full"]) if r.study == "background")
     config = evidence._run_config(run, evidence.PRESETS["full"])
     assert config.data.background_noise == "clip"
     assert config.compressor.name == run.method and config.compressor.ratio == 8
@@ -45,7 +52,7 @@ def test_smoke_sweep_writes_tables_and_plots_and_resumes(tmp_path):
     report = (tmp_path / "report" / "results.md").read_text()
     for row in ("| `fre_res` |", "| `uniform_frames` |", "absorbed only (no residual tokens)",
                 "Residual energy against DCT coefficient index", "## Static background",
-                "| `fre_res` | static |", "| encoder, noise every frame |",
+                "| `fre_res` | static |", "## Time windows", "| `fre_res` | one time window |", "| encoder, noise every frame |",
                 "| encoder, static background |", "| pixels, static background |"):
         assert row in report, report
     assert "n/a" not in report and "not run" not in report, report
