@@ -28,6 +28,7 @@ Target: the 4,096-frame compressor path's peak device memory within 2x of the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import os
 import sys
@@ -69,6 +70,14 @@ def _allocator_peak() -> int | None:
     return None if not stats else int(stats.get("peak_bytes_in_use", 0)) or None
 
 
+def _layout(model, params) -> tuple:
+    """The compressor's plan (Fre-Res) and parameter shapes: equal layouts compute one method."""
+    plan = getattr(model.compressor, "plan", None)
+    layout = None if plan is None else dataclasses.replace(plan, frames=0, budget=0,
+                                                           num_segments=0)
+    return layout, jax.tree.map(jnp.shape, params["compressor"])
+
+
 def measure(config, lengths: list[int], compile_only: bool, repeats: int,
             max_whole_run: int) -> list[dict]:
     tokenizer = data_lib.make_tokenizer(config)
@@ -100,8 +109,7 @@ def measure(config, lengths: list[int], compile_only: bool, repeats: int,
         mask = jax.ShapeDtypeStruct((1, t), jnp.bool_)
         for path, model in whole_models.items():
             defs, whole_params = streaming.split_stages(model)
-            if (jax.tree.structure(whole_params["compressor"])
-                    != jax.tree.structure(params["compressor"])):
+            if _layout(model, whole_params) != _layout(chunk_model, params):
                 raise ValueError(
                     f"--lengths {t}: the budget gives {t} frames another compressor layout"
                     f" (other parameters) than the {clip}-frame clip the chunks use, so the"
