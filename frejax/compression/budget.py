@@ -29,9 +29,11 @@ Rule for options left at 0 ("chosen by the budget"):
 2. Time windows: at least two per clip, ``W = ceil(2 / S)`` (so ``W = 2`` for
    one segment, else 1), at most ``L-1`` and, with an explicit ``K``, at most
    ``(L-1) // K``; 1 with energy allocation (it keeps a prefix of each
-   segment's spectrum) or when two windows leave no room for a coefficient. One window over a one-segment clip leaves the model to
-   read event times from coefficient phases, which it did not learn on the
-   embedded benchmark (README, "Every method at matched budgets").
+   segment's spectrum) or when two windows leave no room for a coefficient.
+   With one window over the whole clip and the few coefficients left after
+   the anchor, event times live only in coefficient phases; on the embedded
+   benchmark Fre-Res then did not learn temporal order, and two windows at the
+   same token count did (README, "Every method at matched budgets").
 3. Coefficients and pooling, given the residual room ``R`` (the budget left
    after anchors) and the window length ``l = ceil((L-1) / W)``: the target is
    the lowest quarter of the spectrum, ``K* = ceil(l / 4)``. ``p`` is the
