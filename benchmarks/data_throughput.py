@@ -87,17 +87,18 @@ def data_wait_fraction(args) -> tuple[float, float]:
     import jax  # noqa: PLC0415
 
     from configs import long_video  # noqa: PLC0415
-    from frejax import data as data_lib  # noqa: PLC0415
+    from data_pipelines import datasets as data_lib  # noqa: PLC0415
     from frejax import sharding  # noqa: PLC0415
     from frejax import train  # noqa: PLC0415
+    from frejax import train_state  # noqa: PLC0415
 
     config = long_video.get_config()
-    mesh = train.build_mesh(config)
+    mesh = train_state.build_mesh(config)
     with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
         tok = data_lib.make_tokenizer(config)
-        setup = train.make_setup(config, mesh, tok)
-        state = train.init_state(config, setup, tok)
-        batch_sharding = data_lib.batch_sharding(mesh)
+        setup = train_state.make_setup(config, mesh, tok)
+        state = train_state.init_state(config, setup, tok)
+        batch_sharding = sharding.batch_sharding(mesh)
         step = train.make_train_step(setup, config, batch_sharding)
         it = data_lib.make_train_iterator(config, tok, mesh)
         pending = None

@@ -246,8 +246,9 @@ def energy_spectrum(run: Run, preset: Preset, out: str | None,
     import numpy as np  # noqa: PLC0415
     from flax import nnx  # noqa: PLC0415
 
-    from frejax import checkpointing, sharding, train  # noqa: PLC0415
-    from frejax import data as data_lib  # noqa: PLC0415
+    from frejax import checkpointing, sharding  # noqa: PLC0415
+    from frejax import train_state  # noqa: PLC0415
+    from data_pipelines import datasets as data_lib  # noqa: PLC0415
     from frejax.compression import energy  # noqa: PLC0415
     from frejax.models import vit  # noqa: PLC0415
 
@@ -262,7 +263,7 @@ def energy_spectrum(run: Run, preset: Preset, out: str | None,
             encode = jax.jit(lambda _, frames: jax.vmap(lambda clip: vit.patchify(
                 vit.normalize_pixels(clip), patch))(frames))
         else:
-            setup = train.make_setup(config, mesh, tokenizer)
+            setup = train_state.make_setup(config, mesh, tokenizer)
             ckpt = checkpointing.Checkpointer(os.path.join(out, "runs", run.name, "checkpoints"))
             params = ckpt.restore_params(ckpt.latest_step(), setup.abstract_state)
             ckpt.close()

@@ -44,9 +44,9 @@ from flax import nnx
 from benchmarks.dct_and_compressor import median_seconds
 from configs import long_video
 from frejax import config_lib
-from frejax import data as data_lib
+from data_pipelines import datasets as data_lib
 from frejax import streaming
-from frejax import train
+from frejax import train_state
 
 PATHS = ("streamed", "whole", "whole+ec")
 
@@ -55,7 +55,7 @@ def _model_for(config, frames: int, tokenizer, encode_chunk: int = 0, abstract: 
     c = config.copy_and_resolve_references()
     c.data.num_frames = frames
     c.model.vision.encode_chunk = encode_chunk
-    make = functools.partial(train.create_model, c, tokenizer, seed=0)
+    make = functools.partial(train_state.create_model, c, tokenizer, seed=0)
     return nnx.eval_shape(make) if abstract else make()
 
 

@@ -38,9 +38,10 @@ from flax import nnx
 from benchmarks.dct_and_compressor import median_seconds
 from configs import long_video
 from frejax import config_lib
-from frejax import data as data_lib
+from data_pipelines import datasets as data_lib
 from frejax import sharding
 from frejax import train
+from frejax import train_state
 
 
 def compiled_figures(fn, *args) -> tuple[float, float]:
@@ -62,9 +63,9 @@ def measure(config, repeats: int) -> dict:
     mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
     with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
         tokenizer = data_lib.make_tokenizer(config)
-        setup = train.make_setup(config, mesh, tokenizer)
-        state = train.init_state(config, setup, tokenizer)
-        batch_sharding = data_lib.batch_sharding(mesh)
+        setup = train_state.make_setup(config, mesh, tokenizer)
+        state = train_state.init_state(config, setup, tokenizer)
+        batch_sharding = sharding.batch_sharding(mesh)
         batch = data_lib.next_global_batch(
             data_lib.make_train_iterator(config, tokenizer, mesh), batch_sharding)
         graphdef, params = setup.graphdef, state["params"]

@@ -31,6 +31,7 @@ import grain
 from absl import logging
 
 from data_pipelines import annotations as annotations_lib
+from data_pipelines import tokenizer as tokenizer_lib
 from data_pipelines import video_decode
 from data_pipelines import video_folder
 
@@ -76,8 +77,6 @@ def convert(root: str, annotation_files: dict[str, str], output: str, num_shards
     """Writes one set of shards per split (``{"train": file, "eval": file}``) and the metadata."""
     from array_record.python import array_record_module  # noqa: PLC0415  (writer: here only)
     import tqdm  # noqa: PLC0415
-
-    from frejax import tokenizer as tokenizer_lib  # noqa: PLC0415  (vocabulary words)
 
     os.makedirs(output, exist_ok=True)
     meta = dict(format=1, splits={}, families=set(), words=set())

@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data_pipelines import annotations as annotations_lib
+from data_pipelines import tokenizer as tokenizer_lib
 from data_pipelines import video_decode
 from data_pipelines import video_folder
 
@@ -69,8 +70,6 @@ class VideoFolderQa(tfds.core.GeneratorBasedBuilder):
         if not self._root or not self._annotation_files:
             raise ValueError(f"{NAME}: preparing needs root= and train_annotations= /"
                              " eval_annotations= (reading a prepared copy does not)")
-        from frejax import tokenizer as tokenizer_lib  # noqa: PLC0415  (vocabulary words)
-
         indices = {s: annotations_lib.load_annotations(f, self._root)
                    for s, f in self._annotation_files.items()}
         records = [r for index in indices.values() for r in index.records]

@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from data_pipelines import tokenizer as tokenizer_lib
+
 FAMILIES: tuple[str, ...] = (
     "static_detail",
     "brief_event",
@@ -80,6 +82,11 @@ FOLLOWUPS: dict[str, tuple[str, ...]] = {
     "counting": ("what color was the flash",),  # COLOR_NAMES
 }
 SPLIT_IDS: dict[str, int] = {"train": 0, "eval": 1, "validation": 1, "test": 2}
+
+
+def tokenizer() -> tokenizer_lib.WordTokenizer:
+    """The benchmark's word tokenizer: the chat template's words, then ``vocabulary()``."""
+    return tokenizer_lib.WordTokenizer(tokenizer_lib.TEMPLATE_WORDS + tuple(vocabulary()))
 
 
 def vocabulary() -> list[str]:

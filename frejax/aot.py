@@ -92,8 +92,8 @@ def _bytes(n: int) -> str:
 
 def abstract_batch(config, tokenizer, batch_sharding) -> dict:
     """``ShapeDtypeStruct``s of one global train batch, from one example of the source."""
-    from frejax import data as data_lib  # noqa: PLC0415
-    from frejax import input_pipeline  # noqa: PLC0415
+    from data_pipelines import datasets as data_lib  # noqa: PLC0415
+    from data_pipelines import input_pipeline  # noqa: PLC0415
 
     import jax  # noqa: PLC0415
 
@@ -111,9 +111,10 @@ def compile_train_step(config, devices) -> tuple[Report, object]:
     import jax  # noqa: PLC0415
 
     from frejax import config_lib  # noqa: PLC0415
-    from frejax import data as data_lib  # noqa: PLC0415
+    from data_pipelines import datasets as data_lib  # noqa: PLC0415
     from frejax import sharding  # noqa: PLC0415
     from frejax import train  # noqa: PLC0415
+    from frejax import train_state  # noqa: PLC0415
 
     config_lib.validate(config)
     mesh = sharding.make_mesh(config.mesh.shape, devices)
@@ -121,8 +122,8 @@ def compile_train_step(config, devices) -> tuple[Report, object]:
         tokenizer = data_lib.make_tokenizer(config)
         # Outside ``set_mesh``: optax builds a placeholder state eagerly, and
         # compile-only TPU devices cannot run anything.
-        setup = train.make_setup(config, mesh, tokenizer)
-        batch_sharding = data_lib.batch_sharding(mesh)
+        setup = train_state.make_setup(config, mesh, tokenizer)
+        batch_sharding = sharding.batch_sharding(mesh)
         batch = abstract_batch(config, tokenizer, batch_sharding)
         step = train.make_train_step(setup, config, batch_sharding)
         with jax.set_mesh(mesh):

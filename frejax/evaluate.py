@@ -15,7 +15,8 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from frejax import data as data_lib
+from data_pipelines import datasets as data_lib
+from frejax import sharding
 
 _MODEL_INPUTS = ("frames", "frame_mask", "tokens", "text_mask", "prompt_len")
 
@@ -27,7 +28,7 @@ class Evaluator:
                  tokenizer: Any, mesh: jax.sharding.Mesh):
         self.config, self.tokenizer, self.mesh = config, tokenizer, mesh
         self.families = data_lib.family_names(config)
-        self.batch_sharding = data_lib.batch_sharding(mesh)
+        self.batch_sharding = sharding.batch_sharding(mesh)
         # Built now, so a bad eval split stops the run before training, not after it.
         self.source = data_lib.make_eval_source(config, mesh)
         max_new = config.eval.max_new_tokens

@@ -81,13 +81,14 @@ def load(path: str) -> tuple[dict, dict, int]:
 
 def export_checkpoint(config: ml_collections.ConfigDict, workdir: str, output: str) -> int:
     """Restores the newest intact checkpoint of ``workdir`` and writes its params; returns the step."""
-    from frejax import checkpointing, config_lib, sharding, train  # noqa: PLC0415
-    from frejax import data as data_lib  # noqa: PLC0415
+    from frejax import checkpointing, config_lib, sharding  # noqa: PLC0415
+    from frejax import train_state  # noqa: PLC0415
+    from data_pipelines import datasets as data_lib  # noqa: PLC0415
 
     config_lib.validate(config)
-    mesh = train.build_mesh(config)
+    mesh = train_state.build_mesh(config)
     with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
-        setup = train.make_setup(config, mesh, data_lib.make_tokenizer(config))
+        setup = train_state.make_setup(config, mesh, data_lib.make_tokenizer(config))
         ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                           keep=config.train.keep_checkpoints)
         step, state = ckpt.restore_newest_intact(setup.abstract_state, config)

@@ -43,11 +43,11 @@ from data_pipelines import annotations as annotations_lib
 from data_pipelines import video_decode
 from frejax import checkpointing
 from frejax import config_lib
-from frejax import data as data_lib
+from data_pipelines import datasets as data_lib
 from frejax import sharding
 from frejax import token_cache
-from frejax import tokenizer as tokenizer_lib
-from frejax import train
+from data_pipelines import tokenizer as tokenizer_lib
+from frejax import train_state
 from frejax.compression import CompressedTokens
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -173,7 +173,7 @@ class VideoQA:
         self.fingerprint = token_cache.fingerprint(
             fingerprint, d.num_frames, d.image_size, d.sampling, d.sample_fps, d.resize,
             config.compressor.to_dict(), self.template)
-        model = nnx.eval_shape(lambda: train.create_model(config, tokenizer, seed=0))
+        model = nnx.eval_shape(lambda: train_state.create_model(config, tokenizer, seed=0))
         graphdef = nnx.graphdef(model)
         self.num_visual = model.num_visual_tokens
         self.full_visual = model.full_visual_tokens
@@ -299,7 +299,7 @@ def load_video_qa(config: Any, checkpoint: str, **kwargs) -> tuple[VideoQA, int]
     mesh = predict_mesh(config)
     with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
         tokenizer = data_lib.make_tokenizer(config)
-        setup = train.make_setup(config, mesh, tokenizer)
+        setup = train_state.make_setup(config, mesh, tokenizer)
         ckpt = checkpointing.Checkpointer(directory, keep=config.train.keep_checkpoints)
         step = ckpt.latest_step() if step is None else step
         if step is None:

@@ -94,6 +94,11 @@ def _as_mesh_axes(value: Any) -> Any:
     return value
 
 
+def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+    """Leading (batch) axis over the mesh axes ``batch`` maps to; the rest replicated."""
+    return NamedSharding(mesh, logical_to_spec(("batch",)))
+
+
 def logical_to_spec(names: Sequence[str | None], rules: Rules | None = None) -> PartitionSpec:
     """Maps logical axis names to a ``PartitionSpec`` under ``rules``.
 
@@ -224,7 +229,7 @@ def unsharded_params(params: Any, specs: Any, axis: str = "fsdp", *,
     """Parameters of more than ``min_size`` elements whose spec does not use ``axis``.
 
     ``params`` (arrays or ``ShapeDtypeStruct``s) and ``specs`` (``PartitionSpec``s)
-    are trees of the same structure, e.g. the pure dicts of ``train.make_setup``.
+    are trees of the same structure, e.g. the pure dicts of ``train_state.make_setup``.
     Returns ``(path, shape, spec)`` triples, largest first.
     """
     spec_leaves = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, PartitionSpec))

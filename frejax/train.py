@@ -1,17 +1,13 @@
-"""Training and evaluation of a video MLLM with a visual-token compressor.
+"""The train step and the run: train (resuming), evaluate, write results.
 
-Read top to bottom: model and optimiser, the train state built sharded from
-birth, the jitted train step, and ``train_and_evaluate``, the whole run.
-
-The train state is a plain dict ``{step, params, opt_state}`` of arrays; the
-model is rebuilt from its ``nnx.GraphDef`` inside every jitted function
-(``nnx.merge``), so everything the compiler sees is a pure function of arrays.
+Read top to bottom: the jitted train step, then ``train_and_evaluate``, the
+whole run. The model, optimiser and sharded train state come from
+``frejax.train_state``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import time
@@ -26,164 +22,14 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from data_pipelines import datasets as data_lib
 from frejax import checkpointing
 from frejax import config_lib
-from frejax import data as data_lib
 from frejax import evaluate as eval_lib
 from frejax import metric_logging
 from frejax import sharding
-from frejax.models import hf_import
-from frejax.models import lora
-from frejax.models.video_mllm import VideoMLLM
-
-# ----------------------------------------------------------------------------
-# Model and optimiser.
-# ----------------------------------------------------------------------------
-
-
-def compute_dtype(name: str) -> jnp.dtype:
-    """``auto``: bfloat16 on TPU/GPU, float32 on CPU (where bf16 is emulated)."""
-    if name == "auto":
-        return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
-    return jnp.dtype(name)
-
-
-def create_model(config: ml_collections.ConfigDict, tokenizer: Any, *, seed: int) -> VideoMLLM:
-    model_cfg = ml_collections.ConfigDict(config.model.to_dict())
-    if not model_cfg.llm.vocab_size:
-        model_cfg.llm.vocab_size = tokenizer.vocab_size
-    elif model_cfg.llm.vocab_size < tokenizer.vocab_size:
-        raise ValueError(
-            f"config.model.llm.vocab_size ({model_cfg.llm.vocab_size}) is smaller than the"
-            f" tokenizer's vocabulary ({tokenizer.vocab_size})")
-    model = VideoMLLM(
-        model_cfg, config.compressor, num_frames=config.data.num_frames,
-        vocab_size=model_cfg.llm.vocab_size, video_token_id=tokenizer.video_id,
-        rngs=nnx.Rngs(seed), dtype=compute_dtype(config.train.dtype),
-        param_dtype=jnp.float32)
-    lora_cfg = model_cfg.llm.get("lora", None)
-    if lora_cfg is not None and lora_cfg.rank:  # own rng stream: the base init is unchanged
-        lora.apply_lora(model.llm, lora_cfg.rank, lora_cfg.alpha, rngs=nnx.Rngs(seed + 1))
-    return model
-
-
-def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-    o = config.optim
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=o.learning_rate, warmup_steps=o.warmup_steps,
-        decay_steps=config.train.num_steps, end_value=o.learning_rate * o.end_lr_fraction)
-
-
-def training_group(path: tuple) -> str:
-    """Optimiser group of a param: ``lora`` for LoRA adapters, else its top-level module."""
-    names = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
-    return "lora" if names[-1].startswith("lora_") else names[0]
-
-
-def frozen_groups(config: ml_collections.ConfigDict) -> frozenset[str]:
-    return frozenset(g.strip() for g in config.optim.get("freeze", "").split(",") if g.strip())
-
-
-def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """AdamW after global-norm clipping; per-group freezing and lr multipliers from ``optim``.
-
-    A frozen group gets no update and no optimiser state (``optax.set_to_zero``)
-    and does not count towards the clipping norm.
-    """
-    o = config.optim
-    schedule = learning_rate_schedule(config)
-    # No weight decay on vectors (norm scales, biases, gates).
-    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)  # noqa: E731
-
-    def adamw(lr):
-        return optax.adamw(lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask)
-
-    frozen = frozen_groups(config)
-    multipliers = dict(o.get("lr_multipliers", {}))
-    if not frozen and all(m == 1.0 for m in multipliers.values()):
-        return optax.chain(optax.clip_by_global_norm(o.clip_norm), adamw(schedule))
-
-    def groups_of(params):
-        return jax.tree_util.tree_map_with_path(lambda path, _: training_group(path), params)
-
-    def frozen_mask(params):
-        return jax.tree.map(lambda g: g in frozen, groups_of(params))
-
-    per_group = {g: optax.set_to_zero() if g in frozen else
-                 adamw(lambda step, m=multipliers.get(g, 1.0): m * schedule(step))
-                 for g in config_lib.TRAINING_GROUPS}
-    return optax.chain(
-        optax.masked(optax.set_to_zero(), frozen_mask),
-        optax.clip_by_global_norm(o.clip_norm),
-        optax.multi_transform(per_group, groups_of))
-
-
-# ----------------------------------------------------------------------------
-# The train state, sharded from birth.
-# ----------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainSetup:
-    """Static pieces of a run: model structure, optimiser, state shardings."""
-
-    graphdef: nnx.GraphDef
-    tx: optax.GradientTransformation
-    abstract_state: Any      # ShapeDtypeStructs carrying their NamedShardings
-    state_shardings: Any
-    num_visual_tokens: int   # M, the LLM's visual sequence length (the budget)
-    visual_tokens_used: int  # tokens the compressor really fills
-    full_visual_tokens: int  # T * N
-
-
-def make_setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, tokenizer: Any) -> TrainSetup:
-    """Builds the model abstractly (no FLOPs, no memory) and derives shardings."""
-    abstract_model = nnx.eval_shape(lambda: create_model(config, tokenizer, seed=config.seed))
-    graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
-    param_specs = sharding.param_specs(abstract_params)
-    tx = create_optimizer(config)
-    pure_params = nnx.to_pure_dict(abstract_params)
-    pure_specs = nnx.to_pure_dict(param_specs)
-    sharding.check_params_sufficiently_sharded(
-        pure_params, pure_specs, dict(mesh.shape),
-        max_unsharded_size=config.sharding.max_unsharded_param_size)
-    abstract_opt = jax.eval_shape(tx.init, pure_params)
-    # Per-group optimisers (optim.freeze / lr_multipliers) hold an empty optax.MaskedNode
-    # in place of other groups' params: it stays one, with no spec.
-    is_masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
-    opt_specs = optax.tree_map_params(
-        tx, lambda _, spec: spec, abstract_opt, pure_specs,
-        transform_non_params=lambda _: jax.P(),
-        is_leaf=lambda x: isinstance(x, jax.P) or is_masked(x))
-    opt_specs = jax.tree.map(lambda a, s: a if is_masked(a) else s, abstract_opt, opt_specs,
-                             is_leaf=is_masked)
-    specs = dict(step=jax.P(), params=pure_specs, opt_state=opt_specs)
-    shardings = sharding.named_shardings(specs, mesh)
-    abstract = dict(step=jax.ShapeDtypeStruct((), jnp.int32), params=pure_params,
-                    opt_state=abstract_opt)
-    abstract = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-    return TrainSetup(
-        graphdef=graphdef, tx=tx, abstract_state=abstract, state_shardings=shardings,
-        num_visual_tokens=abstract_model.num_visual_tokens,
-        visual_tokens_used=abstract_model.visual_tokens_used,
-        full_visual_tokens=abstract_model.full_visual_tokens)
-
-
-def init_state(config: ml_collections.ConfigDict, setup: TrainSetup, tokenizer: Any) -> dict:
-    """Initialises params and optimiser state directly into their shardings."""
-
-    def init():
-        model = create_model(config, tokenizer, seed=config.seed)
-        params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-        return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=setup.tx.init(params))
-
-    state = jax.jit(init, out_shardings=setup.state_shardings)()
-    if config.model.vision.get("pretrained") or config.model.llm.get("pretrained"):
-        # Pretrained towers replace their random init, read shard by shard into place.
-        state["params"] = hf_import.load_pretrained(config, state["params"])
-    return state
-
+from frejax import train_state
+from frejax.train_state import TrainSetup
 
 # ----------------------------------------------------------------------------
 # The train step.
@@ -211,14 +57,15 @@ def make_train_step(setup: TrainSetup, config: ml_collections.ConfigDict, batch_
     """Returns ``step(state, batch) -> (state, metrics)``, jitted, donating the state."""
     graphdef, tx = setup.graphdef, setup.tx
     accum = config.optim.accum_steps
-    schedule = learning_rate_schedule(config)
-    frozen = frozen_groups(config)
+    schedule = train_state.learning_rate_schedule(config)
+    frozen = train_state.frozen_groups(config)
 
     def grads_of(params, batch):
         def loss_fn(p):
             if frozen:  # constants to autodiff: no backward pass through a frozen encoder
                 p = jax.tree_util.tree_map_with_path(
-                    lambda path, x: jax.lax.stop_gradient(x) if training_group(path) in frozen
+                    lambda path, x: jax.lax.stop_gradient(x)
+                    if train_state.training_group(path) in frozen
                     else x, p)
             model = nnx.merge(graphdef, p)
             return loss_and_metrics(model(batch), batch)
@@ -311,10 +158,6 @@ def _save_time_reached(step: int, last_save_time: float, train_cfg) -> bool:
     return due
 
 
-def build_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
-    return sharding.make_mesh(config.mesh.shape)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (resuming from ``workdir`` if it holds a checkpoint), evaluates, writes results.
 
@@ -322,15 +165,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """
     config_lib.validate(config)
     os.makedirs(workdir, exist_ok=True)
-    mesh = build_mesh(config)
+    mesh = train_state.build_mesh(config)
     with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
         return _train_and_evaluate(config, workdir, mesh)
 
 
 def _train_and_evaluate(config, workdir, mesh) -> dict:
     tokenizer = data_lib.make_tokenizer(config)
-    setup = make_setup(config, mesh, tokenizer)
-    batch_sharding = data_lib.batch_sharding(mesh)
+    setup = train_state.make_setup(config, mesh, tokenizer)
+    batch_sharding = sharding.batch_sharding(mesh)
     train_iter = data_lib.make_train_iterator(config, tokenizer, mesh)
     ckpt = checkpointing.Checkpointer(
         os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,
@@ -341,7 +184,7 @@ def _train_and_evaluate(config, workdir, mesh) -> dict:
         # code, restored into this mesh's shardings; damaged newer ones are set aside.
         latest, state = ckpt.restore_newest_intact(setup.abstract_state, config, train_iter)
         if latest is None:
-            state = init_state(config, setup, tokenizer)
+            state = train_state.init_state(config, setup, tokenizer)
             logging.info("Initialised a new run in %s", workdir)
         else:
             logging.info("Resuming from step %d in %s", latest, workdir)
@@ -394,10 +237,10 @@ def _train_and_evaluate(config, workdir, mesh) -> dict:
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """``--mode=eval``: restores the newest intact checkpoint in ``workdir``, evaluates it."""
     config_lib.validate(config)
-    mesh = build_mesh(config)
+    mesh = train_state.build_mesh(config)
     with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
         tokenizer = data_lib.make_tokenizer(config)
-        setup = make_setup(config, mesh, tokenizer)
+        setup = train_state.make_setup(config, mesh, tokenizer)
         ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                           keep=config.train.keep_checkpoints)
         latest, state = ckpt.restore_newest_intact(setup.abstract_state, config)

@@ -17,9 +17,10 @@ import pytest
 from flax import nnx
 
 from configs import long_video
-from frejax import data as data_lib
+from data_pipelines import datasets as data_lib
 from frejax import sharding
 from frejax import train
+from frejax import train_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,7 +61,7 @@ def test_aot_command_compiles_a_pod_like_config_on_64_fake_devices():
     config = _pod_like_config()
     tok = data_lib.make_tokenizer(config)
     with sharding.axis_rules(config.sharding.rules):
-        model = nnx.eval_shape(lambda: train.create_model(config, tok, seed=0))
+        model = nnx.eval_shape(lambda: train_state.create_model(config, tok, seed=0))
         params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     total_param_bytes = sum(p.size * 4 for p in jax.tree.leaves(params))
     state = _figure(text, "train state")
@@ -81,7 +82,7 @@ def test_pod_params_are_sufficiently_sharded_and_a_replicating_rule_is_caught():
     config = long_video.get_config("scale=pod")
     tok = data_lib.make_tokenizer(config)
     with sharding.axis_rules(config.sharding.rules):
-        model = nnx.eval_shape(lambda: train.create_model(config, tok, seed=0))
+        model = nnx.eval_shape(lambda: train_state.create_model(config, tok, seed=0))
     state = nnx.state(model, nnx.Param)  # 8B parameters, none allocated
     params = nnx.to_pure_dict(state)
     mesh = dict(data=4, fsdp=16, tensor=4)
@@ -113,7 +114,7 @@ def test_make_setup_refuses_a_mesh_where_fsdp_would_not_split_the_model():
     mesh = sharding.make_mesh(config.mesh.shape, jax.devices()[:8])
     with sharding.axis_rules(config.sharding.rules):
         with pytest.raises(ValueError, match="max_unsharded_param_size"):
-            train.make_setup(config, mesh, data_lib.make_tokenizer(config))
+            train_state.make_setup(config, mesh, data_lib.make_tokenizer(config))
 
 
 def test_unsharded_params_lists_largest_first():

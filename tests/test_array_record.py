@@ -13,8 +13,8 @@ import video_files
 from data_pipelines import array_record_shards
 from data_pipelines import video_decode
 from data_pipelines import video_folder
-from frejax import input_pipeline
-from frejax import tokenizer as tokenizer_lib
+from data_pipelines import input_pipeline
+from data_pipelines import tokenizer as tokenizer_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLING = video_decode.FrameSampling(4, 16)
@@ -99,7 +99,7 @@ def test_training_batches_from_shards_equal_those_from_the_folder(converted):
 def test_array_record_selected_from_the_config(converted):
     from configs import short_video
     from frejax import config_lib
-    from frejax import data as data_lib
+    from data_pipelines import datasets as data_lib
 
     root, train, eval_, out = converted
     config = short_video.get_config("smoke")

@@ -21,10 +21,11 @@ import pytest
 
 from configs import short_video
 from frejax import checkpointing
-from frejax import data as data_lib
+from data_pipelines import datasets as data_lib
 from frejax import export
 from frejax import sharding
 from frejax import train
+from frejax import train_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 16
@@ -94,7 +95,7 @@ def _restore(workdir, step, config=None, mesh_shape=(1, 1, 1), num_devices=1):
     config = config or _config()
     mesh = sharding.make_mesh(mesh_shape, jax.devices()[:num_devices])
     with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
-        setup = train.make_setup(config, mesh, data_lib.make_tokenizer(config))
+        setup = train_state.make_setup(config, mesh, data_lib.make_tokenizer(config))
         ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), keep=100)
         state = ckpt.restore(step, setup.abstract_state)
         ckpt.close()
@@ -196,7 +197,7 @@ def test_damaged_latest_checkpoints_fall_back_to_the_newest_intact_one(reference
     mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])  # the runs' single device
     with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
         tokenizer = data_lib.make_tokenizer(config)
-        setup = train.make_setup(config, mesh, tokenizer)
+        setup = train_state.make_setup(config, mesh, tokenizer)
         data_iter = data_lib.make_train_iterator(config, tokenizer, mesh)
     ckpt = checkpointing.Checkpointer(str(ckpts), keep=NUM_STEPS)
     with caplog.at_level("WARNING"):
@@ -233,7 +234,7 @@ def test_resuming_with_another_number_of_processes_is_refused_not_set_aside(refe
     mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
     with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
         tokenizer = data_lib.make_tokenizer(config)
-        setup = train.make_setup(config, mesh, tokenizer)
+        setup = train_state.make_setup(config, mesh, tokenizer)
         data_iter = data_lib.make_train_iterator(config, tokenizer, mesh)
     ckpt = checkpointing.Checkpointer(str(ckpts), keep=NUM_STEPS)
     with pytest.raises(checkpointing.CheckpointMismatchError,
@@ -269,7 +270,7 @@ def test_find_damage_names_the_missing_or_broken_file(reference, tmp_path, damag
 def _abstract_state(config, mesh_shape=(-1, 1, 1)):
     mesh = sharding.make_mesh(mesh_shape)
     with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
-        return train.make_setup(config, mesh, data_lib.make_tokenizer(config)).abstract_state
+        return train_state.make_setup(config, mesh, data_lib.make_tokenizer(config)).abstract_state
 
 
 def test_when_every_checkpoint_is_damaged_nothing_is_renamed(reference, tmp_path):
@@ -323,7 +324,7 @@ def test_checkpoint_from_8_devices_restores_onto_4_with_identical_values(tmp_pat
         mesh = sharding.make_mesh(shape, devices)
         with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
             tokenizer = data_lib.make_tokenizer(config)
-            return (mesh, train.make_setup(config, mesh, tokenizer),
+            return (mesh, train_state.make_setup(config, mesh, tokenizer),
                     data_lib.make_train_iterator(config, tokenizer, mesh))
 
     _, setup8, data_iter = setup_on((2, 4, 1), jax.devices()[:8])   # data x fsdp
@@ -386,7 +387,7 @@ def test_params_only_restore_equals_the_params_of_a_full_restore(reference):
     config = _config()
     mesh = sharding.make_mesh((2, 2, 1), jax.devices()[:4])
     with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
-        setup = train.make_setup(config, mesh, data_lib.make_tokenizer(config))
+        setup = train_state.make_setup(config, mesh, data_lib.make_tokenizer(config))
         ckpt = checkpointing.Checkpointer(str(reference / "checkpoints"), keep=100)
         params = ckpt.restore_params(NUM_STEPS, setup.abstract_state)
         ckpt.close()

@@ -347,8 +347,8 @@ def test_config_args_point_a_run_at_pretrained_folders(tmp_path):
     from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
     from configs import short_video
-    from frejax import data as data_lib
-    from frejax import train
+    from data_pipelines import datasets as data_lib
+    from frejax import train_state
 
     vision = SiglipVisionModel(SiglipVisionConfig(
         hidden_size=48, intermediate_size=96, num_hidden_layers=1, num_attention_heads=4,
@@ -367,8 +367,8 @@ def test_config_args_point_a_run_at_pretrained_folders(tmp_path):
     mesh = sharding.make_mesh(config.mesh.shape, jax.devices()[:4])
     with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
         tok = data_lib.make_tokenizer(config)
-        setup = train.make_setup(config, mesh, tok)
-        params = train.init_state(config, setup, tok)["params"]
+        setup = train_state.make_setup(config, mesh, tok)
+        params = train_state.init_state(config, setup, tok)["params"]
     with torch.no_grad():
         conv = vision.embeddings.patch_embedding.weight.numpy()
         embedding = llm.model.embed_tokens.weight.numpy()

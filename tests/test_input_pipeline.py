@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from data_pipelines import video_qa_synthetic as vqa
-from frejax import input_pipeline
-from frejax import tokenizer as tokenizer_lib
+from data_pipelines import input_pipeline
+from data_pipelines import tokenizer as tokenizer_lib
 
-TOK = tokenizer_lib.benchmark_tokenizer()
+TOK = vqa.tokenizer()
 L, A = 48, 2
 
 
@@ -45,7 +45,7 @@ def test_tokenizer_ids_and_protocol():
     assert TOK.vocab_size == len(TOK.vocab) == len(set(TOK.vocab))
     assert all(w == w.lower() for w in TOK.vocab)
     # The vocabulary is fixed: rebuilding gives identical ids.
-    assert tokenizer_lib.benchmark_tokenizer().vocab == TOK.vocab
+    assert vqa.tokenizer().vocab == TOK.vocab
 
 
 def test_tokenizer_round_trip_on_benchmark_text():

@@ -10,9 +10,10 @@ from flax import nnx
 
 from configs import short_video
 from frejax import config_lib
-from frejax import data as data_lib
+from data_pipelines import datasets as data_lib
 from frejax import sharding
 from frejax import train
+from frejax import train_state
 from frejax.models import lora
 from frejax.models.layers import Dense
 from frejax.models.llm import LLM
@@ -58,7 +59,7 @@ def _params():
 
 
 def _first_update(config, params, grads):
-    tx = train.create_optimizer(config)
+    tx = train_state.create_optimizer(config)
     return jax.jit(lambda g, p: tx.update(g, tx.init(p), p)[0])(grads, params)
 
 
@@ -68,7 +69,7 @@ def test_default_optimizer_is_unchanged_by_the_group_options():
     params = _params()
     grads = jax.tree.map(lambda p: jnp.cos(p) * 3.0, params)
     o = config.optim
-    schedule = train.learning_rate_schedule(config)
+    schedule = train_state.learning_rate_schedule(config)
     plain = optax.chain(
         optax.clip_by_global_norm(o.clip_norm),
         optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
@@ -91,7 +92,7 @@ def test_frozen_groups_get_no_update_no_state_and_no_share_of_the_clip():
     assert not np.any(updates["encoder"]["w"]) and not np.any(updates["llm"]["w"])
     assert np.any(updates["llm"]["lora_a"])  # adapters are their own group: they still train
     assert np.all(np.abs(updates["projector"]["w"]) > 1e-5)  # not clipped away by the encoder
-    tx = train.create_optimizer(config)
+    tx = train_state.create_optimizer(config)
     state_leaves = sum(x.size for x in jax.tree.leaves(tx.init(params)))
     trained = sum(x.size for x in jax.tree.leaves(params["projector"])) + params["llm"]["lora_a"].size
     assert state_leaves <= 2 * trained + 8  # Adam moments only for what trains (+ counters)
@@ -135,10 +136,10 @@ def test_stage2_lora_train_step_updates_only_adapters_and_projector():
     mesh = sharding.make_mesh(config.mesh.shape, jax.devices()[:1])
     with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
         tok = data_lib.make_tokenizer(config)
-        setup = train.make_setup(config, mesh, tok)
-        state = train.init_state(config, setup, tok)
+        setup = train_state.make_setup(config, mesh, tok)
+        state = train_state.init_state(config, setup, tok)
         before = jax.device_get(state["params"])
-        batch_sharding = data_lib.batch_sharding(mesh)
+        batch_sharding = sharding.batch_sharding(mesh)
         batch = data_lib.next_global_batch(
             data_lib.make_train_iterator(config, tok, mesh), batch_sharding)
         step = train.make_train_step(setup, config, batch_sharding)
@@ -148,6 +149,6 @@ def test_stage2_lora_train_step_updates_only_adapters_and_projector():
     flat_before = dict(nnx.traversals.flatten_mapping(before))
     flat_after = dict(nnx.traversals.flatten_mapping(after))
     changed = {p for p in flat_before if not np.array_equal(flat_before[p], flat_after[p])}
-    groups = {train.training_group(p) for p in changed}
+    groups = {train_state.training_group(p) for p in changed}
     assert groups == {"lora", "projector"}, groups
     assert ("llm", "layers", 0, "attn", "query", "kernel") not in changed

@@ -19,10 +19,11 @@ import pytest
 
 from configs import short_video
 from frejax import checkpointing
-from frejax import data as data_lib
+from data_pipelines import datasets as data_lib
 from frejax import distributed
 from frejax import sharding
 from frejax import train
+from frejax import train_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 3
@@ -38,9 +39,9 @@ def _config():
 def _run_steps(config, mesh, num_steps):
     """Trains ``num_steps`` from a fresh state; returns ``(losses, state, setup, iterator)``."""
     tok = data_lib.make_tokenizer(config)
-    setup = train.make_setup(config, mesh, tok)
-    state = train.init_state(config, setup, tok)
-    batch_sharding = data_lib.batch_sharding(mesh)
+    setup = train_state.make_setup(config, mesh, tok)
+    state = train_state.init_state(config, setup, tok)
+    batch_sharding = sharding.batch_sharding(mesh)
     step = train.make_train_step(setup, config, batch_sharding)
     it = data_lib.make_train_iterator(config, tok, mesh)
     losses = []
@@ -59,7 +60,7 @@ def _worker(coordinator: str, num_processes: int, process_id: int, workdir: str)
     assert jax.process_count() == num_processes and jax.device_count() == 4
 
     config = _config()
-    mesh = train.build_mesh(config)
+    mesh = train_state.build_mesh(config)
     with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
         losses, state, setup, it = _run_steps(config, mesh, NUM_STEPS)
         ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)

@@ -16,12 +16,12 @@ from configs import short_video
 from data_pipelines import video_decode
 from data_pipelines import video_qa_synthetic
 from frejax import checkpointing
-from frejax import data as data_lib
+from data_pipelines import datasets as data_lib
 from frejax import predict
 from frejax import sharding
 from frejax import token_cache
-from frejax import tokenizer as tokenizer_lib
-from frejax import train
+from data_pipelines import tokenizer as tokenizer_lib
+from frejax import train_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "configs/short_video.py:smoke"
@@ -48,8 +48,8 @@ def _save_checkpoint(workdir, config, step=1):
     mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
     with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
         tok = data_lib.make_tokenizer(config)
-        setup = train.make_setup(config, mesh, tok)
-        state = train.init_state(config, setup, tok)
+        setup = train_state.make_setup(config, mesh, tok)
+        state = train_state.init_state(config, setup, tok)
         state["step"] = jnp.asarray(step, jnp.int32)
         it = data_lib.make_train_iterator(config, tok, mesh)
         ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)

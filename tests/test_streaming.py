@@ -12,7 +12,7 @@ from flax import nnx
 from data_pipelines import video_decode
 from frejax import streaming
 from frejax.models.video_mllm import VideoMLLM
-from tests import video_files
+import video_files
 
 CHUNK = 32   # the model's clip length
 GRID = 16    # image 16, patch 4: a 4x4 grid, N = 16

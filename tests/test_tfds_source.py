@@ -10,7 +10,7 @@ import video_files
 from data_pipelines import tfds_video_folder
 from data_pipelines import video_decode
 from data_pipelines import video_folder
-from frejax import input_pipeline
+from data_pipelines import input_pipeline
 
 SAMPLING = video_decode.FrameSampling(4, 16)
 FAMILIES = ("colour", "motion")
@@ -65,7 +65,7 @@ def test_tfds_examples_are_the_folder_examples(prepared):
 def test_tfds_selected_from_the_config_trains_a_batch(prepared):
     from configs import short_video
     from frejax import config_lib
-    from frejax import data as data_lib
+    from data_pipelines import datasets as data_lib
 
     _, _, _, data_dir = prepared
     config = short_video.get_config("smoke")
@@ -85,7 +85,7 @@ def test_tfds_selected_from_the_config_trains_a_batch(prepared):
 
 def test_tfds_prepares_from_the_folder_on_first_use(prepared, tmp_path):
     from configs import short_video
-    from frejax import data as data_lib
+    from data_pipelines import datasets as data_lib
 
     root, train, eval_, _ = prepared
     config = short_video.get_config("smoke")

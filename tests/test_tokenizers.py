@@ -8,8 +8,8 @@ import pickle
 import numpy as np
 import pytest
 
-from frejax import input_pipeline
-from frejax import tokenizer as tokenizer_lib
+from data_pipelines import input_pipeline
+from data_pipelines import tokenizer as tokenizer_lib
 
 TEXTS = ["what is the man holding", "a red umbrella", "which way does the car turn",
          "the car turns left", "how many birds are there", "three birds"] * 20
@@ -132,7 +132,7 @@ def test_dataset_word_tokenizer_is_deterministic():
 def test_config_selects_the_tokenizer_file(sentencepiece_model):
     from configs import short_video
     from frejax import config_lib
-    from frejax import data as data_lib
+    from data_pipelines import datasets as data_lib
 
     config = short_video.get_config("smoke")
     config.data.update(tokenizer="sentencepiece", tokenizer_path=sentencepiece_model)

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from configs import short_video
-from frejax import data as data_lib
+from data_pipelines import datasets as data_lib
 from frejax import sharding
 from frejax import train
+from frejax import train_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -82,12 +83,12 @@ def _losses(config, devices, batches):
     mesh = sharding.make_mesh(config.mesh.shape, devices)
     with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
         tok = data_lib.make_tokenizer(config)
-        setup = train.make_setup(config, mesh, tok)
-        state = train.init_state(config, setup, tok)
-        step = train.make_train_step(setup, config, data_lib.batch_sharding(mesh))
+        setup = train_state.make_setup(config, mesh, tok)
+        state = train_state.init_state(config, setup, tok)
+        step = train.make_train_step(setup, config, sharding.batch_sharding(mesh))
         losses = []
         for b in batches:
-            state, metrics = step(state, data_lib.to_global(b, data_lib.batch_sharding(mesh)))
+            state, metrics = step(state, data_lib.to_global(b, sharding.batch_sharding(mesh)))
             losses.append(float(metrics["loss"]))
     return np.array(losses)
 

@@ -13,8 +13,8 @@ import video_files
 from data_pipelines import annotations as annotations_lib
 from data_pipelines import video_decode
 from data_pipelines import video_folder
-from frejax import input_pipeline
-from frejax import tokenizer as tokenizer_lib
+from data_pipelines import input_pipeline
+from data_pipelines import tokenizer as tokenizer_lib
 
 S = 16  # model resolution in these tests
 
@@ -298,10 +298,11 @@ def test_documented_flags_train_and_evaluate_on_a_video_folder(folder, tmp_path)
     import jax
 
     from frejax import config_lib
-    from frejax import data as data_lib
+    from data_pipelines import datasets as data_lib
     from frejax import evaluate
     from frejax import sharding
     from frejax import train
+    from frejax import train_state
 
     root, bad = folder
     # Every train batch of 8 holds exactly one broken video: each step counts one.
@@ -321,12 +322,12 @@ def test_documented_flags_train_and_evaluate_on_a_video_folder(folder, tmp_path)
     # The trainer's pieces on one device (the 8-device path is tested in test_train.py).
     mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
     with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
-        setup = train.make_setup(config, mesh, tok)
-        state = train.init_state(config, setup, tok)
-        step = train.make_train_step(setup, config, data_lib.batch_sharding(mesh))
+        setup = train_state.make_setup(config, mesh, tok)
+        state = train_state.init_state(config, setup, tok)
+        step = train.make_train_step(setup, config, sharding.batch_sharding(mesh))
         it = data_lib.make_train_iterator(config, tok, mesh)
         for _ in range(2):
-            state, metrics = step(state, data_lib.next_global_batch(it, data_lib.batch_sharding(mesh)))
+            state, metrics = step(state, data_lib.next_global_batch(it, sharding.batch_sharding(mesh)))
             assert float(metrics["bad_inputs"]) == 1.0 and np.isfinite(float(metrics["loss"]))
         results = evaluate.Evaluator(config, setup.graphdef, tok, mesh).evaluate(state["params"])
     assert results["num_examples"] == 5  # the corrupt eval video does not count
@@ -348,7 +349,7 @@ def test_video_folder_config_errors_name_the_key(folder, tmp_path):
 
 
 def test_mostly_broken_annotations_stop_before_training(folder, tmp_path):
-    from frejax import data as data_lib
+    from data_pipelines import datasets as data_lib
 
     root, _ = folder
     train_file = video_files.write_jsonl(str(tmp_path / "t.jsonl"), video_files.qa_entries(3) + [

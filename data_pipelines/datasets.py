@@ -1,7 +1,7 @@
 """From config to global device batches: tokenizer, sources, iterators.
 
 Every source becomes a Grain ``MapDataset`` and goes through the one chain in
-``frejax.input_pipeline``; this module picks the source and tokenizer from the
+``data_pipelines.input_pipeline``; this module picks the source and tokenizer from the
 config and turns each host's batch into global ``jax.Array``s sharded over the
 ``batch`` logical axis.
 
@@ -33,9 +33,8 @@ from data_pipelines import array_record_shards
 from data_pipelines import video_decode
 from data_pipelines import video_folder
 from data_pipelines import video_qa_synthetic
-from frejax import input_pipeline
-from frejax import sharding
-from frejax import tokenizer as tokenizer_lib
+from data_pipelines import input_pipeline
+from data_pipelines import tokenizer as tokenizer_lib
 
 
 def make_tokenizer(config: ml_collections.ConfigDict) -> tokenizer_lib.Tokenizer:
@@ -47,7 +46,7 @@ def make_tokenizer(config: ml_collections.ConfigDict) -> tokenizer_lib.Tokenizer
     if d.tokenizer != "auto":
         raise ValueError(f"config.data.tokenizer: unknown tokenizer {d.tokenizer!r}")
     if d.name == "synthetic_video_qa":
-        return tokenizer_lib.benchmark_tokenizer()
+        return video_qa_synthetic.tokenizer()
     # A model trained from scratch on its own data: the data's own words.
     return tokenizer_lib.word_tokenizer_for(_catalog(config)["words"], d.prompt_template)
 
@@ -184,9 +183,9 @@ def _dataset(config, tokenizer, source, *, split, batch_size, shuffle, num_epoch
 
 def make_train_iterator(config: ml_collections.ConfigDict, tokenizer, mesh) -> Iterator[dict]:
     """An endless, shuffled, checkpointable iterator of this host's train batches."""
-    _check_batch(config.train.batch_size, mesh, "train.batch_size")
+    _check_batch(config, config.train.batch_size, mesh, "train.batch_size")
     # Each accumulation step's micro-batch is sharded over the mesh too.
-    _check_batch(config.train.batch_size // config.optim.accum_steps, mesh,
+    _check_batch(config, config.train.batch_size // config.optim.accum_steps, mesh,
                  "train.batch_size / optim.accum_steps")
     source = make_source(config, "train", config.data.train_examples)
     ds = _dataset(config, tokenizer, source, split="train", batch_size=config.train.batch_size,
@@ -196,7 +195,7 @@ def make_train_iterator(config: ml_collections.ConfigDict, tokenizer, mesh) -> I
 
 def make_eval_source(config: ml_collections.ConfigDict, mesh) -> Any:
     """The eval split's source, its batch size and annotations checked."""
-    _check_batch(config.eval.batch_size, mesh, "eval.batch_size")
+    _check_batch(config, config.eval.batch_size, mesh, "eval.batch_size")
     return make_source(config, "eval", config.eval.num_examples)
 
 
@@ -208,11 +207,6 @@ def make_eval_iterator(config: ml_collections.ConfigDict, tokenizer, mesh,
     ds = _dataset(config, tokenizer, source, split="eval", batch_size=config.eval.batch_size,
                   shuffle=False, num_epochs=1)
     return iter(ds)
-
-
-def batch_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
-    """Leading (batch) axis over the mesh axes ``batch`` maps to; the rest replicated."""
-    return jax.sharding.NamedSharding(mesh, sharding.logical_to_spec(("batch",)))
 
 
 def to_global(local_batch: dict, batch_sharding: jax.sharding.NamedSharding) -> dict:
@@ -229,9 +223,10 @@ def _is_array(v: Any) -> bool:
     return isinstance(v, np.ndarray) and v.dtype.kind in "biuf"
 
 
-def _check_batch(batch_size: int, mesh: jax.sharding.Mesh, key: str) -> None:
-    spec = sharding.logical_to_spec(("batch",))[0]
-    axes = () if spec is None else (spec if isinstance(spec, tuple) else (spec,))
+def _check_batch(config, batch_size: int, mesh: jax.sharding.Mesh, key: str) -> None:
+    # The mesh axes the ``batch`` logical axis maps to (config.sharding.rules).
+    spec = dict(config.sharding.rules).get("batch")
+    axes = () if spec is None else (tuple(spec) if isinstance(spec, (tuple, list)) else (spec,))
     shards = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
     per_process = batch_size // jax.process_count()
     if batch_size % jax.process_count() or per_process % max(1, shards // jax.process_count()):

@@ -5,7 +5,7 @@ model: it must map text to ids and back and name the ids of <pad>, <bos>, <eos>
 and the <video> placeholder. Shipped here:
 
   WordTokenizer           fixed word vocabulary: the benchmark's
-                          (`benchmark_tokenizer`) or a dataset's own
+                          (`video_qa_synthetic.tokenizer`) or a dataset's own
                           (`word_tokenizer_for`), for models trained from scratch;
   SentencePieceTokenizer  a local `.model` file (Gemma, Llama 2, T5 ...);
   HuggingFaceTokenizer    a local `tokenizer.json` (Qwen, Llama 3 ...).
@@ -168,13 +168,6 @@ class WordTokenizer:
 
     def __repr__(self) -> str:
         return f"WordTokenizer(vocab_size={self.vocab_size})"
-
-
-def benchmark_tokenizer() -> WordTokenizer:
-    """The word tokenizer for `data_pipelines.video_qa_synthetic` (fixed vocab)."""
-    from data_pipelines import video_qa_synthetic  # pylint: disable=g-import-not-at-top
-
-    return WordTokenizer(TEMPLATE_WORDS + tuple(video_qa_synthetic.vocabulary()))
 
 
 def word_tokenizer_for(texts: Iterable[str], template: str = DEFAULT_TEMPLATE) -> WordTokenizer:

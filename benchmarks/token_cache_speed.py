@@ -9,8 +9,8 @@ and decoding. Every program is compiled on a warm-up video first; times are
 end-to-end wall-clock medians of ``VideoQA.ask`` over videos (each stage ends
 in ``block_until_ready``); the per-stage means are printed below them.
 
-    python -m benchmarks.token_cache [--config configs/long_video.py] [--videos 5]
-    python -m benchmarks.token_cache --checkpoint workdirs/long_video   # trained weights
+    python -m benchmarks.token_cache_speed [--config configs/long_video.py] [--videos 5]
+    python -m benchmarks.token_cache_speed --checkpoint workdirs/long_video   # trained weights
 
 Without ``--checkpoint`` the model keeps its initial weights (timings do not
 depend on them).
@@ -33,10 +33,10 @@ import av
 import jax
 
 from data_pipelines import video_qa_synthetic
-from frejax import data as data_lib
+from data_pipelines import datasets as data_lib
 from frejax import predict
 from frejax import sharding
-from frejax import train
+from frejax import train_state
 
 
 def write_clip(path: str, frames) -> None:
@@ -65,8 +65,8 @@ def build_video_qa(config, checkpoint: str | None, cache_prefix: bool) -> predic
     mesh = predict.predict_mesh(config)
     with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
         tokenizer = data_lib.make_tokenizer(config)
-        setup = train.make_setup(config, mesh, tokenizer)
-        params = train.init_state(config, setup, tokenizer)["params"]
+        setup = train_state.make_setup(config, mesh, tokenizer)
+        params = train_state.init_state(config, setup, tokenizer)["params"]
     return predict.VideoQA(config, params, tokenizer, mesh, cache_prefix=cache_prefix)
 
 

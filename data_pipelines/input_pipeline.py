@@ -31,7 +31,7 @@ import numpy as np
 from absl import logging
 
 from data_pipelines import video_decode
-from frejax import tokenizer as tokenizer_lib
+from data_pipelines import tokenizer as tokenizer_lib
 
 # input_error codes carried per example: 0 is good, then decode failures, then text.
 INPUT_ERRORS: tuple[str, ...] = ("none",) + video_decode.DECODE_ERRORS + ("text_too_long",)
