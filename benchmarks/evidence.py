@@ -21,7 +21,7 @@ temporal-DCT-only with the background noise held still over each clip instead
 of drawn afresh every frame (``data.background_noise=clip``), to show what that
 noise does to the residual track; on the short clips at 8x, where the budget
 buys one segment, the same two with one residual time window instead of two
-(``compressor.time_windows=1``).
+(``compressor.fre_res.time_windows=1``).
 
 The full sweep trains (2 lengths x 4 ratios x 7 methods + 2 full-token runs +
 the ablations) ~70 times; on 2 CPU cores that is days, on one accelerator
@@ -49,18 +49,18 @@ METHODS = ("full", "fre_res", "uniform_frames", "spatial_pool", "fourier_2d", "t
 # (label, flag overrides of fre_res at the preset's ablation ratio and length).
 ABLATIONS = (
     ("dual track, absorber (default)", ()),
-    ("absorbed only (no residual tokens)", ("--config.compressor.output=absorbed",)),
-    ("plain concatenation (no absorber)", ("--config.compressor.absorber.enabled=false",)),
-    ("anchor-relative residuals", ("--config.compressor.residual=anchor_relative",)),
-    ("anchor: first frame", ("--config.compressor.anchor=first",)),
-    ("anchor: highest energy", ("--config.compressor.anchor=energy",)),
-    ("K = 1 coefficient", ("--config.compressor.num_coeffs=1",)),
-    ("K = 2 coefficients", ("--config.compressor.num_coeffs=2",)),
-    ("one anchor, two time windows (L = 32)", ("--config.compressor.segment_len=32",)),
-    ("one anchor, one time window (L = 32)", ("--config.compressor.segment_len=32",
-                                              "--config.compressor.time_windows=1")),
-    ("absorber window 1", ("--config.compressor.absorber.window=1",)),
-    ("absorber window 5", ("--config.compressor.absorber.window=5",)),
+    ("absorbed only (no residual tokens)", ("--config.compressor.fre_res.output=absorbed",)),
+    ("plain concatenation (no absorber)", ("--config.compressor.fre_res.absorber.enabled=false",)),
+    ("anchor-relative residuals", ("--config.compressor.fre_res.residual=anchor_relative",)),
+    ("anchor: first frame", ("--config.compressor.fre_res.anchor=first",)),
+    ("anchor: highest energy", ("--config.compressor.fre_res.anchor=energy",)),
+    ("K = 1 coefficient", ("--config.compressor.fre_res.num_coeffs=1",)),
+    ("K = 2 coefficients", ("--config.compressor.fre_res.num_coeffs=2",)),
+    ("one anchor, two time windows (L = 32)", ("--config.compressor.fre_res.segment_len=32",)),
+    ("one anchor, one time window (L = 32)", ("--config.compressor.fre_res.segment_len=32",
+                                              "--config.compressor.fre_res.time_windows=1")),
+    ("absorber window 1", ("--config.compressor.fre_res.absorber.window=1",)),
+    ("absorber window 5", ("--config.compressor.fre_res.absorber.window=5",)),
 )
 
 
@@ -88,8 +88,8 @@ STUDIES = {
     "windows": Study(
         "one-time-window", "Time windows",
         "The budget buys one segment here; the default cuts its residual track into two time"
-        " windows, the rerun keeps one (`compressor.time_windows=1`), the same token count.",
-        ("--config.compressor.time_windows=1",), "two time windows (default)",
+        " windows, the rerun keeps one (`compressor.fre_res.time_windows=1`), the same token count.",
+        ("--config.compressor.fre_res.time_windows=1",), "two time windows (default)",
         "one time window"),
 }
 STATIC_BACKGROUND = STUDIES["background"].flags

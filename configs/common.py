@@ -50,7 +50,6 @@ def apply_smoke(c: ml_collections.ConfigDict) -> None:
     c.data.num_frames = min(c.data.num_frames, 8)
     c.model.vision.update(width=32, depth=1, heads=2, mlp_dim=64)
     c.model.llm.update(width=32, depth=1, heads=2, kv_heads=1, mlp_dim=64)
-    c.compressor.absorber.heads = 2
     c.train.update(batch_size=8, num_steps=4, log_every=2, checkpoint_every=2, progress_bar=False)
     c.optim.warmup_steps = 2
     c.eval.update(batch_size=8, num_examples=12)
@@ -65,7 +64,8 @@ def apply_pod_scale(c: ml_collections.ConfigDict) -> None:
     c.model.llm.update(vocab_size=152_064, width=3584, depth=28, heads=28, kv_heads=4,
                        head_dim=128, mlp_dim=18_944, rope_theta=1_000_000.0, qkv_bias=True,
                        tie_embeddings=False, remat=True)
-    c.compressor.absorber.heads = 16
+    if c.compressor.name in ("fre_res", "temporal_dct_only", "anchors_only"):
+        c.compressor.fre_res.absorber.heads = 16  # head width 72 at encoder width 1152
     c.optim.update(learning_rate=2e-5, warmup_steps=500)
     c.train.update(batch_size=256, num_steps=20_000, dtype="auto", checkpoint_every=500)
     c.eval.update(batch_size=64, num_examples=2000, max_new_tokens=256)

@@ -212,4 +212,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    from frejax import config_lib  # noqa: PLC0415  (here: nothing runs on import)
+
+    config_lib.check_override_flags(sys.argv)
     app.run(main)

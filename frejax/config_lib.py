@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import ml_collections
 
+from frejax import compression, sharding
+from frejax.compression import options as options_lib
+
 # Logical axis -> mesh axes. Parameters are sharded over fsdp on their embed
 # (or vocab) axis and over tensor on heads/mlp; activations over data+fsdp on batch.
 DEFAULT_RULES = (
@@ -29,28 +32,19 @@ DEFAULT_RULES = (
 
 
 def compressor_config(name: str = "fre_res", ratio: float = 8.0) -> ml_collections.ConfigDict:
-    """Every compressor option; each method reads the ones it needs."""
-    return ml_collections.ConfigDict(dict(
-        name=name,
-        budget=0,          # visual tokens per video; 0: use ratio
-        ratio=ratio,       # T*N / budget; 0 with budget 0: full tokens
-        # Fre-Res (0 = chosen by the budget).
-        segment_len=0,     # L frames per segment (one anchor each)
-        num_coeffs=0,      # K kept temporal DCT coefficients per time window
-        time_windows=0,    # W residual time windows per segment
-        pool=0,            # p x p pooling of residual-frequency tokens
-        residual="inter_frame",   # inter_frame | anchor_relative
-        anchor="middle",          # first | middle | energy
-        allocation="uniform",     # uniform | energy
-        # dual: absorbed anchors + residual-frequency tokens | absorbed: anchors only.
-        # dual by default: on the embedded benchmark it learns motion in far fewer steps.
-        output="dual",
-        dct_method="auto",        # auto | fft | matmul
-        absorber=dict(window=3, heads=4, enabled=True),
-        # Baselines.
-        pool_mode="average",      # spatial_pool: average | bilinear
-        merge_threshold=0.9,      # temporal_merge: cosine similarity
-    ))
+    """``name``, the budget, and one section of options per method, at their defaults.
+
+    The sections (``compressor.fre_res``, ``compressor.spatial_pool``,
+    ``compressor.temporal_merge``) come from the options each compressor
+    declares (``Compressor.OPTIONS``); only the chosen method's section may
+    differ from its defaults (``validate``).
+    """
+    c = dict(name=name,
+             budget=0,      # visual tokens per video; 0: use ratio
+             ratio=ratio)   # T*N / budget; 0 with budget 0: full tokens
+    for section, schema in compression.sections().items():
+        c[section] = options_lib.defaults(schema)
+    return ml_collections.ConfigDict(c)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -149,12 +143,6 @@ _CHOICES = {
     "data.resize": ("crop", "pad"),
     "data.tokenizer": ("auto", "sentencepiece", "huggingface"),
     "model.llm.rope_scaling.type": ("none", "llama3"),
-    "compressor.residual": ("inter_frame", "anchor_relative"),
-    "compressor.anchor": ("first", "middle", "energy"),
-    "compressor.allocation": ("uniform", "energy"),
-    "compressor.output": ("absorbed", "dual"),
-    "compressor.dct_method": ("auto", "fft", "matmul"),
-    "compressor.pool_mode": ("average", "bilinear"),
     "train.dtype": ("auto", "float32", "bfloat16"),
 }
 
@@ -175,7 +163,6 @@ _DIVIDES = (
     ("model.vision.patch_size", "data.image_size"),
     ("model.vision.heads", "model.vision.width"),
     ("model.llm.kv_heads", "model.llm.heads"),
-    ("compressor.absorber.heads", "model.vision.width"),
     ("optim.accum_steps", "train.batch_size"),
 )
 
@@ -225,8 +212,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     coefficients, pooling against the budget) are checked when the model is
     built abstractly at start-up, by the compressor itself.
     """
-    from frejax import compression, sharding  # noqa: PLC0415  (registry import is heavy)
-
     v = _check_types(config)
     for key, allowed in _CHOICES.items():
         if v[key] not in allowed:
@@ -234,10 +219,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in _POSITIVE:
         if v[key] < 1:
             raise ValueError(f"config.{key} must be >= 1, got {v[key]}")
-    if v["compressor.name"] not in compression.names():
-        raise ValueError(
-            f"config.compressor.name: unknown compressor {v['compressor.name']!r};"
-            f" choose one of {compression.names()}")
+    _validate_compressor(config, v)
     if v["model.vision.image_size"] != v["data.image_size"]:
         raise ValueError(
             f"config.model.vision.image_size ({v['model.vision.image_size']}) must equal"
@@ -273,6 +255,32 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.sharding.max_unsharded_param_size must be >= 0,"
                          f" got {v['sharding.max_unsharded_param_size']}")
     _validate_training_groups(v)
+
+
+def _validate_compressor(config: ml_collections.ConfigDict, v: dict) -> None:
+    """The chosen method's options are checked; every other method's must be untouched."""
+    name = v["compressor.name"]
+    if name not in compression.names():
+        raise ValueError(f"config.compressor.name: unknown compressor {name!r};"
+                         f" choose one of {compression.names()}")
+    chosen = compression.get(name).section
+    for section, schema in compression.sections().items():
+        given = config.compressor.get(section)
+        if section == chosen:
+            opts = options_lib.resolve(f"config.compressor.{section}", schema, given)
+            continue
+        stale = options_lib.changed(schema, given, f"config.compressor.{section}")
+        if stale:
+            users = sorted(n for n in compression.names()
+                           if compression.get(n).section == section)
+            raise ValueError(
+                f"{stale[0]}: an option of {', '.join(users)}, but config.compressor.name is"
+                f" {name!r}, which does not read it; remove the setting or choose one of"
+                f" those compressors")
+    if chosen == "fre_res" and v["model.vision.width"] % opts["absorber"]["heads"]:
+        raise ValueError(
+            f"config.compressor.fre_res.absorber.heads ({opts['absorber']['heads']}) must divide"
+            f" config.model.vision.width ({v['model.vision.width']})")
 
 
 def _validate_data(v: dict) -> None:
@@ -326,3 +334,26 @@ def _validate_training_groups(v: dict) -> None:
     for key in ("model.vision.norm_eps", "model.llm.norm_eps"):
         if v[key] <= 0:
             raise ValueError(f"config.{key} must be > 0, got {v[key]}")
+
+
+def check_override_flags(argv: list[str], flag: str = "config") -> None:
+    """Fails naming the key for ``--config.<key>=...`` overrides of keys the schema lacks.
+
+    ``ml_collections.config_flags`` reports such a flag with a bare ``KeyError``
+    traceback; this runs before flag parsing and says which key and what exists.
+    """
+    keys = set(_flatten(base_config()))
+    sections = {k.rpartition(".")[0] for k in keys}
+    for arg in argv[1:]:
+        if not arg.startswith(f"--{flag}."):
+            continue
+        key = arg[len(flag) + 3:].partition("=")[0]
+        if key in keys:
+            continue
+        parent = key.rpartition(".")[0]
+        while parent and parent not in sections:
+            parent = parent.rpartition(".")[0]
+        near = sorted(k[len(parent) + 1:] if parent else k for k in keys
+                      if not parent or k.startswith(parent + "."))
+        raise SystemExit(f"--{flag}.{key}: config.{key} does not exist; config.{parent or '*'}"
+                         f" has {near}")

@@ -13,6 +13,7 @@ Everything but flag parsing lives in importable modules (``frejax.train``).
 
 import logging as py_logging
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -75,4 +76,7 @@ def main(argv):
 
 
 if __name__ == "__main__":  # Grain workers spawn: nothing may run on import.
+    from frejax import config_lib  # noqa: PLC0415  (here: nothing runs on import)
+
+    config_lib.check_override_flags(sys.argv)
     app.run(main)

@@ -27,6 +27,7 @@ import dataclasses
 import functools
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -412,4 +413,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    from frejax import config_lib  # noqa: PLC0415  (here: nothing runs on import)
+
+    config_lib.check_override_flags(sys.argv)
     app.run(main)

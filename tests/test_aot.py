@@ -34,7 +34,7 @@ def _figure(out: str, name: str) -> int:
 
 # The smoke model's 2 heads cannot split over the pod's tensor axis of 4.
 POD_LIKE = {"train.batch_size": 16, "model.vision.heads": 4, "model.llm.heads": 4,
-            "model.llm.kv_heads": 4, "compressor.absorber.heads": 4}
+            "model.llm.kv_heads": 4, "compressor.fre_res.absorber.heads": 4}
 
 
 def _pod_like_config():

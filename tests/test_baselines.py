@@ -72,7 +72,7 @@ def test_pooled_grid_choice():
 @pytest.mark.parametrize("mode", ["average", "bilinear"])
 def test_spatial_pool_constant_video_stays_constant(mode):
     x = jnp.broadcast_to(jnp.arange(GEOM.embed, dtype=jnp.float32), (2, 8, 16, GEOM.embed))
-    comp = _build("spatial_pool", 24, {"pool_mode": mode})
+    comp = _build("spatial_pool", 24, {"mode": mode})
     tokens, mask = _run(comp, x)
     assert mask.sum(1).tolist() == [comp.num_valid_tokens] * 2
     expect = np.broadcast_to(np.arange(GEOM.embed), (mask.sum(), GEOM.embed))
@@ -90,8 +90,8 @@ def test_spatial_pool_2x2_is_block_mean():
 
 
 def test_spatial_pool_bad_mode():
-    with pytest.raises(ValueError, match=r"compressor\.pool_mode"):
-        _build("spatial_pool", 32, {"pool_mode": "max"})
+    with pytest.raises(ValueError, match=r"compressor\.spatial_pool\.mode"):
+        _build("spatial_pool", 32, {"mode": "max"})
 
 
 # --------------------------------------------------------------------- fourier 2d
@@ -164,8 +164,8 @@ def test_temporal_merge_noise_keeps_budget():
 
 
 def test_temporal_merge_bad_threshold():
-    with pytest.raises(ValueError, match=r"compressor\.merge_threshold"):
-        _build("temporal_merge", 32, {"merge_threshold": 1.5})
+    with pytest.raises(ValueError, match=r"compressor\.temporal_merge\.threshold"):
+        _build("temporal_merge", 32, {"threshold": 1.5})
 
 
 # ----------------------------------------------------------------- frame masks

@@ -22,7 +22,7 @@ def test_full_sweep_plan_covers_every_method_ratio_length_and_ablation():
     assert len(ablations) == len(evidence.ABLATIONS) - 1  # the default is the main run
     assert all(r.length == "long" and r.ratio == 8 and r.method == "fre_res" for r in ablations)
     for key, length, flags in (("background", "long", "--config.data.background_noise=clip"),
-                               ("windows", "short", "--config.compressor.time_windows=1")):
+                               ("windows", "short", "--config.compressor.fre_res.time_windows=1")):
         study = [r for r in runs if r.study == key]
         assert {r.method for r in study} == {"fre_res", "temporal_dct_only"}
         assert all(r.flags == (flags,) and (r.length, r.ratio) == (length, 8) for r in study)

@@ -62,7 +62,7 @@ def _roundtrip(latents, frame_mask, *, plan, residual):
     """Split + reconstruct for every anchor mode: ``(3, B, T, N, D)``."""
     out = []
     method = "fft" if residual == "inter_frame" else "matmul"  # both paths, half the compiles
-    for anchor in budget_lib.ANCHORS:
+    for anchor in anchors_lib.ANCHOR_MODES:
         parts = fre_res.fre_res_parts(latents, frame_mask, plan=plan, residual=residual,
                                       anchor=anchor, method=method)
         assert parts.coeffs is None or parts.coeffs.shape[2] == plan.residual_slots
@@ -73,7 +73,7 @@ def _roundtrip(latents, frame_mask, *, plan, residual):
     return jnp.stack(out)
 
 
-@pytest.mark.parametrize("residual", budget_lib.RESIDUALS)
+@pytest.mark.parametrize("residual", anchors_lib.RESIDUAL_KINDS)
 @pytest.mark.parametrize("frames,segment_len,windows", [(10, 4, 1), (3, 5, 1), (1, 4, 1),
                                                         (5, 1, 1), (9, 9, 3), (8, 8, 2)])
 def test_split_reconstructs_exactly(residual, frames, segment_len, windows):
@@ -89,7 +89,7 @@ def test_split_reconstructs_exactly(residual, frames, segment_len, windows):
     np.testing.assert_allclose(got, jnp.broadcast_to(x, got.shape), atol=1e-5)
 
 
-@pytest.mark.parametrize("residual", budget_lib.RESIDUALS)
+@pytest.mark.parametrize("residual", anchors_lib.RESIDUAL_KINDS)
 def test_reconstructs_valid_frames_of_a_masked_video(residual):
     geometry = VideoGeometry(9, (2, 2), 3)
     plan = budget_lib.make_plan(geometry, geometry.full_tokens,
@@ -101,7 +101,7 @@ def test_reconstructs_valid_frames_of_a_masked_video(residual):
     np.testing.assert_allclose(got, jnp.broadcast_to(want, got.shape), atol=1e-5)
     # The anchor is a valid frame of its segment whenever the segment has one.
     seg_mask = jnp.pad(mask, ((0, 0), (0, 3))).reshape(2, 3, 4)
-    for anchor in budget_lib.ANCHORS:
+    for anchor in anchors_lib.ANCHOR_MODES:
         segments, _ = anchors_lib.segment_frames(x, mask, 4)
         index = anchors_lib.select_anchor(segments, seg_mask, anchor)
         picked = jnp.take_along_axis(seg_mask, index[..., None], 2)[..., 0]
@@ -223,8 +223,8 @@ def video_cases(draw, name):
     budget = draw(st.integers(min(least, frames * n), frames * n))
     max_k = max(1, (segment_len or frames) - 1)
     options = dict(
-        anchor=draw(st.sampled_from(budget_lib.ANCHORS)),
-        residual=draw(st.sampled_from(budget_lib.RESIDUALS)),
+        anchor=draw(st.sampled_from(anchors_lib.ANCHOR_MODES)),
+        residual=draw(st.sampled_from(anchors_lib.RESIDUAL_KINDS)),
         segment_len=segment_len,
         num_coeffs=draw(st.sampled_from([0, 0, draw(st.integers(1, max_k))])),
         pool=draw(st.sampled_from([0, 0, draw(st.integers(1, max(grid)))])),
@@ -395,37 +395,37 @@ def test_same_result_on_one_device_and_on_a_mesh(name, options):
 
 def test_error_messages():
     g = VideoGeometry(16, (4, 4), 8)
-    with pytest.raises(ValueError, match=r"compressor\.num_coeffs must be in \[1, 7\] for"
+    with pytest.raises(ValueError, match=r"compressor\.fre_res\.num_coeffs must be in \[1, 7\] for"
                                          r" segment_len 8, got 8"):
         compression.build("fre_res", g, 64, dict(segment_len=8, num_coeffs=8), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"compressor\.budget 10 is below one anchor frame"
                                          r" \(16 tokens\)"):
         compression.build("fre_res", g, 10, None, rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match=r"compressor\.segment_len 2 gives 8 segments"):
+    with pytest.raises(ValueError, match=r"compressor\.fre_res\.segment_len 2 gives 8 segments"):
         compression.build("anchors_only", g, 64, dict(segment_len=2), rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match=r"compressor\.pool must be in \[1, 4\]"):
+    with pytest.raises(ValueError, match=r"compressor\.fre_res\.pool must be in \[1, 4\]"):
         compression.build("fre_res", g, 64, dict(pool=5), rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match=r"compressor\.residual must be one of"):
+    with pytest.raises(ValueError, match=r"compressor\.fre_res\.residual must be one of"):
         compression.build("fre_res", g, 64, dict(residual="optical_flow"), rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match=r"compressor\.absorber\.heads must divide"):
+    with pytest.raises(ValueError, match=r"compressor\.fre_res\.absorber\.heads must divide"):
         compression.build("fre_res", g, 64, dict(absorber=dict(heads=3)), rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match=r"compressor\.absorber\.window must be an odd"):
+    with pytest.raises(ValueError, match=r"compressor\.fre_res\.absorber\.window must be an odd"):
         compression.build("fre_res", g, 64, dict(absorber=dict(window=2)), rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match=r"compressor\.segment_len must be >= 2"):
+    with pytest.raises(ValueError, match=r"compressor\.fre_res\.segment_len must be >= 2"):
         compression.build("temporal_dct_only", VideoGeometry(1, (4, 4), 8), 16, None,
                           rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match=r"compressor\.num_coeffs .* over the"):
+    with pytest.raises(ValueError, match=r"compressor\.fre_res\.num_coeffs .* over the"):
         compression.build("fre_res", g, 64, dict(output="dual", num_coeffs=7, pool=1),
                           rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match=r"compressor\.time_windows must be in \[1, 7\] for"
+    with pytest.raises(ValueError, match=r"compressor\.fre_res\.time_windows must be in \[1, 7\] for"
                                          r" segment_len 8"):
         compression.build("fre_res", g, 64, dict(segment_len=8, time_windows=8),
                           rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match=r"compressor\.time_windows must be 1 with"
+    with pytest.raises(ValueError, match=r"compressor\.fre_res\.time_windows must be 1 with"
                                          r" allocation='energy'"):
         compression.build("fre_res", g, 64, dict(allocation="energy", time_windows=2),
                           rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match=r"compressor\.num_coeffs must be in \[1, 4\] for 2"
+    with pytest.raises(ValueError, match=r"compressor\.fre_res\.num_coeffs must be in \[1, 4\] for 2"
                                          r" time windows of segment_len 8"):
         compression.build("fre_res", g, 64, dict(segment_len=8, time_windows=2, num_coeffs=5),
                           rngs=nnx.Rngs(0))
@@ -446,7 +446,7 @@ def test_energy_concentrates_in_low_frequencies_for_smooth_latents():
     noise = jnp.asarray(rng.normal(size=smooth.shape), jnp.float32)
     capture = jax.jit(energy.energy_capture, compiler_options=QUICK_COMPILE,
                       static_argnames=("num_coeffs", "segment_len", "residual"))
-    for residual in budget_lib.RESIDUALS:
+    for residual in anchors_lib.RESIDUAL_KINDS:
         rep = capture(smooth, num_coeffs=2, segment_len=16, residual=residual)
         assert float(jnp.min(rep.fraction)) > 0.9, (residual, rep.fraction)
         assert rep.spectrum.shape == (4, 15)

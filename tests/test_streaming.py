@@ -144,7 +144,7 @@ def test_scaling_benchmark_streamed_memory_is_flat_and_whole_grows():
 
     config = long_video.get_config("smoke")
     config.data.num_frames = 16  # the 16-frame plan (L = 16, K = 4, 2x2 pool) holds at 64
-    config.compressor.time_windows = 1  # (a one-segment clip would otherwise get two)
+    config.compressor.fre_res.time_windows = 1  # (a one-segment clip would otherwise get two)
     rows = long_video_scaling.measure(config, [16, 64], compile_only=False, repeats=1,
                                       max_whole_run=64)
     short, long = rows
@@ -154,6 +154,6 @@ def test_scaling_benchmark_streamed_memory_is_flat_and_whole_grows():
     assert all(r[p]["seconds"] > 0 for r in rows for p in long_video_scaling.PATHS)
 
     # With two time windows the 16-frame clip's plan is not the 64-frame one's: refused.
-    config.compressor.time_windows = 0
+    config.compressor.fre_res.time_windows = 0
     with pytest.raises(ValueError, match="another compressor layout"):
         long_video_scaling.measure(config, [64], compile_only=True, repeats=1, max_whole_run=0)

@@ -134,8 +134,8 @@ def test_micro_batch_that_cannot_split_over_the_mesh_is_a_config_error():
 
 def test_config_validation_names_the_key():
     config = short_video.get_config("smoke")
-    config.compressor.output = "both"
-    with pytest.raises(ValueError, match="compressor.output"):
+    config.compressor.fre_res.output = "both"
+    with pytest.raises(ValueError, match="compressor.fre_res.output"):
         train.config_lib.validate(config)
     config = short_video.get_config("smoke")
     config.model.llm.kv_heads = 3

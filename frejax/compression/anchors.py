@@ -77,7 +77,7 @@ def select_anchor(segments: jax.Array, mask: jax.Array, mode: str = "middle") ->
       mask: ``(batch, S, L)`` bool.
     """
     if mode not in ANCHOR_MODES:
-        raise ValueError(f"compressor.anchor must be one of {ANCHOR_MODES}, got {mode!r}")
+        raise ValueError(f"compressor.fre_res.anchor must be one of {ANCHOR_MODES}, got {mode!r}")
     mask = mask.astype(bool)
     if mode == "first":
         return jnp.argmax(mask, axis=-1).astype(jnp.int32)
@@ -112,7 +112,7 @@ def residual_trajectories(segments: jax.Array, mask: jax.Array, anchor_index: ja
       kind: ``"inter_frame"`` or ``"anchor_relative"``.
     """
     if kind not in RESIDUAL_KINDS:
-        raise ValueError(f"compressor.residual must be one of {RESIDUAL_KINDS}, got {kind!r}")
+        raise ValueError(f"compressor.fre_res.residual must be one of {RESIDUAL_KINDS}, got {kind!r}")
     mask = mask.astype(bool)
     if kind == "inter_frame":
         both = (mask[:, :, 1:] & mask[:, :, :-1])[..., None, None]
@@ -149,7 +149,7 @@ def integrate_residuals(anchors: jax.Array, anchor_index: jax.Array, residuals: 
         at_anchor = jnp.take_along_axis(offset, anchor_index[:, :, None, None, None], axis=2)
         return anchors[:, :, None] + (offset - at_anchor)
     if kind != "anchor_relative":
-        raise ValueError(f"compressor.residual must be one of {RESIDUAL_KINDS}, got {kind!r}")
+        raise ValueError(f"compressor.fre_res.residual must be one of {RESIDUAL_KINDS}, got {kind!r}")
     a = anchor_index[:, :, None]
     slot = jnp.clip(t[None, None, :] - (t[None, None, :] > a), 0, length - 2)
     delta = jnp.take_along_axis(residuals, slot[..., None, None], axis=2)

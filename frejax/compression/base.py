@@ -15,11 +15,14 @@ sequence lengths, and comparisons of accuracy and prefill cost are fair.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from frejax.compression import options as options_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,12 +82,24 @@ class Compressor(nnx.Module):
     """Base class. Subclasses set ``name`` and implement ``compress``.
 
     Constructor: ``Cls(geometry, budget, options, *, rngs)`` where ``options``
-    is a mapping (an ``ml_collections.ConfigDict`` section) of method settings.
-    Invalid settings raise ``ValueError`` naming ``compressor.<field>`` and its
-    allowed range.
+    is the method's own config section (``compressor.<section>``, a mapping;
+    missing keys take their defaults). ``OPTIONS`` declares every option with
+    its default and allowed values; ``resolve_options`` checks them and raises
+    ``ValueError`` naming ``compressor.<section>.<field>``. Methods that share
+    options (Fre-Res and its ablations) share a section.
     """
 
     name: ClassVar[str] = ""
+    section: ClassVar[str] = ""                       # "" = no options
+    OPTIONS: ClassVar[options_lib.Schema] = {}
+
+    @classmethod
+    def resolve_options(cls, options: Any = None) -> dict[str, Any]:
+        if not cls.section:
+            if options:
+                raise ValueError(f"compressor {cls.name!r} takes no options, got {dict(options)}")
+            return {}
+        return options_lib.resolve(f"compressor.{cls.section}", cls.OPTIONS, options)
 
     def __init__(self, geometry: VideoGeometry, budget: int, options: Any = None, *,
                  rngs: nnx.Rngs | None = None):
@@ -164,4 +179,22 @@ def get(name: str) -> type[Compressor]:
 
 def build(name: str, geometry: VideoGeometry, budget: int, options: Any = None, *,
           rngs: nnx.Rngs) -> Compressor:
+    """``options``: the method's own section (``compressor.<section>``)."""
     return get(name)(geometry, budget, options, rngs=rngs)
+
+
+def sections() -> dict[str, options_lib.Schema]:
+    """Config section -> option schema, over every registered compressor."""
+    out: dict[str, options_lib.Schema] = {}
+    for cls in _REGISTRY.values():
+        if cls.section:
+            if out.setdefault(cls.section, cls.OPTIONS) is not cls.OPTIONS:
+                raise ValueError(f"compressor {cls.name!r} declares other options for the"
+                                 f" shared section {cls.section!r}")
+    return dict(sorted(out.items()))
+
+
+def section_options(compressor_config: Mapping[str, Any]) -> Any:
+    """The chosen method's own section of a ``compressor`` config (``None`` without one)."""
+    cls = get(compressor_config["name"])
+    return compressor_config.get(cls.section) if cls.section else None

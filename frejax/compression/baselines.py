@@ -31,10 +31,7 @@ from flax import nnx
 from frejax import sharding
 from frejax.compression import dct as dct_lib
 from frejax.compression.base import CompressedTokens, Compressor, VideoGeometry, register
-
-
-def _option(options: Any, key: str, default: Any) -> Any:
-    return default if options is None else options.get(key, default)
+from frejax.compression.options import Option
 
 
 @functools.lru_cache(maxsize=256)
@@ -173,22 +170,21 @@ class SpatialPool(Compressor):
 
     After LLaVA-Video (2410.02713) / LLaVA-OneVision (2408.03326).
     ``(batch, frames, tokens, embed)`` -> ``(batch, F * h' * w', embed)``,
-    frame-major then row-major. Options: ``pool_mode`` ``'average'`` (area
-    pooling over adaptive bins, default) or ``'bilinear'`` (``jax.image.resize``
-    with antialiasing). If ``budget < T`` even ``1x1`` per frame is too many, so
+    frame-major then row-major. Option ``compressor.spatial_pool.mode``:
+    ``'average'`` (area pooling over adaptive bins, default) or ``'bilinear'``
+    (``jax.image.resize`` with antialiasing). If ``budget < T`` even ``1x1`` per frame is too many, so
     ``F = budget`` frames are kept (centres of equal bins), each pooled to ``1x1``.
     """
 
     name = "spatial_pool"
-    pool_modes = ("average", "bilinear")
+    section = "spatial_pool"
+    OPTIONS = dict(mode=Option("average", "area pooling over adaptive bins, or bilinear resizing",
+                               ("average", "bilinear")))
 
     def __init__(self, geometry: VideoGeometry, budget: int, options: Any = None, *,
                  rngs: nnx.Rngs | None = None):
         super().__init__(geometry, budget, options, rngs=rngs)
-        self.pool_mode = str(_option(options, "pool_mode", "average"))
-        if self.pool_mode not in self.pool_modes:
-            raise ValueError(
-                f"compressor.pool_mode must be one of {self.pool_modes}, got {self.pool_mode!r}")
+        self.pool_mode = self.resolve_options(options)["mode"]
         self.kept_frames, self.out_h, self.out_w = pooled_grid(
             geometry.frames, tuple(geometry.grid), self.budget)
 
@@ -330,8 +326,8 @@ class TemporalMerge(Compressor):
     After DyCoke (2411.15024) / STTM (2507.07990). The rule, per video:
 
     1. At each spatial position walk the valid frames in order; a token whose
-       cosine similarity to the running group's mean exceeds ``merge_threshold``
-       (option, default 0.9) merges into it, otherwise it starts a new group.
+       cosine similarity to the running group's mean exceeds the option
+       ``compressor.temporal_merge.threshold`` (default 0.9) merges into it, otherwise it starts a new group.
        Its novelty is ``1 - that similarity`` (``novelty_scores``); the first
        valid frame scores above every other token, so group heads always rank
        above merged tokens.
@@ -348,15 +344,15 @@ class TemporalMerge(Compressor):
     """
 
     name = "temporal_merge"
+    section = "temporal_merge"
+    OPTIONS = dict(threshold=Option(
+        0.9, "cosine similarity above which a token merges into an earlier one",
+        check=lambda v: -1.0 <= v <= 1.0, requirement="a cosine similarity in [-1, 1]"))
 
     def __init__(self, geometry: VideoGeometry, budget: int, options: Any = None, *,
                  rngs: nnx.Rngs | None = None):
         super().__init__(geometry, budget, options, rngs=rngs)
-        self.merge_threshold = float(_option(options, "merge_threshold", 0.9))
-        if not -1.0 <= self.merge_threshold <= 1.0:
-            raise ValueError(
-                f"compressor.merge_threshold must be a cosine similarity in [-1, 1],"
-                f" got {self.merge_threshold}")
+        self.merge_threshold = self.resolve_options(options)["threshold"]
 
     @property
     def num_valid_tokens(self) -> int:

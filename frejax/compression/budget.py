@@ -45,7 +45,7 @@ Rule for options left at 0 ("chosen by the budget"):
    absorber reads the lower half of the spectrum).
 
 Explicit values are honoured and checked; impossible ones raise ``ValueError``
-naming ``compressor.<field>`` and the allowed range.
+naming ``compressor.fre_res.<field>`` and the allowed range.
 """
 
 from __future__ import annotations
@@ -55,37 +55,41 @@ import functools
 import math
 from typing import Any
 
+from frejax.compression import options as options_lib
+from frejax.compression.anchors import ANCHOR_MODES, RESIDUAL_KINDS
 from frejax.compression.base import VideoGeometry
+from frejax.compression.dct import METHODS as DCT_METHODS
+from frejax.compression.options import Option
 
-OUTPUTS = ("absorbed", "dual")
-RESIDUALS = ("inter_frame", "anchor_relative")
-ANCHORS = ("first", "middle", "energy")
-ALLOCATIONS = ("uniform", "energy")
-DCT_METHODS = ("auto", "fft", "matmul")
 VARIANTS = ("fre_res", "temporal_dct_only", "anchors_only")
+SECTION = "fre_res"  # config section: compressor.fre_res, shared by the ablations
+
+# Every Fre-Res option (0 = chosen by the budget, see the module docstring).
+OPTIONS: options_lib.Schema = dict(
+    segment_len=options_lib.non_negative("L frames per segment (one anchor each)"),
+    num_coeffs=options_lib.non_negative("K kept temporal DCT coefficients per time window"),
+    time_windows=options_lib.non_negative("W residual time windows per segment"),
+    pool=options_lib.non_negative("p x p pooling of residual-frequency tokens"),
+    residual=Option("inter_frame", "residual trajectories", RESIDUAL_KINDS),
+    anchor=Option("middle", "anchor frame of a segment", ANCHOR_MODES),
+    allocation=Option("uniform", "coefficients per segment: equal, or by residual energy",
+                      ("uniform", "energy")),
+    # dual by default: on the embedded benchmark it learns motion in far fewer steps.
+    output=Option("dual", "absorbed anchors + residual-frequency tokens, or the anchors alone",
+                  ("dual", "absorbed")),
+    dct_method=Option("auto", "temporal DCT path", DCT_METHODS),
+    absorber=dict(
+        window=Option(3, "neighbourhood of an anchor token (odd)",
+                      check=lambda v: v >= 1 and v % 2 == 1, requirement="an odd int >= 1"),
+        heads=Option(4, "attention heads (must divide the encoder width)",
+                     check=lambda v: v >= 1, requirement="an int >= 1"),
+        enabled=Option(True, "absorb the residual track into the anchors")),
+)
 
 
-def option(options: Any, key: str, default: Any) -> Any:
-    """``options.get(key, default)`` for a dict, a ConfigDict or ``None``."""
-    if options is None:
-        return default
-    value = options.get(key, default)
-    return default if value is None else value
-
-
-def choice(options: Any, key: str, default: str, allowed: tuple[str, ...]) -> str:
-    value = option(options, key, default)
-    if value not in allowed:
-        raise ValueError(f"compressor.{key} must be one of {allowed}, got {value!r}")
-    return value
-
-
-def non_negative_int(options: Any, key: str) -> int:
-    value = option(options, key, 0)
-    if isinstance(value, bool) or int(value) != value or value < 0:
-        raise ValueError(f"compressor.{key} must be an int >= 0 (0 = chosen by the budget),"
-                         f" got {value!r}")
-    return int(value)
+def resolve_options(options: Any = None) -> dict[str, Any]:
+    """Fre-Res options over their defaults, checked (errors name ``compressor.fre_res.<key>``)."""
+    return options_lib.resolve(f"compressor.{SECTION}", OPTIONS, options)
 
 
 def pooled_grid(grid: tuple[int, int], pool: int) -> tuple[int, int]:
@@ -178,20 +182,18 @@ def make_plan(geometry: VideoGeometry, budget: int, options: Any = None,
     budget = int(budget)
     if not 1 <= budget <= geometry.full_tokens:
         raise ValueError(f"compressor.budget must be in [1, {geometry.full_tokens}], got {budget}")
-    seg_opt = non_negative_int(options, "segment_len")
-    k_opt = non_negative_int(options, "num_coeffs")
-    p_opt = non_negative_int(options, "pool")
-    w_opt = non_negative_int(options, "time_windows")
-    allocation = choice(options, "allocation", "uniform", ALLOCATIONS)
-    absorber = option(options, "absorber", None)
-    absorb = bool(option(absorber, "enabled", True))
+    opts = resolve_options(options)
+    seg_opt, k_opt = opts["segment_len"], opts["num_coeffs"]
+    p_opt, w_opt = opts["pool"], opts["time_windows"]
+    allocation = opts["allocation"]
+    absorb = opts["absorber"]["enabled"]
     if variant == "fre_res":
-        output = choice(options, "output", "dual", OUTPUTS)
+        output = opts["output"]
     else:
         output = "residual" if variant == "temporal_dct_only" else "anchors"
         absorb = False
     if p_opt > max(grid):
-        raise ValueError(f"compressor.pool must be in [1, {max(grid)}] for grid {grid}"
+        raise ValueError(f"compressor.fre_res.pool must be in [1, {max(grid)}] for grid {grid}"
                          f" (0 = chosen by the budget), got {p_opt}")
 
     # 1. Segments.
@@ -206,27 +208,27 @@ def make_plan(geometry: VideoGeometry, budget: int, options: Any = None,
     anchor_tokens = 0 if output == "residual" else segments * n
     if anchor_tokens > budget:
         raise ValueError(
-            f"compressor.segment_len {seg_len} gives {segments} segments = {anchor_tokens}"
+            f"compressor.fre_res.segment_len {seg_len} gives {segments} segments = {anchor_tokens}"
             f" anchor tokens, over the budget {budget}; segment_len must be >="
             f" {-(-frames // (budget // n))} for T={frames}, N={n}")
 
     # 2. Time windows.
     steps = seg_len - 1
     if k_opt and steps < 1:
-        raise ValueError(f"compressor.num_coeffs must be 0 for segment_len 1 (no residual"
+        raise ValueError(f"compressor.fre_res.num_coeffs must be 0 for segment_len 1 (no residual"
                          f" track), got {k_opt}")
     if k_opt > steps:
-        raise ValueError(f"compressor.num_coeffs must be in [1, {steps}] for segment_len"
+        raise ValueError(f"compressor.fre_res.num_coeffs must be in [1, {steps}] for segment_len"
                          f" {seg_len}, got {k_opt}")
     if output == "residual" and steps < 1:
-        raise ValueError(f"compressor.segment_len must be >= 2 for temporal_dct_only (a residual"
+        raise ValueError(f"compressor.fre_res.segment_len must be >= 2 for temporal_dct_only (a residual"
                          f" track needs two frames per segment), got {seg_len} for T={frames}")
     if w_opt and w_opt > max(steps, 1):
-        raise ValueError(f"compressor.time_windows must be in [1, {max(steps, 1)}] for"
+        raise ValueError(f"compressor.fre_res.time_windows must be in [1, {max(steps, 1)}] for"
                          f" segment_len {seg_len} (one residual step per window at least),"
                          f" got {w_opt}")
     if w_opt > 1 and allocation == "energy":
-        raise ValueError(f"compressor.time_windows must be 1 with allocation='energy' (it keeps"
+        raise ValueError(f"compressor.fre_res.time_windows must be 1 with allocation='energy' (it keeps"
                          f" a prefix of each segment's spectrum), got {w_opt}")
     if w_opt:
         windows = w_opt
@@ -236,7 +238,7 @@ def make_plan(geometry: VideoGeometry, budget: int, options: Any = None,
         windows = min(-(-2 // segments), steps // k_opt if k_opt else steps)
     max_k = -(-steps // windows) if steps else 0  # window length
     if k_opt > max_k:
-        raise ValueError(f"compressor.num_coeffs must be in [1, {max_k}] for {windows} time"
+        raise ValueError(f"compressor.fre_res.num_coeffs must be in [1, {max_k}] for {windows} time"
                          f" windows of segment_len {seg_len}, got {k_opt}")
 
     # 3. Coefficients and pooling (back to one window if two leave no room).
@@ -278,7 +280,7 @@ def _fit_residual(room: int, blocks: int, max_k: int, grid: tuple[int, int], k_o
                 return k_opt, p
         p = pools[-1]
         raise ValueError(
-            f"compressor.num_coeffs {k_opt} with pool {p} needs {blocks}*{k_opt}*{cells[p]}"
+            f"compressor.fre_res.num_coeffs {k_opt} with pool {p} needs {blocks}*{k_opt}*{cells[p]}"
             f" = {blocks * k_opt * cells[p]} residual tokens, over the {room} left in the"
             f" budget; lower num_coeffs or raise pool / budget")
     target = -(-max_k // 4)
@@ -294,5 +296,5 @@ def _fit_residual(room: int, blocks: int, max_k: int, grid: tuple[int, int], k_o
         raise ValueError(
             f"compressor.budget: no room for residual-frequency tokens: {blocks} time windows"
             f" x {cells[p]} cells (pool {p}) need {blocks * cells[p]} tokens for one"
-            f" coefficient, {room} left; raise compressor.budget or compressor.pool")
+            f" coefficient, {room} left; raise compressor.budget or compressor.fre_res.pool")
     return 0, 1

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 Method = Literal["auto", "fft", "matmul"]
+METHODS: tuple[str, ...] = ("auto", "fft", "matmul")
 
 # Largest K*T for which the cosine matmul is chosen, per backend. Above it the
 # FFT's O(T log T) wins. TPUs have a slow FFT and a fast MXU, hence the larger bound.
@@ -60,8 +61,8 @@ def _check(length: int, num_coeffs: int, what: str) -> None:
 def _resolve(method: Method, length: int, num_coeffs: int) -> str:
     if method == "auto":
         return choose_method(length, num_coeffs)
-    if method not in ("fft", "matmul"):
-        raise ValueError(f"dct method must be 'auto', 'fft' or 'matmul', got {method!r}")
+    if method not in METHODS:
+        raise ValueError(f"dct method must be one of {METHODS}, got {method!r}")
     return method
 
 

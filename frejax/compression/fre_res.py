@@ -38,8 +38,8 @@ from frejax.compression import residual_freq
 from frejax.compression.absorber import SpatialGuidedAbsorber
 from frejax.compression.anchors import reconstruct
 from frejax.compression.base import CompressedTokens, Compressor, VideoGeometry, register
-from frejax.compression.budget import (ANCHORS, DCT_METHODS, RESIDUALS, FreResPlan, choice,
-                                       make_plan, option)
+from frejax.compression import budget as budget_lib
+from frejax.compression.budget import FreResPlan, make_plan
 
 __all__ = ["AnchorsOnly", "FreRes", "FreResParts", "TemporalDctOnly", "fre_res_parts",
            "reconstruct"]
@@ -102,10 +102,10 @@ class FreRes(Compressor):
     Args:
       geometry: static video shape.
       budget: output tokens M.
-      options: the ``compressor`` config section (see ``budget.make_plan`` and the
-        module docstring): ``segment_len``, ``num_coeffs``, ``pool``, ``residual``,
-        ``anchor``, ``allocation``, ``output``, ``dct_method``, ``absorber.{window,
-        heads, enabled}``.
+      options: the ``compressor.fre_res`` config section (``budget.OPTIONS`` declares
+        each option, its default and allowed values): ``segment_len``, ``num_coeffs``,
+        ``time_windows``, ``pool``, ``residual``, ``anchor``, ``allocation``,
+        ``output``, ``dct_method``, ``absorber.{window, heads, enabled}``.
       rngs: parameter RNGs (``nnx.Rngs(0)`` when omitted).
       dtype: compute dtype of the absorber (the split runs in float32).
       param_dtype: parameter dtype.
@@ -113,17 +113,18 @@ class FreRes(Compressor):
 
     name = "fre_res"
     variant = "fre_res"
+    section = budget_lib.SECTION
+    OPTIONS = budget_lib.OPTIONS
 
     def __init__(self, geometry: VideoGeometry, budget: int, options: Any = None, *,
                  rngs: nnx.Rngs | None = None, dtype=jnp.float32, param_dtype=jnp.float32):
         super().__init__(geometry, budget, options, rngs=rngs)
-        self.plan = make_plan(geometry, self.budget, options, variant=self.variant)
-        self.residual = choice(options, "residual", "inter_frame", RESIDUALS)
-        self.anchor = choice(options, "anchor", "middle", ANCHORS)
-        self.dct_method = choice(options, "dct_method", "auto", DCT_METHODS)
-        absorber = option(options, "absorber", None)
-        # Checked by the absorber, and only where one is built (ablations ignore them).
-        window, heads = int(option(absorber, "window", 3)), int(option(absorber, "heads", 4))
+        opts = self.resolve_options(options)
+        self.plan = make_plan(geometry, self.budget, opts, variant=self.variant)
+        self.residual, self.anchor = opts["residual"], opts["anchor"]
+        self.dct_method = opts["dct_method"]
+        # Heads against the width are checked by the absorber, where one is built.
+        window, heads = opts["absorber"]["window"], opts["absorber"]["heads"]
         rngs = nnx.Rngs(0) if rngs is None else rngs
         plan = self.plan
         freq_embedding, absorber = None, None

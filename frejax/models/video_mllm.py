@@ -71,8 +71,9 @@ class VideoMLLM(nnx.Module):
         self.geometry = VideoGeometry(int(num_frames), self.encoder.grid, self.encoder.width)
         budget = resolve_budget(self.geometry, int(compressor_cfg.get("budget", 0) or 0),
                                 float(compressor_cfg.get("ratio", 0.0) or 0.0))
-        self.compressor = compression.build(compressor_cfg.name, self.geometry, budget,
-                                            compressor_cfg, rngs=rngs)
+        self.compressor = compression.build(
+            compressor_cfg["name"], self.geometry, budget,
+            compression.section_options(compressor_cfg), rngs=rngs)
         self.llm = LLM(model_cfg.llm, vocab_size=vocab_size, **kw)
         projector_cfg = model_cfg.get("projector", None)
         hidden = int(projector_cfg.get("hidden", 0) or 0) if projector_cfg is not None else 0

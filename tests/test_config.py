@@ -1,0 +1,102 @@
+"""frejax.config_lib: one schema, per-method compressor sections, errors that name the key."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import long_video, short_video
+from frejax import compression, config_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_shipped_configs_validate():
+    for module in (long_video, short_video):
+        for arg in (None, "smoke", "scale=pod", "compressor=temporal_merge", "ratio=16"):
+            config_lib.validate(module.get_config(arg))
+
+
+def test_every_compressor_section_comes_from_the_registry():
+    c = config_lib.compressor_config()
+    assert set(compression.sections()) == {"fre_res", "spatial_pool", "temporal_merge"}
+    for section in compression.sections():
+        assert section in c
+    assert c.fre_res.absorber.window == 3 and c.temporal_merge.threshold == 0.9
+
+
+@pytest.mark.parametrize("name, key, value", [
+    ("uniform_frames", "fre_res.num_coeffs", 4),
+    ("uniform_frames", "fre_res.absorber.enabled", False),
+    ("fre_res", "temporal_merge.threshold", 0.5),
+    ("temporal_merge", "spatial_pool.mode", "bilinear"),
+])
+def test_an_option_of_another_method_fails_naming_it(name, key, value):
+    c = short_video.get_config()
+    c.compressor.name = name
+    section, _, rest = key.partition(".")
+    target = c.compressor[section]
+    *parents, leaf = rest.split(".")
+    for p in parents:
+        target = target[p]
+    target[leaf] = value
+    with pytest.raises(ValueError, match=rf"config\.compressor\.{key}: an option of"):
+        config_lib.validate(c)
+
+
+def test_the_chosen_methods_options_are_checked():
+    c = short_video.get_config()
+    c.compressor.fre_res.output = "both"
+    with pytest.raises(ValueError, match=r"config\.compressor\.fre_res\.output must be one of"):
+        config_lib.validate(c)
+    c = short_video.get_config("compressor=temporal_merge")
+    c.compressor.temporal_merge.threshold = 2.0
+    with pytest.raises(ValueError, match=r"compressor\.temporal_merge\.threshold must be a cosine"):
+        config_lib.validate(c)
+    c = short_video.get_config()
+    c.compressor.fre_res.absorber.heads = 3
+    with pytest.raises(ValueError, match=r"absorber\.heads \(3\) must divide"):
+        config_lib.validate(c)
+
+
+def test_pod_scale_sets_fre_res_options_only_for_fre_res():
+    assert long_video.get_config("scale=pod").compressor.fre_res.absorber.heads == 16
+    other = long_video.get_config("scale=pod,compressor=uniform_frames")
+    assert other.compressor.fre_res.absorber.heads == 4  # untouched default
+    config_lib.validate(other)
+
+
+def test_unknown_keys_and_impossible_values_name_the_key():
+    c = short_video.get_config()
+    c.data.unlock()
+    c.data.num_frame = 3
+    with pytest.raises(ValueError, match=r"unknown keys \['data\.num_frame'\]"):
+        config_lib.validate(c)
+    c = short_video.get_config()
+    c.train.num_steps = 0
+    with pytest.raises(ValueError, match=r"config\.train\.num_steps must be >= 1"):
+        config_lib.validate(c)
+
+
+def test_check_override_flags_names_a_missing_key():
+    config_lib.check_override_flags(["main", "--config.compressor.fre_res.num_coeffs=2",
+                                     "--workdir=x"])
+    with pytest.raises(SystemExit, match=r"config\.compressor\.fre_res\.pool_mode does not"
+                                         r" exist; config\.compressor\.fre_res has \[.*'pool'"):
+        config_lib.check_override_flags(["main", "--config.compressor.fre_res.pool_mode=avg"])
+
+
+def test_a_stale_key_on_the_command_line_stops_the_main_job():
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    for flags, expected in (
+            (["--config.compressor.fre_res.pool_mode=avg"],
+             "config.compressor.fre_res.pool_mode does not exist"),
+            (["--config.compressor.name=uniform_frames", "--config.compressor.fre_res.num_coeffs=2"],
+             "config.compressor.fre_res.num_coeffs: an option of")):
+        out = subprocess.run(
+            [sys.executable, "-m", "frejax.main", "--config=configs/short_video.py:smoke",
+             "--workdir=unused", *flags], cwd=REPO, env=env, capture_output=True, text=True,
+            timeout=120)
+        assert out.returncode != 0
+        assert expected in out.stderr, out.stderr[-2000:]
