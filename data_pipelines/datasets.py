@@ -168,11 +168,47 @@ def _check_bad_records(config, where: str, bad: dict[str, int], num_entries: int
             " file and line.")
 
 
+def text_lengths(config: ml_collections.ConfigDict, tokenizer) -> tuple[int, int]:
+    """``(max_text_len, max_answer_len)``: the config's when set (> 0), else sized from the data.
+
+    The synthetic benchmark's text is fixed; a video folder's is measured over
+    every record of its annotation files with the run's tokenizer, so nothing
+    usable is dropped as too long. ArrayRecord and TFDS sets hold their text
+    inside the shards: set both keys for them.
+    """
+    d = config.data
+    text, answer = d.max_text_len, d.max_answer_len
+    if not (text and answer):
+        if d.name == "synthetic_video_qa":
+            auto = (video_qa_synthetic.MAX_TEXT_LEN, video_qa_synthetic.MAX_ANSWER_LEN)
+        elif d.name == "video_folder":
+            auto = _folder_text_lengths(tokenizer, d.prompt_template, d.root,
+                                        d.train_annotations, d.eval_annotations)
+        else:
+            raise ValueError(f"config.data.max_text_len and config.data.max_answer_len must be"
+                             f" set (> 0) for config.data.name={d.name!r}: its text is inside"
+                             " the shards")
+        text, answer = text or auto[0], answer or auto[1]
+    if config.eval.max_new_tokens < answer:
+        raise ValueError(f"config.eval.max_new_tokens ({config.eval.max_new_tokens}) must be >="
+                         f" the longest answer, {answer} tokens (data.max_answer_len)")
+    return text, answer
+
+
+@functools.lru_cache(maxsize=8)
+def _folder_text_lengths(tokenizer, template: str, root: str, *files: str) -> tuple[int, int]:
+    records = [r for path in files for r in annotations_lib.load_annotations(path, root).records]
+    return input_pipeline.text_lengths(
+        tokenizer, (dict(question=r.question, answer=r.answer, history=r.history)
+                    for r in records), template)
+
+
 def _dataset(config, tokenizer, source, *, split, batch_size, shuffle, num_epochs):
     d = config.data
+    max_text_len, max_answer_len = text_lengths(config, tokenizer)
     return input_pipeline.make_dataset(
         source, tokenizer=tokenizer, global_batch_size=batch_size,
-        max_text_len=d.max_text_len, max_answer_len=d.max_answer_len, split=split,
+        max_text_len=max_text_len, max_answer_len=max_answer_len, split=split,
         seed=config.seed, process_index=jax.process_index(),
         process_count=jax.process_count(), shuffle=shuffle, num_epochs=num_epochs,
         worker_count=d.worker_count, worker_buffer_size=d.worker_buffer_size,

@@ -76,9 +76,13 @@ class VideoQAFeatures(grain.transforms.Map):
         self.template = template
         self.skip_bad_text = skip_bad_text
 
-    def map(self, element: dict[str, Any]) -> dict[str, Any]:
+    def encode(self, element: dict[str, Any]) -> tuple[list[int], list[int], list[int], list]:
+        """Text of one example -> (ids, prompt, answer, supervised ``(start, length)``).
+
+        The one rule for how an example becomes tokens; ``text_lengths`` sizes
+        ``max_text_len`` / ``max_answer_len`` with it.
+        """
         tok = self.tokenizer
-        error = int(element.get("input_error", 0))
         text = tokenizer_lib.format_prompt(
             element["question"], element.get("history", ()), self.template)
         prompt = [tok.bos_id] + tok.encode(text)
@@ -96,6 +100,12 @@ class VideoQAFeatures(grain.transforms.Map):
                 raise ValueError(f"empty follow-up answer for example {element.get('index')}")
             supervised.append((len(ids) + len(turn), len(reply)))
             ids += turn + reply + [tok.eos_id]
+        return ids, prompt, answer, supervised
+
+    def map(self, element: dict[str, Any]) -> dict[str, Any]:
+        tok = self.tokenizer
+        error = int(element.get("input_error", 0))
+        ids, prompt, answer, supervised = self.encode(element)
         problem = None
         longest = max(length for _, length in supervised)
         if longest > self.max_answer_len:
@@ -135,6 +145,19 @@ class VideoQAFeatures(grain.transforms.Map):
             "example_valid": np.bool_(not error),
             "input_error": np.int32(error),
         }
+
+
+def text_lengths(tokenizer: tokenizer_lib.Tokenizer, texts, template: str
+                 ) -> tuple[int, int]:
+    """The longest token sequence and answer of ``texts`` (dicts with ``question``,
+    ``answer``, optional ``history`` / ``followups``), encoded as ``VideoQAFeatures`` does."""
+    features = VideoQAFeatures(tokenizer, 0, 0, template)
+    text, answer = 0, 0
+    for element in texts:
+        ids, _, _, supervised = features.encode(element)
+        text = max(text, len(ids))
+        answer = max(answer, *(length for _, length in supervised))
+    return text, answer
 
 
 class _PadToMultiple(grain.MapDataset):

@@ -15,6 +15,7 @@ and the <video> placeholder. Shipped here:
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -166,6 +167,9 @@ class WordTokenizer:
             words.append(self._vocab[i] if 0 <= i < len(self._vocab) else UNK)
         return " ".join(words)
 
+    def to_spec(self) -> dict:
+        return dict(kind="word", words=list(self._vocab[len(SPECIAL_TOKENS):]))
+
     def __repr__(self) -> str:
         return f"WordTokenizer(vocab_size={self.vocab_size})"
 
@@ -209,11 +213,16 @@ class SentencePieceTokenizer(_SpecialIds):
     ``model.llm.vocab_size`` is 0).
     """
 
-    def __init__(self, model_path: str):
-        with open(model_path, "rb") as f:  # FileNotFoundError names the path
-            self._proto = f.read()
-        self._path = model_path
+    def __init__(self, model_path: str, *, proto: bytes | None = None):
+        if proto is None:
+            with open(model_path, "rb") as f:  # FileNotFoundError names the path
+                proto = f.read()
+        self._proto, self._path = proto, model_path
         self._load()
+
+    def to_spec(self) -> dict:
+        return dict(kind="sentencepiece", path=self._path,
+                    proto=base64.b64encode(self._proto).decode("ascii"))
 
     def _load(self):
         import sentencepiece as spm  # noqa: PLC0415  (optional dependency)
@@ -269,10 +278,14 @@ class HuggingFaceTokenizer(_SpecialIds):
     _EOS = ("</s>", "<eos>", "<|endoftext|>", "<|end_of_text|>", "<|im_end|>")
     _PAD = ("<pad>", "<|pad|>", "[PAD]")
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, *, spec: dict | None = None):
         import tokenizers  # noqa: PLC0415  (optional dependency)
 
         self._path = path
+        if spec is not None:  # a saved tokenizer: its JSON and special ids, no files
+            self._tok = tokenizers.Tokenizer.from_str(spec["json"])
+            self._ids = {k: int(v) for k, v in spec["ids"].items()}
+            return
         file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
         if not os.path.isfile(file):
             raise FileNotFoundError(f"Hugging Face tokenizer file not found: {file}")
@@ -297,6 +310,10 @@ class HuggingFaceTokenizer(_SpecialIds):
         pad = pad or PAD
         self._ids = {k: self._tok.token_to_id(v)
                      for k, v in (("bos", bos), ("eos", eos), ("pad", pad), ("video", VIDEO))}
+
+    def to_spec(self) -> dict:
+        return dict(kind="huggingface", path=self._path, json=self._tok.to_str(),
+                    ids=dict(self._ids))
 
     vocab_size = property(lambda self: self._tok.get_vocab_size(with_added_tokens=True))
     pad_id = property(lambda self: self._ids["pad"])
@@ -354,3 +371,31 @@ def _decode_runs(ids, tok, decode_run, base: int, extra: tuple[str, ...]) -> str
             run.append(i)
     pieces.append(decode_run(run))
     return " ".join(p for p in pieces if p)
+
+
+# ----------------------------------------------------------------------------
+# Saved with checkpoints and exports: a tokenizer as JSON, and back.
+# ----------------------------------------------------------------------------
+
+
+def to_spec(tokenizer: Tokenizer) -> dict:
+    """A JSON-serialisable description that ``from_spec`` turns back into the same tokenizer.
+
+    Holds the whole vocabulary or tokenizer file, so a saved model needs no
+    training annotations and no tokenizer path to be read again.
+    """
+    if not hasattr(tokenizer, "to_spec"):
+        raise TypeError(f"{type(tokenizer).__name__} has no to_spec(); a tokenizer saved with a"
+                        " checkpoint must describe itself as JSON")
+    return tokenizer.to_spec()
+
+
+def from_spec(spec: dict) -> Tokenizer:
+    kind = spec.get("kind")
+    if kind == "word":
+        return WordTokenizer(spec["words"])
+    if kind == "sentencepiece":
+        return SentencePieceTokenizer(spec["path"], proto=base64.b64decode(spec["proto"]))
+    if kind == "huggingface":
+        return HuggingFaceTokenizer(spec["path"], spec=spec)
+    raise ValueError(f"saved tokenizer: unknown kind {kind!r}")

@@ -84,6 +84,12 @@ FOLLOWUPS: dict[str, tuple[str, ...]] = {
 SPLIT_IDS: dict[str, int] = {"train": 0, "eval": 1, "validation": 1, "test": 2}
 
 
+# Token lengths every example fits (the first question, its answer and the
+# follow-up turn, with the default chat template): the benchmark's text is fixed.
+MAX_TEXT_LEN = 32
+MAX_ANSWER_LEN = 2
+
+
 def tokenizer() -> tokenizer_lib.WordTokenizer:
     """The benchmark's word tokenizer: the chat template's words, then ``vocabulary()``."""
     return tokenizer_lib.WordTokenizer(tokenizer_lib.TEMPLATE_WORDS + tuple(vocabulary()))

@@ -99,7 +99,7 @@ def abstract_batch(config, tokenizer, batch_sharding) -> dict:
 
     source = data_lib.make_source(config, "train", 1)
     features = input_pipeline.VideoQAFeatures(
-        tokenizer, config.data.max_text_len, config.data.max_answer_len,
+        tokenizer, *data_lib.text_lengths(config, tokenizer),
         template=config.data.prompt_template).map(source[0])
     batch = config.train.batch_size
     return {k: jax.ShapeDtypeStruct((batch,) + v.shape, v.dtype, sharding=batch_sharding)

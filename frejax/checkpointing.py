@@ -41,10 +41,12 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
+from data_pipelines import tokenizer as tokenizer_lib
+
 # Orbax writes these last, when a step is committed.
 _COMMIT_MARKER = "commit_success.txt"
 _STEP_METADATA = "_CHECKPOINT_METADATA"
-_ITEMS = ("state", "data_iter", "config")
+_ITEMS = ("state", "data_iter", "config", "tokenizer")
 # Orbax names an unfinished save `<step>.orbax-checkpoint-tmp`.
 _UNFINISHED_SUFFIX = ".orbax-checkpoint-tmp"
 _SET_ASIDE_SUFFIX = ".unusable"
@@ -63,7 +65,12 @@ class NoIntactCheckpointError(RuntimeError):
 
 
 class Checkpointer:
-    """Saves and restores ``(state, data iterator, config)`` under ``directory``."""
+    """Saves and restores ``(state, data iterator, config, tokenizer)`` under ``directory``.
+
+    The tokenizer is saved whole (``tokenizer.to_spec``: the vocabulary, or the
+    tokenizer file's contents), so evaluation, ``predict`` and ``export`` never
+    rebuild it from training annotations or a tokenizer path.
+    """
 
     def __init__(self, directory: str, *, keep: int = 2, async_save: bool = True):
         self.directory = os.path.abspath(directory)
@@ -74,7 +81,8 @@ class Checkpointer:
             item_handlers=dict(
                 state=ocp.StandardCheckpointHandler(),
                 data_iter=grain.checkpoint.CheckpointHandler(),
-                config=ocp.JsonCheckpointHandler()))
+                config=ocp.JsonCheckpointHandler(),
+                tokenizer=ocp.JsonCheckpointHandler()))
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -86,12 +94,13 @@ class Checkpointer:
         return os.path.join(self.directory, str(step))
 
     def save(self, step: int, state: Any, data_iter: Any,
-             config: ml_collections.ConfigDict, *, force: bool = False) -> bool:
+             config: ml_collections.ConfigDict, tokenizer: Any, *, force: bool = False) -> bool:
         """Starts an async save of ``step``; the iterator position is captured now."""
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             data_iter=grain.checkpoint.CheckpointSave(data_iter),
-            config=ocp.args.JsonSave(config.to_dict()))
+            config=ocp.args.JsonSave(config.to_dict()),
+            tokenizer=ocp.args.JsonSave(tokenizer_lib.to_spec(tokenizer)))
         saved = self._manager.save(step, args=args, force=force)
         if saved:
             logging.info("Checkpoint of step %d started in %s", step, self.directory)
@@ -122,6 +131,16 @@ class Checkpointer:
                     target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
                     partial_restore=True))
         return restored["params"]
+
+    def restore_tokenizer(self, step: int) -> Any:
+        """The tokenizer saved with ``step``."""
+        if not os.path.isdir(os.path.join(self.step_dir(step), "tokenizer")):
+            raise FileNotFoundError(
+                f"checkpoint step {step} in {self.directory} holds no tokenizer (written by an"
+                " older frejax); evaluate or export it with the frejax version that wrote it")
+        spec = self._manager.restore(
+            step, args=ocp.args.Composite(tokenizer=ocp.args.JsonRestore()))["tokenizer"]
+        return tokenizer_lib.from_spec(spec)
 
     def restore_config(self, step: int) -> dict:
         return self._manager.restore(
@@ -231,7 +250,7 @@ def find_damage(step_dir: str, data_iter_file: str | None = None) -> str | None:
     truncated or deleted array file is found by ``Checkpointer.restore`` when it
     reads the arrays back.
     """
-    json_files = [_STEP_METADATA, "state/_METADATA", "config/metadata"]
+    json_files = [_STEP_METADATA, "state/_METADATA", "config/metadata", "tokenizer/metadata"]
     if data_iter_file is not None:
         json_files.append(f"data_iter/{data_iter_file}")
     required = [_COMMIT_MARKER, *json_files, *(f"{item}/{_COMMIT_MARKER}" for item in _ITEMS)]
@@ -317,6 +336,22 @@ def check_config_drift(saved: Mapping[str, Any], current: ml_collections.ConfigD
     if safe:
         logging.info("Resuming from %s; changed (safe): %s", where,
                      ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in safe.items()))
+
+
+def check_tokenizer_drift(saved: Any, current: Any, *, where: str) -> None:
+    """Resuming with another vocabulary (e.g. annotations that changed) would misread every id."""
+    a, b = tokenizer_lib.to_spec(saved), tokenizer_lib.to_spec(current)
+    if a == b:
+        return
+    detail = ""
+    if a.get("kind") == b.get("kind") == "word":
+        gone = sorted(set(a["words"]) - set(b["words"]))
+        new = sorted(set(b["words"]) - set(a["words"]))
+        detail = f": words only in the checkpoint {gone[:8]}, only now {new[:8]}"
+    raise ConfigDriftError(
+        f"the tokenizer differs from the one saved at {where} ({a.get('kind')} vs"
+        f" {b.get('kind')}{detail}); resume with the data and tokenizer the run started with,"
+        " or start a new workdir")
 
 
 def _matches(key: str, patterns: tuple[str, ...]) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from data_pipelines import video_qa_synthetic
 from frejax import compression, sharding
 from frejax.compression import options as options_lib
 
@@ -58,13 +59,15 @@ def base_config() -> ml_collections.ConfigDict:
         num_frames=16,
         image_size=32,
         train_examples=200_000,   # procedural: distinct videos available to train on
-        max_text_len=32,          # tokens: question + answer + the follow-up turn
+        # Tokens of question + answer (+ follow-up turns), and of the longest answer;
+        # 0: sized from the data (data_pipelines.datasets.text_lengths).
+        max_text_len=0,
         followups=True,           # synthetic: train one follow-up question per clip too
         # synthetic: training share of each family (static_detail, brief_event,
         # motion_direction, temporal_order, counting); () = equal. Eval stays equal.
         train_family_weights=(1, 1, 2, 2, 1),
         background_noise="frame",  # synthetic: noise drawn every frame | once per clip ("clip")
-        max_answer_len=2,
+        max_answer_len=0,
         worker_count=0,           # Grain worker processes (spawned)
         worker_buffer_size=2,
         read_threads=1,
@@ -148,7 +151,7 @@ _CHOICES = {
 
 _POSITIVE = (
     "data.num_frames", "data.image_size", "data.train_examples",
-    "data.max_text_len", "data.max_answer_len", "data.read_threads",
+    "data.read_threads",
     "model.vision.patch_size", "model.vision.width", "model.vision.depth",
     "model.vision.heads", "model.vision.mlp_dim",
     "model.llm.width", "model.llm.depth", "model.llm.heads", "model.llm.kv_heads",
@@ -231,6 +234,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if v[dividend] % v[divisor]:
             raise ValueError(
                 f"config.{divisor} ({v[divisor]}) must divide config.{dividend} ({v[dividend]})")
+    for key in ("data.max_text_len", "data.max_answer_len"):
+        if v[key] < 0:
+            raise ValueError(f"config.{key} must be >= 0 (0: sized from the data), got {v[key]}")
     if v["eval.max_new_tokens"] < v["data.max_answer_len"]:
         raise ValueError(
             f"config.eval.max_new_tokens ({v['eval.max_new_tokens']}) must be >="
@@ -294,8 +300,6 @@ def _validate_data(v: dict) -> None:
     if v["data.tokenizer"] != "auto" and not v["data.tokenizer_path"]:
         raise ValueError(
             f"config.data.tokenizer_path must name the {v['data.tokenizer']} tokenizer file")
-    from data_pipelines import video_qa_synthetic  # noqa: PLC0415
-
     try:
         video_qa_synthetic.family_cycle(video_qa_synthetic.FAMILIES, v["data.train_family_weights"])
     except ValueError as e:

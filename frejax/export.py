@@ -33,6 +33,9 @@ from jax.experimental import multihost_utils
 from safetensors import numpy as safetensors_np
 from safetensors import safe_open
 
+from data_pipelines import tokenizer as tokenizer_lib
+from frejax import checkpointing, config_lib, distributed, sharding, train_state
+
 FORMAT = "frejax"
 _SEP = "/"
 
@@ -60,38 +63,49 @@ def unflatten_params(flat: dict[str, np.ndarray]) -> dict:
     return params
 
 
-def save(path: str, params: Any, config: dict, step: int) -> None:
-    """Writes ``params`` and ``config`` to ``path`` (atomically: a reader never sees half)."""
+def save(path: str, params: Any, config: dict, step: int, tokenizer: Any) -> None:
+    """Writes ``params``, ``config`` and the tokenizer to ``path`` (atomically: a reader
+    never sees half a file)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    metadata = dict(format=FORMAT, step=str(step), config=json.dumps(config, sort_keys=True))
+    metadata = dict(format=FORMAT, step=str(step), config=json.dumps(config, sort_keys=True),
+                    tokenizer=json.dumps(tokenizer_lib.to_spec(tokenizer), sort_keys=True))
     tmp = path + ".tmp"
     safetensors_np.save_file(flatten_params(params), tmp, metadata=metadata)
     os.replace(tmp, path)
 
 
-def load(path: str) -> tuple[dict, dict, int]:
-    """Reads ``(params, config dict, step)`` from a file written by ``save``."""
+def _metadata(path: str) -> dict:
     with safe_open(path, framework="numpy") as f:
         metadata = f.metadata() or {}
     if metadata.get("format") != FORMAT:
         raise ValueError(f"{path}: not a frejax export (metadata format="
                          f"{metadata.get('format')!r}, expected {FORMAT!r})")
+    return metadata
+
+
+def load_tokenizer(path: str) -> Any:
+    """The tokenizer saved in an export (no annotation file or tokenizer path is read)."""
+    return tokenizer_lib.from_spec(json.loads(_metadata(path)["tokenizer"]))
+
+
+def load(path: str) -> tuple[dict, dict, int]:
+    """Reads ``(params, config dict, step)`` from a file written by ``save``."""
+    metadata = _metadata(path)
     return (unflatten_params(safetensors_np.load_file(path)), json.loads(metadata["config"]),
             int(metadata["step"]))
 
 
 def export_checkpoint(config: ml_collections.ConfigDict, workdir: str, output: str) -> int:
     """Restores the newest intact checkpoint of ``workdir`` and writes its params; returns the step."""
-    from frejax import checkpointing, config_lib, sharding  # noqa: PLC0415
-    from frejax import train_state  # noqa: PLC0415
-    from data_pipelines import datasets as data_lib  # noqa: PLC0415
-
     config_lib.validate(config)
     mesh = train_state.build_mesh(config)
     with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
-        setup = train_state.make_setup(config, mesh, data_lib.make_tokenizer(config))
         ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                           keep=config.train.keep_checkpoints)
+        if ckpt.latest_step() is None:
+            raise FileNotFoundError(f"no checkpoint to export in {ckpt.directory}")
+        tokenizer = ckpt.restore_tokenizer(ckpt.latest_step())
+        setup = train_state.make_setup(config, mesh, tokenizer)
         step, state = ckpt.restore_newest_intact(setup.abstract_state, config)
         ckpt.close()
         if step is None:
@@ -101,7 +115,7 @@ def export_checkpoint(config: ml_collections.ConfigDict, workdir: str, output: s
             params = multihost_utils.process_allgather(params, tiled=True)
         params = jax.device_get(params)
     if jax.process_index() == 0:
-        save(output, params, json.loads(json.dumps(config.to_dict())), step)
+        save(output, params, json.loads(json.dumps(config.to_dict())), step, tokenizer)
         logging.info("Exported the params of step %d to %s", step, output)
     return step
 
@@ -109,8 +123,6 @@ def export_checkpoint(config: ml_collections.ConfigDict, workdir: str, output: s
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from frejax import distributed  # noqa: PLC0415
-
     distributed.initialize()  # from the environment, as frejax.main; a no-op on one host
     output = flags.FLAGS.output or os.path.join(flags.FLAGS.workdir, "params.safetensors")
     step = export_checkpoint(flags.FLAGS.config, flags.FLAGS.workdir, output)

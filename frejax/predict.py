@@ -69,6 +69,7 @@ _CACHE_PREFIX = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config", "checkpoint"])
 
 STAGES = ("decode_video", "encode", "compress", "prefill", "decode")
+DEFAULT_QUESTION_LEN = 64
 
 # ----------------------------------------------------------------------------
 # The model's stages as pure functions of (params, arrays), one video at a time.
@@ -178,7 +179,9 @@ class VideoQA:
         graphdef = nnx.graphdef(model)
         self.num_visual = model.num_visual_tokens
         self.full_visual = model.full_visual_tokens
-        self.question_len = int(d.max_text_len)
+        # Room for the question after the video: data.max_text_len, or (0, sized from the
+        # training data, which predict never reads) a fixed 64 tokens.
+        self.question_len = int(d.max_text_len) or DEFAULT_QUESTION_LEN
         self._encode = jax.jit(functools.partial(_encode, graphdef))
         self._compress = jax.jit(functools.partial(_compress, graphdef))
         self._prefill_question = jax.jit(functools.partial(_prefill_question, graphdef))
@@ -214,8 +217,8 @@ class VideoQA:
         if not after:
             raise ValueError(f"template {self.template!r} leaves nothing after the video")
         if len(after) > self.question_len:
-            raise ValueError(f"question has {len(after)} tokens > data.max_text_len="
-                             f"{self.question_len}: {question!r}")
+            raise ValueError(f"question has {len(after)} tokens, more than the {self.question_len}"
+                             f" this predictor has room for (set data.max_text_len): {question!r}")
         return before, after
 
     def video_tokens(self, path: str, timings: dict | None = None) -> tuple[CompressedTokens, bool]:
@@ -299,12 +302,13 @@ def load_video_qa(config: Any, checkpoint: str, **kwargs) -> tuple[VideoQA, int]
     directory, step = resolve_checkpoint(checkpoint)
     mesh = predict_mesh(config)
     with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
-        tokenizer = data_lib.make_tokenizer(config)
-        setup = train_state.make_setup(config, mesh, tokenizer)
         ckpt = checkpointing.Checkpointer(directory, keep=config.train.keep_checkpoints)
         step = ckpt.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"--checkpoint: no checkpoint in {directory}")
+        # The tokenizer saved with the weights: no training annotations are read.
+        tokenizer = ckpt.restore_tokenizer(step)
+        setup = train_state.make_setup(config, mesh, tokenizer)
         params = ckpt.restore_params(step, setup.abstract_state)
         ckpt.close()
     qa = VideoQA(config, params, tokenizer, mesh, fingerprint=f"{directory}@{step}", **kwargs)

@@ -187,6 +187,8 @@ def _train_and_evaluate(config, workdir, mesh) -> dict:
             state = train_state.init_state(config, setup, tokenizer)
             logging.info("Initialised a new run in %s", workdir)
         else:
+            checkpointing.check_tokenizer_drift(ckpt.restore_tokenizer(latest), tokenizer,
+                                                where=f"step {latest} in {ckpt.directory}")
             logging.info("Resuming from step %d in %s", latest, workdir)
         start_step = int(jax.device_get(state["step"]))
         _log_model_summary(setup, state)
@@ -215,7 +217,7 @@ def _train_and_evaluate(config, workdir, mesh) -> dict:
                         or _save_time_reached(step, last_save_time, config.train)):
                     # The loss of this very step must be finite before it may be saved.
                     _check_finite(step, logger.flush(), last_saved)
-                    ckpt.save(step, state, train_iter, config, force=True)
+                    ckpt.save(step, state, train_iter, config, tokenizer, force=True)
                     last_saved, last_save_time = step, time.monotonic()
                 if preempted:
                     ckpt.wait()  # committed before the scheduler's grace period ends
@@ -235,14 +237,19 @@ def _train_and_evaluate(config, workdir, mesh) -> dict:
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """``--mode=eval``: restores the newest intact checkpoint in ``workdir``, evaluates it."""
+    """``--mode=eval``: restores the newest intact checkpoint in ``workdir``, evaluates it.
+
+    The tokenizer is the one saved with the checkpoint.
+    """
     config_lib.validate(config)
     mesh = train_state.build_mesh(config)
     with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
-        tokenizer = data_lib.make_tokenizer(config)
-        setup = train_state.make_setup(config, mesh, tokenizer)
         ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                           keep=config.train.keep_checkpoints)
+        if ckpt.latest_step() is None:
+            raise FileNotFoundError(f"no checkpoint to evaluate in {ckpt.directory}")
+        tokenizer = ckpt.restore_tokenizer(ckpt.latest_step())
+        setup = train_state.make_setup(config, mesh, tokenizer)
         latest, state = ckpt.restore_newest_intact(setup.abstract_state, config)
         ckpt.close()
         if latest is None:

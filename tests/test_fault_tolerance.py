@@ -216,7 +216,7 @@ def test_damaged_latest_checkpoints_fall_back_to_the_newest_intact_one(reference
     # which saves the same step numbers again as it keeps going.
     assert (ckpts / f"{NUM_STEPS}.unusable").is_dir()
     assert (ckpts / f"{NUM_STEPS - 1}.unusable").is_dir()
-    ckpt.save(NUM_STEPS - 1, state, data_iter, config)
+    ckpt.save(NUM_STEPS - 1, state, data_iter, config, tokenizer)
     ckpt.close()
     assert checkpointing.find_damage(str(ckpts / str(NUM_STEPS - 1)), "process_0-of-1.json") \
         is None
@@ -333,7 +333,7 @@ def test_checkpoint_from_8_devices_restores_onto_4_with_identical_values(tmp_pat
         lambda a: jax.device_put(rng.normal(size=a.shape).astype(a.dtype), a.sharding),
         setup8.abstract_state)
     ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"))
-    ckpt.save(7, state, data_iter, config)
+    ckpt.save(7, state, data_iter, config, data_lib.make_tokenizer(config))
     ckpt.close()
 
     mesh4, setup4, _ = setup_on((2, 1, 2), jax.devices()[:4])           # data x tensor

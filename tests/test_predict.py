@@ -53,7 +53,7 @@ def _save_checkpoint(workdir, config, step=1):
         state["step"] = jnp.asarray(step, jnp.int32)
         it = data_lib.make_train_iterator(config, tok, mesh)
         ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
-        ckpt.save(step, state, it, config, force=True)
+        ckpt.save(step, state, it, config, tok, force=True)
         ckpt.close()
 
 
@@ -139,7 +139,7 @@ def test_cached_answers_equal_generate_on_the_decoded_clip(trained, qa):
         batch, 4, eos_id=tok.eos_id))
     for q in (question, "which way did the object move"):
         prompt = [tok.bos_id] + tok.encode(tokenizer_lib.format_prompt(q))
-        tokens = np.zeros((1, config.data.max_text_len), np.int32)
+        tokens = np.zeros((1, qa.question_len), np.int32)
         tokens[0, :len(prompt)] = prompt
         batch = dict(frames=jnp.asarray(frames[None]), frame_mask=jnp.asarray(frame_mask[None]),
                      tokens=jnp.asarray(tokens), text_mask=jnp.asarray(tokens != 0),
@@ -170,3 +170,37 @@ def test_bad_inputs_name_the_file(trained, tmp_path):
         list(predict.read_questions(str(bad), str(root)))
     assert predict.resolve_checkpoint(str(workdir / "checkpoints" / "2")) == (
         str(workdir / "checkpoints"), 2)
+
+
+def test_predict_needs_no_training_annotations(tmp_path):
+    """A main-job checkpoint on a video folder answers after its annotation files are gone:
+    the tokenizer (the folder's own word vocabulary) is saved with the checkpoint."""
+    import video_files
+
+    root = video_files.make_folder(str(tmp_path / "videos"))
+    train = video_files.write_jsonl(str(tmp_path / "videos" / "train.jsonl"),
+                                    video_files.qa_entries(8))
+    eval_ = video_files.write_jsonl(str(tmp_path / "videos" / "eval.jsonl"),
+                                    video_files.qa_entries(4))
+    data_flags = ["--config.data.name=video_folder", f"--config.data.root={root}",
+                  f"--config.data.train_annotations={train}",
+                  f"--config.data.eval_annotations={eval_}"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    workdir = tmp_path / "run"
+    run = subprocess.run(
+        [sys.executable, "-m", "frejax.main", f"--config={CONFIG}", f"--workdir={workdir}",
+         "--config.train.num_steps=4", "--config.eval.num_examples=4", *data_flags],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    os.remove(train)
+    os.remove(eval_)
+    out = subprocess.run(
+        [sys.executable, "-m", "frejax.predict", f"--config={CONFIG}", *data_flags,
+         f"--checkpoint={workdir}", f"--video={root}/clips/{video_files.CLIPS[0][0]}",
+         "--question=what is shown in clip 0"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.startswith("answer:")
+    # The answer's words come from the folder's vocabulary, which only the checkpoint holds now.
+    spec = checkpointing.Checkpointer(str(workdir / "checkpoints")).restore_tokenizer(4)
+    assert "shape" in spec.vocab and "clip" in spec.vocab
