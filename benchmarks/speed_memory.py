@@ -4,7 +4,7 @@ For one model and one batch of the embedded benchmark, each compiled once:
 
   prefill  the LLM forward pass over the spliced prompt, visual tokens given;
   TTFT     time to first token: encoder, compressor, prefill and the first
-           greedy token (``VideoMLLM.generate(batch, 1)``);
+           greedy token (``VideoMLLM.generate(batch, 1, prefix_len=1)``);
   train    one train step (forward, backward, AdamW), the state donated.
 
 Times are wall-clock medians after a warm-up, with ``block_until_ready``; next
@@ -71,7 +71,7 @@ def measure(config, repeats: int) -> dict:
         graphdef, params = setup.graphdef, state["params"]
         encode = jax.jit(lambda p, b: nnx.merge(graphdef, p).encode_video(b))
         prefill = jax.jit(lambda p, b, visual: nnx.merge(graphdef, p)(b, visual))
-        ttft = jax.jit(lambda p, b: nnx.merge(graphdef, p).generate(b, 1))
+        ttft = jax.jit(lambda p, b: nnx.merge(graphdef, p).generate(b, 1, prefix_len=1))
         visual = encode(params, batch)
         out = dict(tokens=setup.num_visual_tokens, full=setup.full_visual_tokens)
         out["prefill_s"] = median_seconds(prefill, params, batch, visual, repeats=repeats)

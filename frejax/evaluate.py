@@ -34,19 +34,20 @@ class Evaluator:
         max_new = config.eval.max_new_tokens
         eos = tokenizer.eos_id
 
-        def generate(params, batch):
+        def generate(params, batch, prefix_len):
             model = nnx.merge(graphdef, params)
-            return model.generate(batch, max_new, eos_id=eos)
+            return model.generate(batch, max_new, prefix_len=prefix_len, eos_id=eos)
 
-        self._generate = jax.jit(generate)
+        self._generate = jax.jit(generate, static_argnums=2)
 
     def evaluate(self, params: Any) -> dict:
         correct = np.zeros(len(self.families), np.int64)
         total = np.zeros(len(self.families), np.int64)
         for local in data_lib.make_eval_iterator(self.config, self.tokenizer, self.mesh,
                                                   self.source):
+            prefix_len = self._prefix_len(local)
             batch = data_lib.to_global({k: local[k] for k in _MODEL_INPUTS}, self.batch_sharding)
-            generated = self._local_rows(self._generate(params, batch))
+            generated = self._local_rows(self._generate(params, batch, prefix_len))
             hits = exact_match(generated, local["answer_tokens"], local["answer_len"],
                                self.tokenizer.eos_id)
             valid = local["example_valid"].astype(bool)
@@ -61,6 +62,24 @@ class Evaluator:
             accuracy_by_family=by_family,
             num_examples=int(total.sum()),
             num_examples_by_family={n: int(t) for n, t in zip(self.families, total) if t})
+
+    def _prefix_len(self, local: dict) -> int:
+        """Text tokens before the video placeholder: one value for every real example.
+
+        The chat template puts the video in the first turn, so the prefix is the
+        template's start; bad-input stand-ins and padding rows are not read.
+        """
+        rows = local["tokens"][local["example_valid"].astype(bool)]
+        found = {int(i) for i in np.argmax(rows == self.tokenizer.video_id, axis=1)}
+        if len(found) > 1:
+            raise ValueError(f"config.data.prompt_template: the video placeholder sits after"
+                             f" {sorted(found)} tokens in different examples; it must open the"
+                             " same prefix in every prompt")
+        if jax.process_count() > 1:  # every process compiles the same program
+            found = {int(multihost_utils.process_allgather(
+                np.int32(found.pop() if found else -1)).max())}
+        value = found.pop() if found else -1
+        return value if value >= 0 else 1  # only padding here: any prefix reads nothing
 
     @staticmethod
     def _local_rows(x: jax.Array) -> np.ndarray:

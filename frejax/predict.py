@@ -87,51 +87,19 @@ def _compress(graphdef, params, latents, frame_mask):
 
 
 def _prefill_video(graphdef, max_len, params, visual, prefix_tokens):
-    """Text before the placeholder ``(1, p)`` then the M visual places -> (cache, next position).
-
-    The same embedding, masking and positions as ``VideoMLLM.generate``'s splice,
-    restricted to the question-independent start of the sequence.
-    """
-    model = nnx.merge(graphdef, params)
-    vis_mask = visual.mask.astype(bool)
-    vis = model.projector(visual.tokens) * vis_mask[..., None].astype(model.dtype)
-    text = model.llm.embed(prefix_tokens)
-    embeds = jnp.concatenate([text, vis.astype(text.dtype)], axis=1)
-    valid = jnp.concatenate([jnp.ones(prefix_tokens.shape, bool), vis_mask], axis=1)
-    positions = jnp.maximum(jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1, 0)
-    cache = model.llm.init_cache(1, max_len)
-    _, cache = model.llm(embeds, positions, valid, cache, jnp.zeros((1,), jnp.int32),
-                         return_hidden=True)
-    return cache, valid.sum(axis=1, dtype=jnp.int32)
+    """``VideoMLLM.prefill_video``: the question-independent start, cached per video."""
+    return nnx.merge(graphdef, params).prefill_video(visual, prefix_tokens, max_len)
 
 
 def _prefill_question(graphdef, params, cache, next_position, first_slot, question, length):
-    """The prompt after the placeholder ``(1, Lq)`` (``length`` valid) -> (cache, first token)."""
-    llm = nnx.merge(graphdef, params).llm
-    lq = question.shape[1]
-    valid = jnp.arange(lq)[None] < length[:, None]
-    positions = next_position[:, None] + jnp.arange(lq, dtype=jnp.int32)[None]
-    hidden, cache = llm(llm.embed(question), positions, valid, cache, first_slot,
-                        return_hidden=True)
-    last = hidden[jnp.arange(hidden.shape[0]), length - 1][:, None]
-    return cache, jnp.argmax(llm.logits(last)[:, 0], axis=-1).astype(jnp.int32)
+    """``VideoMLLM.prefill_text`` on the prompt after the placeholder -> (cache, first token)."""
+    return nnx.merge(graphdef, params).prefill_text(cache, next_position, first_slot,
+                                                    question, length)
 
 
 def _decode(graphdef, max_new, eos_id, params, cache, token, slot, position):
-    """Greedy decoding from ``token`` -> ``(1, max_new)``; after eos every token is eos."""
-    llm_graphdef, llm_state = nnx.split(nnx.merge(graphdef, params).llm)
-
-    def step(carry, _):
-        cache, token, slot, position, done = carry
-        llm = nnx.merge(llm_graphdef, llm_state)
-        logits, cache = llm(llm.embed(token[:, None]), position[:, None],
-                            jnp.ones(token.shape + (1,), bool), cache, slot)
-        nxt = jnp.where(done, eos_id, jnp.argmax(logits[:, 0], axis=-1).astype(jnp.int32))
-        return (cache, nxt, slot + 1, position + 1, done | (nxt == eos_id)), nxt
-
-    carry = (cache, token, slot, position, token == eos_id)
-    _, rest = jax.lax.scan(step, carry, None, length=max_new - 1)
-    return jnp.concatenate([token[:, None], rest.T], axis=1)
+    """``VideoMLLM.decode``: greedy decoding through the cache -> ``(1, max_new)``."""
+    return nnx.merge(graphdef, params).decode(cache, token, slot, position, max_new, eos_id)
 
 
 @dataclasses.dataclass

@@ -334,7 +334,8 @@ def test_video_mllm_splice_matches_manual_sequence_and_ignores_padding():
 def test_generate_matches_stepwise_argmax_of_full_forward():
     model = mllm()
     n_new = 4
-    batch = make_batch([([5, VIDEO_ID, 7, 8], []), ([VIDEO_ID, 9], [])], length=8)
+    # Prompts of different lengths after the video; one prefix before it (the template's).
+    batch = make_batch([([5, VIDEO_ID, 7, 8], []), ([6, VIDEO_ID, 9], [])], length=8)
     forward = jit_method(model, "__call__")
     tokens = np.asarray(batch["tokens"]).copy()
     text_mask = np.asarray(batch["text_mask"]).copy()
@@ -353,7 +354,8 @@ def test_generate_matches_stepwise_argmax_of_full_forward():
     @jit
     def generate(state, batch):
         model = nnx.merge(graphdef, state)
-        return model.generate(batch, n_new), model.generate(batch, n_new, eos_id=eos)
+        return (model.generate(batch, n_new, prefix_len=1),
+                model.generate(batch, n_new, prefix_len=1, eos_id=eos))
 
     got, with_eos = map(np.asarray, generate(state, batch))
     assert got.dtype == np.int32

@@ -136,7 +136,7 @@ def test_cached_answers_equal_generate_on_the_decoded_clip(trained, qa):
         frames, frame_mask = video_decode.decode_video(f.read(), qa.sampling)
     tok = qa.tokenizer
     generate = jax.jit(lambda params, batch: nnx.merge(qa._graphdef, params).generate(
-        batch, 4, eos_id=tok.eos_id))
+        batch, 4, prefix_len=1, eos_id=tok.eos_id))
     for q in (question, "which way did the object move"):
         prompt = [tok.bos_id] + tok.encode(tokenizer_lib.format_prompt(q))
         tokens = np.zeros((1, qa.question_len), np.int32)

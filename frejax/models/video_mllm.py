@@ -136,35 +136,57 @@ class VideoMLLM(nnx.Module):
         hidden = sharding.constrain(_gather(hidden, text_to_seq), ("batch", "length", "embed"))
         return self.llm.logits(hidden)
 
-    def generate(self, batch: dict[str, jax.Array], max_new_tokens: int, *,
-                 eos_id: int | None = None,
-                 visual: CompressedTokens | None = None) -> jax.Array:
-        """Greedy decoding through the KV cache -> ``(batch, max_new_tokens)`` int32.
+    # ------------------------------------------------------------------ generation
+    # One path for evaluation, ``frejax.predict`` and its token cache: the prompt up
+    # to the video placeholder and the visual tokens (question-independent, so a
+    # cache may keep it), then the rest of the prompt, then greedy decoding.
 
-        Prefills the spliced prompt (text at positions >= ``prompt_len`` masked
-        out), then decodes one token per step; example ``b`` writes at the slot
-        after its last valid prompt place. After ``eos_id`` every token is ``eos_id``.
+    def prefill_video(self, visual: CompressedTokens, prefix_tokens: jax.Array,
+                      cache_len: int) -> tuple[Any, jax.Array]:
+        """Text before the placeholder ``(B, P)`` and the M visual places -> (cache, next position).
+
+        The same embedding, masking and positions as the training splice: masked
+        visual padding takes no position. The cache has ``cache_len`` slots.
+        """
+        vis_mask = visual.mask.astype(bool)
+        vis = self.projector(visual.tokens) * vis_mask[..., None].astype(self.dtype)
+        text = self.llm.embed(prefix_tokens)
+        embeds = jnp.concatenate([text, vis.astype(text.dtype)], axis=1)
+        valid = jnp.concatenate([jnp.ones(prefix_tokens.shape, bool), vis_mask], axis=1)
+        positions = jnp.maximum(jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1, 0)
+        b = prefix_tokens.shape[0]
+        cache = self.llm.init_cache(b, cache_len)
+        _, cache = self.llm(embeds, positions, valid, cache, jnp.zeros((b,), jnp.int32),
+                            return_hidden=True)
+        return cache, valid.sum(axis=1, dtype=jnp.int32)
+
+    def prefill_text(self, cache: Any, next_position: jax.Array, first_slot: jax.Array,
+                     tokens: jax.Array, length: jax.Array) -> tuple[Any, jax.Array]:
+        """The prompt after the placeholder ``(B, Lq)``, ``length`` valid -> (cache, first token).
+
+        Writes from ``first_slot`` on; returns the greedy token predicted after
+        the last valid one.
+        """
+        lq = tokens.shape[1]
+        valid = jnp.arange(lq)[None] < length[:, None]
+        positions = next_position[:, None] + jnp.arange(lq, dtype=jnp.int32)[None]
+        hidden, cache = self.llm(self.llm.embed(tokens), positions, valid, cache, first_slot,
+                                 return_hidden=True)
+        last = jnp.maximum(length - 1, 0)
+        last_hidden = hidden[jnp.arange(hidden.shape[0]), last][:, None]
+        return cache, jnp.argmax(self.llm.logits(last_hidden)[:, 0], axis=-1).astype(jnp.int32)
+
+    def decode(self, cache: Any, token: jax.Array, slot: jax.Array, position: jax.Array,
+               max_new_tokens: int, eos_id: int | None = None) -> jax.Array:
+        """Greedy decoding from ``token`` ``(B,)`` -> ``(B, max_new_tokens)`` int32.
+
+        ``token`` is the first new token; each step writes at ``slot`` with RoPE
+        ``position``. After ``eos_id`` every token is ``eos_id``.
         """
         if max_new_tokens < 1:
             raise ValueError(f"generate: max_new_tokens must be >= 1, got {max_new_tokens}")
-        if visual is None:
-            visual = self.encode_video(batch)
-        tokens = batch["tokens"]
-        b, length = tokens.shape
-        prompt_mask = (batch["text_mask"].astype(bool)
-                       & (jnp.arange(length)[None] < batch["prompt_len"][:, None]))
-        embeds, valid, positions, _ = self._splice(tokens, prompt_mask, visual)
-        seq_len = embeds.shape[1]
-        cache = self.llm.init_cache(b, seq_len + max_new_tokens)
-        hidden, cache = self.llm(embeds, positions, valid, cache,
-                                 jnp.zeros((b,), jnp.int32), return_hidden=True)
-        last = jnp.max(jnp.where(valid, jnp.arange(seq_len)[None], 0), axis=1)  # (batch,)
-        last_hidden = hidden[jnp.arange(b), last][:, None]
-        token = jnp.argmax(self.llm.logits(last_hidden)[:, 0], axis=-1).astype(jnp.int32)
+        b = token.shape[0]
         done = (token == eos_id) if eos_id is not None else jnp.zeros((b,), bool)
-        slot = (last + 1).astype(jnp.int32)
-        position = valid.sum(axis=1, dtype=jnp.int32)
-
         graphdef, state = nnx.split(self.llm)
 
         def step(carry, _):
@@ -181,3 +203,25 @@ class VideoMLLM(nnx.Module):
         _, rest = jax.lax.scan(step, (cache, token, slot, position, done), None,
                                length=max_new_tokens - 1)
         return jnp.concatenate([token[:, None], rest.T], axis=1)
+
+    def generate(self, batch: dict[str, jax.Array], max_new_tokens: int, *, prefix_len: int,
+                 eos_id: int | None = None,
+                 visual: CompressedTokens | None = None) -> jax.Array:
+        """Greedy answers to a batch of prompts -> ``(batch, max_new_tokens)`` int32.
+
+        ``prefix_len`` (static): the text tokens before the placeholder, the same
+        in every row (the chat template's start: the video sits in the first
+        turn). Text at positions >= ``prompt_len`` is not read.
+        """
+        if visual is None:
+            visual = self.encode_video(batch)
+        tokens = batch["tokens"]
+        p, m = int(prefix_len), self.num_visual_tokens
+        rest = tokens[:, p + 1:]  # after the placeholder
+        length = jnp.clip(batch["prompt_len"] - p - 1, 0, rest.shape[1])
+        cache, next_position = self.prefill_video(visual, tokens[:, :p],
+                                                  p + m + rest.shape[1] + max_new_tokens)
+        first_slot = jnp.full((tokens.shape[0],), p + m, jnp.int32)
+        cache, token = self.prefill_text(cache, next_position, first_slot, rest, length)
+        return self.decode(cache, token, first_slot + length, next_position + length,
+                           max_new_tokens, eos_id)
