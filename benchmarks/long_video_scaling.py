@@ -10,11 +10,16 @@ Three ways to turn a T-frame video into Fre-Res tokens, side by side in one proc
             chunks (``lax.map``) inside the one program, but the frames and the
             latents of the whole video are still on the device.
 
-Device memory is XLA's accounting of each compiled program (arguments +
-outputs + temporaries, ``program_memory``): the bytes one call holds on the
-accelerator. For ``streamed`` the chunk program is the same for every length;
-the tokens it produced accumulate on the host (the ``host tokens`` column), at
-``1/ratio`` of the latents. On a GPU or TPU the allocator's own peak is printed
+Device memory of the one-program paths is XLA's accounting of each compiled
+program (arguments + outputs + temporaries, ``program_memory``): the bytes one
+call holds on the accelerator. ``streamed`` is measured while it runs, at every
+length: the largest total of live device arrays seen between chunks (params,
+frames and tokens in flight; arrays alive before the video started are not
+counted) plus the chunk program's temporaries, so a chunk
+kept on the device by mistake shows up as growth. The tokens accumulate on the
+host (the ``host tokens`` column), at ``1/ratio`` of the latents. With
+``--compile_only`` nothing runs and the streamed column is the chunk program's
+accounting, the same program at every length. On a GPU or TPU the allocator's own peak is printed
 too. Times are wall-clock medians (compile excluded), random frames.
 
     python -m benchmarks.long_video_scaling                  # the main job's model (runs)
@@ -30,6 +35,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import gc
 import os
 import sys
 
@@ -70,6 +76,21 @@ def _allocator_peak() -> int | None:
     return None if not stats else int(stats.get("peak_bytes_in_use", 0)) or None
 
 
+def _live_device_bytes() -> int:
+    return sum(a.nbytes for a in jax.live_arrays())
+
+
+def _streamed_live_peak(chunked, chunks) -> int:
+    """The most device bytes one streamed video holds between chunks (measured): its params
+    plus what the run keeps alive above the arrays that were alive before it started."""
+    gc.collect()
+    before = peak = _live_device_bytes()
+    for _ in chunked.iter_tokens(chunks):
+        peak = max(peak, _live_device_bytes())
+    params = sum(x.nbytes for x in jax.tree.leaves(chunked.params))
+    return params + peak - before
+
+
 def _layout(model, params) -> tuple:
     """The compressor's plan (Fre-Res) and parameter shapes: equal layouts compute one method."""
     plan = getattr(model.compressor, "plan", None)
@@ -104,6 +125,10 @@ def measure(config, lengths: list[int], compile_only: bool, repeats: int,
             run = lambda: chunked(streaming.chunk_frames(_frames(rng, t, size), clip))  # noqa: E731
             out = run()  # warm-up (compiles once, on the first length)
             assert out.tokens.shape[0] == row["tokens"], (out.tokens.shape, row["tokens"])
+            live = _streamed_live_peak(chunked, streaming.chunk_frames(_frames(rng, t, size),
+                                                                       clip))
+            row["streamed"] = dict(live_peak=live, temporaries=chunk_memory["temporaries"],
+                                   peak=live + chunk_memory["temporaries"])
             row["streamed"]["seconds"] = median_seconds(run, repeats=repeats, warmup=0)
         frames = jax.ShapeDtypeStruct((1, t, size, size, 3), jnp.uint8)
         mask = jax.ShapeDtypeStruct((1, t), jnp.bool_)

@@ -72,7 +72,9 @@ def test_aot_command_compiles_a_pod_like_config_on_64_fake_devices():
     unread = state + _figure(text, "batch") - _figure(text, "arguments")
     assert 0 <= unread <= 4096, unread
     assert _figure(text, "temporaries") > 0
-    assert _figure(text, "peak") >= _figure(text, "arguments")
+    # The donated train state is reused for the new one: its bytes are aliased, not doubled.
+    aliased = int(re.search(r"\((\d+) B\) aliased to donated arguments", text).group(1))
+    assert state - 4096 <= aliased <= state, (aliased, state)
     flops = float(re.search(r"FLOPs per step ([0-9.e+]+) per device", text).group(1))
     assert flops > 0
     assert "v5e 16 GiB: fits" in text
