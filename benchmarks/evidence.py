@@ -18,7 +18,7 @@ trained encoder's latents and of the raw pixels).
 Two studies train methods again with one setting changed, beside their main
 run (``--no_studies`` skips them): at the ablation budget, Fre-Res and
 temporal-DCT-only with the background noise held still over each clip instead
-of drawn afresh every frame (``data.background_noise=clip``), to show what that
+of drawn afresh every frame (``data.synthetic.background_noise=clip``), to show what that
 noise does to the residual track; on the short clips at 8x, where the budget
 buys one segment, the same two with one residual time window instead of two
 (``compressor.fre_res.time_windows=1``).
@@ -82,8 +82,8 @@ STUDIES = {
     "background": Study(
         "static-background", "Static background",
         "The same runs with the background noise drawn once per clip and held still"
-        " (`data.background_noise=clip`) instead of afresh every frame.",
-        ("--config.data.background_noise=clip",), "noise every frame", "static"),
+        " (`data.synthetic.background_noise=clip`) instead of afresh every frame.",
+        ("--config.data.synthetic.background_noise=clip",), "noise every frame", "static"),
     # Where the budget buys one segment, its residual track gets two time windows by default.
     "windows": Study(
         "one-time-window", "Time windows",

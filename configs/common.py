@@ -122,14 +122,14 @@ def apply_stage(c: ml_collections.ConfigDict, stage: int, lora_rank: int = 0) ->
         c.model.llm.lora.rank = lora_rank
 
 
-def video_config(arg, *, name: str, frames: int, ratio: float) -> ml_collections.ConfigDict:
-    """The embedded-benchmark config shared by the short and long video files."""
-    args = parse_arg(arg, scale="cpu", smoke=False, ratio=ratio, compressor="fre_res",
+def parse_video_arg(arg: str | None, *, frames: int, ratio: float) -> ml_collections.ConfigDict:
+    """The arg keys of the video configs, with the file's own frames and ratio as defaults."""
+    return parse_arg(arg, scale="cpu", smoke=False, ratio=ratio, compressor="fre_res",
                      frames=frames, stage=0, lora=0, vision="", llm="")
-    c = base_config()
-    c.name = name
-    c.data.num_frames = args.frames
-    c.compressor = compressor_config(args.compressor, args.ratio)
+
+
+def apply_variants(c: ml_collections.ConfigDict, args: ml_collections.ConfigDict) -> None:
+    """What the arg changes after the file has set its experiment: scale, smoke, pretrained, stage."""
     if args.scale == "pod":
         apply_pod_scale(c)
     elif args.scale != "cpu":
@@ -138,4 +138,3 @@ def video_config(arg, *, name: str, frames: int, ratio: float) -> ml_collections
         apply_smoke(c)
     apply_pretrained(c, args.vision, args.llm)
     apply_stage(c, args.stage, args.lora)
-    return c

@@ -60,16 +60,16 @@ def family_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 def make_source(config: ml_collections.ConfigDict, split: str, num_examples: int) -> Any:
     """The random-access source of ``split``; real data caps eval at ``num_examples``.
 
-    Real training data uses every usable record (``data.train_examples`` is the
-    synthetic benchmark's size).
+    Real training data uses every usable record (``data.synthetic.train_examples``
+    is the embedded benchmark's size).
     """
     d = config.data
     if d.name == "synthetic_video_qa":
         return video_qa_synthetic.VideoQASource(
             num_frames=d.num_frames, image_size=d.image_size, num_examples=num_examples,
-            split=split, seed=config.seed, followups=d.followups,
-            family_weights=d.train_family_weights if split == "train" else (),
-            background=d.background_noise)
+            split=split, seed=config.seed, followups=d.synthetic.followups,
+            family_weights=d.synthetic.train_family_weights if split == "train" else (),
+            background=d.synthetic.background_noise)
     cap = None if split == "train" else num_examples
     common = dict(sampling=frame_sampling(config), families=family_names(config),
                   seed=config.seed, num_examples=cap)
@@ -223,7 +223,7 @@ def make_train_iterator(config: ml_collections.ConfigDict, tokenizer, mesh) -> I
     # Each accumulation step's micro-batch is sharded over the mesh too.
     _check_batch(config, config.train.batch_size // config.optim.accum_steps, mesh,
                  "train.batch_size / optim.accum_steps")
-    source = make_source(config, "train", config.data.train_examples)
+    source = make_source(config, "train", config.data.synthetic.train_examples)
     ds = _dataset(config, tokenizer, source, split="train", batch_size=config.train.batch_size,
                   shuffle=True, num_epochs=None)
     return iter(ds)

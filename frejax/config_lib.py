@@ -55,24 +55,31 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
 
     c.data = ml_collections.ConfigDict(dict(
-        name="synthetic_video_qa",
+        name="synthetic_video_qa",  # synthetic_video_qa | video_folder | array_record | tfds
         num_frames=16,
         image_size=32,
-        train_examples=200_000,   # procedural: distinct videos available to train on
         # Tokens of question + answer (+ follow-up turns), and of the longest answer;
         # 0: sized from the data (data_pipelines.datasets.text_lengths).
         max_text_len=0,
-        followups=True,           # synthetic: train one follow-up question per clip too
-        # synthetic: training share of each family (static_detail, brief_event,
-        # motion_direction, temporal_order, counting); () = equal. Eval stays equal.
-        train_family_weights=(1, 1, 2, 2, 1),
-        background_noise="frame",  # synthetic: noise drawn every frame | once per clip ("clip")
         max_answer_len=0,
         worker_count=0,           # Grain worker processes (spawned)
         worker_buffer_size=2,
         read_threads=1,
         prefetch_buffer_size=2,
-        # Real videos (data.name video_folder | array_record | tfds); see the README.
+        tokenizer="auto",         # auto (benchmark / dataset words) | sentencepiece | huggingface
+        tokenizer_path="",
+        prompt_template="<video> question : {question} answer :",
+        max_bad_fraction=0.01,    # more bad inputs than this fraction stop the run
+        # The embedded benchmark (data.name synthetic_video_qa) only.
+        synthetic=dict(
+            train_examples=200_000,  # procedural: distinct videos available to train on
+            followups=True,          # train one follow-up question per clip too
+            # Training share of each family (static_detail, brief_event, motion_direction,
+            # temporal_order, counting); () = equal. Eval stays equal.
+            train_family_weights=(1, 1, 2, 2, 1),
+            background_noise="frame",  # noise drawn every frame | once per clip ("clip")
+        ),
+        # Real videos (data.name video_folder | array_record | tfds) only; see docs/data.md.
         root="",                  # video folder (video_folder), shard folder (array_record)
         train_annotations="",     # JSON/JSONL; video paths inside root
         eval_annotations="",
@@ -81,10 +88,6 @@ def base_config() -> ml_collections.ConfigDict:
         sampling="uniform",       # uniform | fps | dense
         sample_fps=2.0,           # sampling=fps: frames per second
         resize="crop",            # short side + centre crop | long side + pad
-        tokenizer="auto",         # auto (benchmark / dataset words) | sentencepiece | huggingface
-        tokenizer_path="",
-        prompt_template="<video> question : {question} answer :",
-        max_bad_fraction=0.01,    # more bad inputs than this fraction stop the run
     ))
 
     c.model = ml_collections.ConfigDict(dict(
@@ -150,7 +153,7 @@ _CHOICES = {
 }
 
 _POSITIVE = (
-    "data.num_frames", "data.image_size", "data.train_examples",
+    "data.num_frames", "data.image_size", "data.synthetic.train_examples",
     "data.read_threads",
     "model.vision.patch_size", "model.vision.width", "model.vision.depth",
     "model.vision.heads", "model.vision.mlp_dim",
@@ -289,6 +292,11 @@ def _validate_compressor(config: ml_collections.ConfigDict, v: dict) -> None:
             f" config.model.vision.width ({v['model.vision.width']})")
 
 
+_REAL_VIDEO_KEYS = ("data.root", "data.train_annotations", "data.eval_annotations",
+                    "data.tfds_name", "data.tfds_dir", "data.sampling", "data.sample_fps",
+                    "data.resize")
+
+
 def _validate_data(v: dict) -> None:
     """Keys each data source needs, and the real-video options."""
     needs = {"video_folder": ("data.root", "data.train_annotations", "data.eval_annotations"),
@@ -301,12 +309,25 @@ def _validate_data(v: dict) -> None:
         raise ValueError(
             f"config.data.tokenizer_path must name the {v['data.tokenizer']} tokenizer file")
     try:
-        video_qa_synthetic.family_cycle(video_qa_synthetic.FAMILIES, v["data.train_family_weights"])
+        video_qa_synthetic.family_cycle(video_qa_synthetic.FAMILIES,
+                                        v["data.synthetic.train_family_weights"])
     except ValueError as e:
-        raise ValueError(f"config.data.train_{e}") from None
-    if v["data.background_noise"] not in video_qa_synthetic.BACKGROUNDS:
-        raise ValueError(f"config.data.background_noise must be one of"
-                         f" {video_qa_synthetic.BACKGROUNDS}, got {v['data.background_noise']!r}")
+        raise ValueError(f"config.data.synthetic.train_{e}") from None
+    if v["data.synthetic.background_noise"] not in video_qa_synthetic.BACKGROUNDS:
+        raise ValueError(f"config.data.synthetic.background_noise must be one of"
+                         f" {video_qa_synthetic.BACKGROUNDS},"
+                         f" got {v['data.synthetic.background_noise']!r}")
+    # Keys of the other kind of data than data.name would be silently ignored: refuse them.
+    defaults = _flatten(base_config().data, "data.")
+    if v["data.name"] == "synthetic_video_qa":
+        ignored = [k for k in _REAL_VIDEO_KEYS if v[k] != defaults[k]]
+        reason = "a real-video key"
+    else:
+        ignored = [k for k in defaults if k.startswith("data.synthetic.") and v[k] != defaults[k]]
+        reason = "a key of the embedded benchmark"
+    if ignored:
+        raise ValueError(f"config.{ignored[0]}: {reason}, but config.data.name is"
+                         f" {v['data.name']!r}, which does not read it")
     if not 0 <= v["data.max_bad_fraction"] <= 1:
         raise ValueError(
             f"config.data.max_bad_fraction must be in [0, 1], got {v['data.max_bad_fraction']}")

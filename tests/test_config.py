@@ -100,3 +100,16 @@ def test_a_stale_key_on_the_command_line_stops_the_main_job():
             timeout=120)
         assert out.returncode != 0
         assert expected in out.stderr, out.stderr[-2000:]
+
+
+def test_data_keys_of_the_other_kind_of_data_fail_naming_them():
+    c = short_video.get_config()
+    c.data.root = "my_videos"  # a real-video key while the embedded benchmark is chosen
+    with pytest.raises(ValueError, match=r"config\.data\.root: a real-video key"):
+        config_lib.validate(c)
+    c = short_video.get_config()
+    c.data.update(name="video_folder", root="r", train_annotations="t", eval_annotations="e")
+    c.data.synthetic.background_noise = "clip"
+    with pytest.raises(ValueError, match=r"config\.data\.synthetic\.background_noise: a key of"
+                                         r" the embedded benchmark"):
+        config_lib.validate(c)

@@ -21,7 +21,7 @@ def test_full_sweep_plan_covers_every_method_ratio_length_and_ablation():
     ablations = [r for r in runs if r.ablation]
     assert len(ablations) == len(evidence.ABLATIONS) - 1  # the default is the main run
     assert all(r.length == "long" and r.ratio == 8 and r.method == "fre_res" for r in ablations)
-    for key, length, flags in (("background", "long", "--config.data.background_noise=clip"),
+    for key, length, flags in (("background", "long", "--config.data.synthetic.background_noise=clip"),
                                ("windows", "short", "--config.compressor.fre_res.time_windows=1")):
         study = [r for r in runs if r.study == key]
         assert {r.method for r in study} == {"fre_res", "temporal_dct_only"}
@@ -39,7 +39,7 @@ def test_full_sweep_plan_covers_every_method_ratio_length_and_ablation():
 def test_run_config_applies_the_runs_flags():
     run = next(r for r in evidence.plan_runs(evidence.PRESETS["full"]) if r.study == "background")
     config = evidence._run_config(run, evidence.PRESETS["full"])
-    assert config.data.background_noise == "clip"
+    assert config.data.synthetic.background_noise == "clip"
     assert config.compressor.name == run.method and config.compressor.ratio == 8
 
 

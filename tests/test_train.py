@@ -142,12 +142,12 @@ def test_config_validation_names_the_key():
     with pytest.raises(ValueError, match="kv_heads"):
         train.config_lib.validate(config)
     config = short_video.get_config("smoke")
-    config.data.train_family_weights = (1, 2, 3)
-    with pytest.raises(ValueError, match="data.train_family_weights"):
+    config.data.synthetic.train_family_weights = (1, 2, 3)
+    with pytest.raises(ValueError, match="data.synthetic.train_family_weights"):
         train.config_lib.validate(config)
     config = short_video.get_config("smoke")
-    config.data.background_noise = "static"
-    with pytest.raises(ValueError, match="data.background_noise"):
+    config.data.synthetic.background_noise = "static"
+    with pytest.raises(ValueError, match="data.synthetic.background_noise"):
         train.config_lib.validate(config)
     config = short_video.get_config("smoke")
     config.optim.warmup_steps = config.train.num_steps  # no step left for the decay
