@@ -61,12 +61,12 @@ def test_uniform_frames_budget_below_one_frame():
 
 # ------------------------------------------------------------------- spatial pool
 
-def test_pooled_grid_choice():
-    assert baselines.pooled_grid(8, (4, 4), 32) == (8, 2, 2)
-    assert baselines.pooled_grid(8, (4, 4), 128) == (8, 4, 4)
-    assert baselines.pooled_grid(2, (6, 6), 35) == (2, 4, 4)   # 17 per frame: 16 = 4x4
-    assert baselines.pooled_grid(1, (3, 6), 8) == (1, 2, 4)    # 2x4 is 1:2 like 3:6
-    assert baselines.pooled_grid(8, (4, 4), 5) == (5, 1, 1)    # budget < T: frames subsampled
+def test_spatial_pool_layout_choice():
+    assert baselines.spatial_pool_layout(8, (4, 4), 32) == (8, 2, 2)
+    assert baselines.spatial_pool_layout(8, (4, 4), 128) == (8, 4, 4)
+    assert baselines.spatial_pool_layout(2, (6, 6), 35) == (2, 4, 4)   # 17 per frame: 16 = 4x4
+    assert baselines.spatial_pool_layout(1, (3, 6), 8) == (1, 2, 4)    # 2x4 is 1:2 like 3:6
+    assert baselines.spatial_pool_layout(8, (4, 4), 5) == (5, 1, 1)    # budget < T: frames subsampled
 
 
 @pytest.mark.parametrize("mode", ["average", "bilinear"])

@@ -15,7 +15,7 @@ from frejax import sharding
 from frejax import train
 from frejax import train_state
 from frejax.models import lora
-from frejax.models.layers import Dense
+from frejax.layers import Dense
 from frejax.models.llm import LLM
 
 

@@ -13,7 +13,7 @@ from flax import nnx
 from frejax import compression, sharding
 from frejax.compression import CompressedTokens, Compressor
 from frejax.models import LLM, Projector, VideoMLLM, ViT, apply_rope
-from frejax.models.layers import dot_product_attention
+from frejax.layers import dot_product_attention
 
 VOCAB = 64
 VIDEO_ID = 3

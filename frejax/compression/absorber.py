@@ -24,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from frejax import sharding
+from frejax.layers import LayerNorm
 from frejax.compression.budget import pooled_grid
 
 
@@ -46,25 +47,6 @@ def neighbour_table(grid: tuple[int, int], pool: int, window: int) -> tuple[np.n
     valid = (ni >= 0) & (ni < hp) & (nj >= 0) & (nj < wp)
     index = np.where(valid, ni * wp + nj, 0).astype(np.int32)
     return index, valid
-
-
-class LayerNorm(nnx.Module):
-    """LayerNorm over the last axis, computed in float32, with named params."""
-
-    def __init__(self, dim: int, *, param_dtype=jnp.float32, epsilon: float = 1e-6,
-                 rngs: nnx.Rngs):
-        self.epsilon = epsilon
-        self.scale = nnx.Param(sharding.param(nnx.initializers.ones, ("embed",))(
-            rngs.params(), (dim,), param_dtype))
-        self.bias = nnx.Param(sharding.param(nnx.initializers.zeros, ("embed",))(
-            rngs.params(), (dim,), param_dtype))
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = x.astype(jnp.float32)
-        mean = jnp.mean(x, axis=-1, keepdims=True)
-        var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-        y = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
-        return y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
 
 
 class SpatialGuidedAbsorber(nnx.Module):
@@ -94,6 +76,7 @@ class SpatialGuidedAbsorber(nnx.Module):
         out_dense = nnx.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)
         qkv = ("embed", "heads", "head_dim")
         shape = (embed, heads, self.head_dim)
+        # float32 out, as the attention below reads it.
         self.query_norm = LayerNorm(embed, param_dtype=param_dtype, rngs=rngs)
         self.key_norm = LayerNorm(embed, param_dtype=param_dtype, rngs=rngs)
         self.query = nnx.Param(sharding.param(dense, qkv)(rngs.params(), shape, param_dtype))

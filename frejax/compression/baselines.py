@@ -131,7 +131,8 @@ class UniformFrames(Compressor):
 
 
 @functools.lru_cache(maxsize=256)
-def pooled_grid(frames: int, grid: tuple[int, int], budget: int) -> tuple[int, int, int]:
+def spatial_pool_layout(frames: int, grid: tuple[int, int],
+                        budget: int) -> tuple[int, int, int]:
     """``(F, h', w')`` for pooling: ``F*h'*w' <= budget``, ``h'*w'`` as large as possible.
 
     All ``h' <= h``, ``w' <= w`` are searched; ties go to the aspect ratio closest
@@ -185,7 +186,7 @@ class SpatialPool(Compressor):
                  rngs: nnx.Rngs | None = None):
         super().__init__(geometry, budget, options, rngs=rngs)
         self.pool_mode = self.resolve_options(options)["mode"]
-        self.kept_frames, self.out_h, self.out_w = pooled_grid(
+        self.kept_frames, self.out_h, self.out_w = spatial_pool_layout(
             geometry.frames, tuple(geometry.grid), self.budget)
 
     @property

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from frejax import sharding
-from frejax.models.layers import (Dense, RMSNorm, dot_product_attention,
+from frejax.layers import (Dense, RMSNorm, dot_product_attention,
                                   make_param, remat_call)
 
 Cache = dict[str, Any]

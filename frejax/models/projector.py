@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from frejax import sharding
-from frejax.models.layers import Dense
+from frejax.layers import Dense
 
 
 class Projector(nnx.Module):

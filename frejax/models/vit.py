@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from frejax import sharding
-from frejax.models.layers import (Dense, LayerNorm, dot_product_attention,
+from frejax.layers import (Dense, LayerNorm, dot_product_attention,
                                   make_param, remat_call)
 
 

@@ -1,4 +1,4 @@
-"""Building blocks shared by the vision encoder, the projector and the LLM.
+"""Building blocks of every module with parameters: the encoder, projector, LLM and absorber.
 
 Every parameter is created through ``sharding.param`` so it carries logical axis
 names (``out_sharding`` metadata); the mesh mapping lives in the config.
