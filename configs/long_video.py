@@ -16,13 +16,18 @@ from frejax import config_lib
 
 
 def get_config(arg=None):
-    args = common.parse_video_arg(arg, frames=32, ratio=8.0)
+    return experiment(arg, name="long_video", frames=32)
+
+
+def experiment(arg, *, name: str, frames: int):
+    """The embedded-benchmark experiment at ``frames`` frames per clip (the arg may change it)."""
+    args = common.parse_video_arg(arg, frames=frames, ratio=8.0)
     c = config_lib.base_config()
-    c.name = "long_video"
+    c.name = name
     c.seed = 0
 
-    # Data: the embedded benchmark (data_pipelines/video_qa_synthetic.py), 32-frame
-    # clips of 32x32 px, five question families; motion direction and temporal order
+    # Data: the embedded benchmark (data_pipelines/video_qa_synthetic.py), clips of
+    # 32 frames (the main job; 16 in short_video.py) of 32x32 px, five question families; motion direction and temporal order
     # get twice the training clips of the others, and each clip a follow-up question.
     c.data.update(name="synthetic_video_qa", num_frames=args.frames, image_size=32)
     c.data.synthetic.update(train_family_weights=(1, 1, 2, 2, 1), followups=True,
@@ -34,10 +39,11 @@ def get_config(arg=None):
     c.model.vision.update(image_size=32, patch_size=8, width=64, depth=2, heads=4, mlp_dim=128)
     c.model.llm.update(width=128, depth=2, heads=4, kv_heads=2, mlp_dim=256, vocab_size=0)
 
-    # Compressor: Fre-Res at T*N / 8 = 64 visual tokens. Its options are left to the
-    # budget (compressor.fre_res.*: 0 = chosen), which gives 2 anchor frames of 16
-    # tokens and K = 4 coefficients of 16-frame segments on a 2x2-pooled grid; the
-    # LLM reads the absorbed anchors and the residual-frequency tokens (output=dual).
+    # Compressor: Fre-Res at T*N / 8 visual tokens (64 for 32 frames). Its options are
+    # left to the budget (compressor.fre_res.*: 0 = chosen): for 32 frames 2 anchor
+    # frames of 16 tokens and K = 4 coefficients of 16-frame segments on a 2x2-pooled
+    # grid (for 16 frames one anchor and two residual time windows of K = 2). The LLM
+    # reads the absorbed anchors and the residual-frequency tokens (output=dual).
     c.compressor = config_lib.compressor_config(args.compressor, ratio=args.ratio)
 
     # Training: AdamW with warm-up and cosine decay, 1,400 steps of 32 clips.

@@ -194,20 +194,9 @@ def _check_types(config: ml_collections.ConfigDict) -> dict:
     if missing:
         raise ValueError(f"config: missing keys {missing}")
     for key, default in schema.items():
-        value = values[key]
-        if isinstance(default, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(default, int):
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif isinstance(default, float):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        elif isinstance(default, str):
-            ok = isinstance(value, str)
-        else:
-            ok = True
-        if not ok:
+        if not options_lib.same_kind(default, values[key]):
             raise ValueError(
-                f"config.{key}: expected {type(default).__name__}, got {value!r}")
+                f"config.{key}: expected {type(default).__name__}, got {values[key]!r}")
     return values
 
 

@@ -97,7 +97,7 @@ case "$ACTION" in
     SETUP="rm -rf ~/frejax && mkdir -p ~/frejax && tar -xzf ~/frejax_src.tgz -C ~/frejax"
     SETUP+=" && (command -v python3.11 || (sudo apt-get update -q && sudo apt-get install -y -q python3.11 python3.11-venv))"
     SETUP+=" && python3.11 -m venv ~/frejax_venv"
-    SETUP+=" && ~/frejax_venv/bin/pip install -q -r ~/frejax/requirements.txt 'jax[tpu]==0.10.2'"
+    SETUP+=" && ~/frejax_venv/bin/pip install -q -e ~/frejax'[tpu]'"  # frejax + libtpu for the pinned jax
     run "${GCLOUD[@]}" ssh "$NAME" "${WHERE[@]}" --worker=all --command="$SETUP"
     ;;
   run)

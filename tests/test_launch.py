@@ -58,7 +58,7 @@ def test_tpu_vm_copy_logs_and_delete():
     assert copy[1] == TPU + ["scp", "/tmp/frejax_src.tgz", "pod:frejax_src.tgz", *WHERE,
                              "--worker=all"]
     assert copy[2][:-1] == TPU + ["ssh", "pod", *WHERE, "--worker=all"]
-    assert "pip install -q -r ~/frejax/requirements.txt 'jax[tpu]==0.10.2'" in copy[2][-1]
+    assert "pip install -q -e ~/frejax'[tpu]'" in copy[2][-1]
     (logs,) = _commands(_dry_run("tpu_vm.sh", "logs", *common))
     assert logs[:-1] == TPU + ["ssh", "pod", *WHERE, "--worker=all"]
     assert "~/frejax_logs/frejax.*.log" in logs[-1]

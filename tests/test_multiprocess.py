@@ -64,7 +64,7 @@ def _worker(coordinator: str, num_processes: int, process_id: int, workdir: str)
     with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
         losses, state, setup, it = _run_steps(config, mesh, NUM_STEPS)
         ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
-        ckpt.save(NUM_STEPS, state, it, config, tok, force=True)
+        ckpt.save(NUM_STEPS, state, it, config, data_lib.make_tokenizer(config), force=True)
         ckpt.wait()
         restored = ckpt.restore(NUM_STEPS, setup.abstract_state)
         ckpt.close()

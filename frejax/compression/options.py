@@ -62,17 +62,24 @@ def resolve(prefix: str, schema: Schema, given: Any = None) -> dict[str, Any]:
     return out
 
 
+def same_kind(default: Any, value: Any) -> bool:
+    """Whether ``value`` may stand where ``default`` does (bool, int, float-or-int, str, ...)."""
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, (str, tuple, list)):
+        return isinstance(value, (tuple, list) if not isinstance(default, str) else str)
+    return True
+
+
 def _checked(name: str, opt: Option, value: Any) -> Any:
     default = opt.default
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    else:
-        ok = isinstance(value, type(default))
+    ok = same_kind(default, value)
+    if ok and isinstance(default, float):
+        value = float(value)
     if not ok:
         raise ValueError(f"{name} must be a {type(default).__name__}, got {value!r}")
     if opt.choices and value not in opt.choices:
