@@ -29,7 +29,7 @@ from flax import nnx
 from frejax.compression import build
 from frejax.compression import dct as dct_lib
 from frejax.compression.base import VideoGeometry, resolve_budget
-from frejax.compression.budget import make_plan
+from frejax.compression.budget import make_plan, resolve_options
 from frejax.compression.fre_res import fre_res_parts
 
 
@@ -111,15 +111,17 @@ def bench_compressor(frames: int, repeats: int) -> None:
     print(f"\nViT-S/16 encoder on {frames} frames of 224x224 (12 layers, width 384, 6 heads):"
           f" {1e3 * encoder_s:.1f} ms median")
     print(f"{'compressor (parameter-free split)':<44} {'plan':<30} {'ms':>8} {'/ encoder':>10}")
-    cases = [("fre_res absorbed, ratio 4", 4.0, dict()),
-             ("fre_res absorbed, ratio 8", 8.0, dict()),
+    cases = [("fre_res absorbed, ratio 4", 4.0, dict(output="absorbed")),
+             ("fre_res absorbed, ratio 8", 8.0, dict(output="absorbed")),
              ("fre_res dual, ratio 8", 8.0, dict(output="dual")),
              ("fre_res dual energy-alloc, ratio 8", 8.0, dict(output="dual", allocation="energy")),
-             ("fre_res absorbed energy anchor, ratio 8", 8.0, dict(anchor="energy"))]
+             ("fre_res absorbed energy anchor, ratio 8", 8.0,
+              dict(output="absorbed", anchor="energy"))]
     for label, ratio, options in cases:
+        options = resolve_options(options)  # every option, at its default where not given
         plan = make_plan(geometry, resolve_budget(geometry, ratio=ratio), options)
         fn = jax.jit(lambda z, m, p=plan, o=options: fre_res_parts(
-            z, m, plan=p, anchor=o.get("anchor", "middle")))
+            z, m, plan=p, anchor=o["anchor"]))
         seconds = median_seconds(fn, latents, mask, repeats=repeats)
         desc = f"L={plan.segment_len} K={plan.num_coeffs} p={plan.pool} M={plan.total_tokens}"
         print(f"{label:<44} {desc:<30} {1e3 * seconds:>8.2f} {100 * seconds / encoder_s:>9.2f}%")

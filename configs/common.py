@@ -1,4 +1,4 @@
-"""Pieces shared by every frejax config: defaults, sharding rules, arg parsing.
+"""Pieces shared by the frejax configs: arg parsing and the variants an arg selects.
 
 A config file defines ``get_config(arg=None)``; ``arg`` is the string after the
 colon in ``--config=configs/long_video.py:scale=pod,smoke`` and is parsed by
@@ -11,8 +11,6 @@ import json
 import os
 
 import ml_collections
-
-from frejax.config_lib import base_config, compressor_config  # noqa: F401  (re-exported)
 
 
 def parse_arg(arg: str | None, **defaults):

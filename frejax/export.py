@@ -145,8 +145,6 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-    from frejax import config_lib  # noqa: PLC0415  (here: nothing runs on import)
-
     config_lib.check_override_flags(sys.argv)
     _define_flags()
     app.run(main)

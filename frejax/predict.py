@@ -44,7 +44,6 @@ from data_pipelines import annotations as annotations_lib
 from data_pipelines import video_decode
 from frejax import checkpointing
 from frejax import config_lib
-from data_pipelines import datasets as data_lib
 from frejax import sharding
 from frejax import token_cache
 from data_pipelines import tokenizer as tokenizer_lib
@@ -385,7 +384,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from frejax import config_lib  # noqa: PLC0415  (here: nothing runs on import)
-
     config_lib.check_override_flags(sys.argv)
     app.run(main)

@@ -51,8 +51,8 @@ def create_model(config: ml_collections.ConfigDict, tokenizer: Any, *, seed: int
         vocab_size=model_cfg.llm.vocab_size, video_token_id=tokenizer.video_id,
         rngs=nnx.Rngs(seed), dtype=compute_dtype(config.train.dtype),
         param_dtype=jnp.float32)
-    lora_cfg = model_cfg.llm.get("lora", None)
-    if lora_cfg is not None and lora_cfg.rank:  # own rng stream: the base init is unchanged
+    lora_cfg = model_cfg.llm.lora
+    if lora_cfg.rank:  # own rng stream: the base init is unchanged
         lora.apply_lora(model.llm, lora_cfg.rank, lora_cfg.alpha, rngs=nnx.Rngs(seed + 1))
     return model
 
@@ -71,7 +71,7 @@ def training_group(path: tuple) -> str:
 
 
 def frozen_groups(config: ml_collections.ConfigDict) -> frozenset[str]:
-    return frozenset(g.strip() for g in config.optim.get("freeze", "").split(",") if g.strip())
+    return frozenset(g.strip() for g in config.optim.freeze.split(",") if g.strip())
 
 
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -89,7 +89,7 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
         return optax.adamw(lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask)
 
     frozen = frozen_groups(config)
-    multipliers = dict(o.get("lr_multipliers", {}))
+    multipliers = dict(o.lr_multipliers)
     if not frozen and all(m == 1.0 for m in multipliers.values()):
         return optax.chain(optax.clip_by_global_norm(o.clip_norm), adamw(schedule))
 
@@ -169,7 +169,7 @@ def init_state(config: ml_collections.ConfigDict, setup: TrainSetup, tokenizer: 
         return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=setup.tx.init(params))
 
     state = jax.jit(init, out_shardings=setup.state_shardings)()
-    if config.model.vision.get("pretrained") or config.model.llm.get("pretrained"):
+    if config.model.vision.pretrained or config.model.llm.pretrained:
         # Pretrained towers replace their random init, read shard by shard into place.
         state["params"] = hf_import.load_pretrained(config, state["params"])
     return state

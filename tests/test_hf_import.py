@@ -148,7 +148,7 @@ def test_import_places_every_leaf_in_its_mesh_sharding(tmp_path):
                     pre + "mlp.down_proj.weight": (d, 16)})
     tensors = {k: rng.normal(size=s).astype(np.float32) for k, s in tensors.items()}
     folder = _folder(tmp_path, tensors, cfg, shards=2)
-    llm_cfg = ml_collections.ConfigDict(hf_import.llm_config_from_hf(cfg))
+    llm_cfg = _llm_section(hf_import.llm_config_from_hf(cfg))
     param_map = hf_import.llm_param_map(folder)
 
     mesh = sharding.make_mesh((2, 2, 2))
@@ -237,8 +237,7 @@ def test_siglip_vision_tower_matches_transformers(tmp_path, sharded):
     reference = SiglipVisionModel(hf_cfg).eval()
     folder = _save(reference, tmp_path / "siglip", sharded)
 
-    vit = ViT(ml_collections.ConfigDict(hf_import.vision_config_from_hf(folder.config)),
-              rngs=nnx.Rngs(0))
+    vit = ViT(_vision_section(hf_import.vision_config_from_hf(folder.config)), rngs=nnx.Rngs(0))
     vit = _load_module(vit, folder, hf_import.vision_param_map(folder))
     images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     ours = np.asarray(_jitted(vit, ViT.encode_images)(jnp.asarray(images)))
@@ -258,8 +257,7 @@ def test_siglip2_vision_tower_matches_transformers(tmp_path):
                                  attn_implementation="eager")
     reference = Siglip2VisionModel(hf_cfg).eval()
     folder = _save(reference, tmp_path / "siglip2", False)
-    vit = ViT(ml_collections.ConfigDict(hf_import.vision_config_from_hf(folder.config)),
-              rngs=nnx.Rngs(0))
+    vit = ViT(_vision_section(hf_import.vision_config_from_hf(folder.config)), rngs=nnx.Rngs(0))
     vit = _load_module(vit, folder, hf_import.vision_param_map(folder))
     images = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     ours = np.asarray(_jitted(vit, ViT.encode_images)(jnp.asarray(images)))
@@ -272,8 +270,24 @@ def test_siglip2_vision_tower_matches_transformers(tmp_path):
     np.testing.assert_allclose(ours, theirs.numpy(), atol=ATOL, rtol=0)
 
 
+def _vision_section(keys: dict):
+    """``model.vision`` with the keys a SigLIP ``config.json`` sets (as ``:vision=`` does)."""
+    cfg = config_lib.base_config().model.vision
+    cfg.update(keys)
+    return cfg
+
+
+def _llm_section(keys: dict):
+    """``model.llm`` with the keys a Qwen2 / Llama ``config.json`` sets (as ``:llm=`` does)."""
+    cfg = config_lib.base_config().model.llm
+    keys = dict(keys)
+    cfg.rope_scaling.update(keys.pop("rope_scaling"))
+    cfg.update(keys)
+    return cfg
+
+
 def _llm_logits(folder, tokens, positions):
-    cfg = ml_collections.ConfigDict(hf_import.llm_config_from_hf(folder.config))
+    cfg = _llm_section(hf_import.llm_config_from_hf(folder.config))
     llm = _load_module(LLM(cfg, rngs=nnx.Rngs(0)), folder, hf_import.llm_param_map(folder))
     forward = _jitted(llm, lambda m, tokens, positions: m(m.embed(tokens), positions)[0])
     return np.asarray(forward(jnp.asarray(tokens), jnp.asarray(positions)))

@@ -2,7 +2,6 @@
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -34,8 +33,9 @@ def test_lora_dense_starts_as_the_base_and_adds_a_low_rank_update():
 
 
 def test_apply_lora_adapts_attention_and_mlp_and_keeps_the_output():
-    cfg = ml_collections.ConfigDict(dict(vocab_size=20, width=16, depth=2, heads=4, kv_heads=2,
-                                         mlp_dim=32, qkv_bias=True))
+    cfg = config_lib.base_config().model.llm
+    cfg.update(vocab_size=20, width=16, depth=2, heads=4, kv_heads=2, mlp_dim=32, qkv_bias=True,
+               tie_embeddings=False)
     llm = LLM(cfg, rngs=nnx.Rngs(0))
     tokens = jnp.arange(12).reshape(2, 6) % 20
     positions = jnp.tile(jnp.arange(6), (2, 1))

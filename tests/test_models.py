@@ -2,7 +2,6 @@
 
 import functools
 
-import ml_collections
 import numpy as np
 import pytest
 
@@ -10,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from frejax import compression, sharding
+from frejax import compression, config_lib, sharding
 from frejax.compression import CompressedTokens, Compressor
 from frejax.models import LLM, Projector, VideoMLLM, ViT, apply_rope
 from frejax.layers import dot_product_attention
@@ -71,27 +70,28 @@ def _test_compressors():
 
 
 def vision_cfg(**kw):
-    cfg = ml_collections.ConfigDict(dict(image_size=8, patch_size=4, width=32, depth=1, heads=2,
-                                         mlp_dim=64, remat=False, encode_chunk=0))
-    cfg.update(kw)
+    cfg = config_lib.base_config().model.vision
+    cfg.update(dict(image_size=8, patch_size=4, width=32, depth=1, heads=2, mlp_dim=64), **kw)
     return cfg
 
 
 def llm_cfg(**kw):
-    cfg = ml_collections.ConfigDict(dict(vocab_size=VOCAB, width=32, depth=2, heads=4, kv_heads=2,
-                                         head_dim=0, mlp_dim=64, rope_theta=10000.0,
-                                         qkv_bias=True, tie_embeddings=False, remat=False))
-    cfg.update(kw)
+    cfg = config_lib.base_config().model.llm
+    cfg.update(dict(vocab_size=VOCAB, width=32, depth=2, heads=4, kv_heads=2, head_dim=0,
+                    mlp_dim=64, qkv_bias=True, tie_embeddings=False), **kw)
     return cfg
 
 
 def model_cfg(**llm_kw):
-    return ml_collections.ConfigDict(dict(vision=vision_cfg(), llm=llm_cfg(**llm_kw),
-                                          projector=dict(hidden=0)))
+    cfg = config_lib.base_config().model
+    cfg.vision, cfg.llm = vision_cfg(), llm_cfg(**llm_kw)
+    return cfg
 
 
 def compressor_cfg(name="test_identity", budget=0):
-    return ml_collections.ConfigDict(dict(name=name, budget=budget, ratio=0.0))
+    cfg = config_lib.compressor_config(name, ratio=0.0)
+    cfg.budget = budget
+    return cfg
 
 
 def make_mllm(name="test_identity", num_frames=2, dtype=jnp.float32, **llm_kw):

@@ -4,13 +4,12 @@ import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
 
 from data_pipelines import video_decode
-from frejax import streaming
+from frejax import config_lib, streaming
 from frejax.models.video_mllm import VideoMLLM
 import video_files
 
@@ -19,14 +18,10 @@ GRID = 16    # image 16, patch 4: a 4x4 grid, N = 16
 
 
 def _model(num_frames: int) -> VideoMLLM:
-    cfg = ml_collections.ConfigDict(dict(
-        vision=dict(image_size=GRID, patch_size=4, width=32, depth=1, heads=2, mlp_dim=64,
-                    remat=False, encode_chunk=0),
-        llm=dict(vocab_size=16, width=16, depth=1, heads=2, kv_heads=1, head_dim=0,
-                 mlp_dim=32, rope_theta=10000.0, qkv_bias=True, tie_embeddings=True,
-                 remat=False),
-        projector=dict(hidden=0)))
-    compressor = ml_collections.ConfigDict(dict(name="fre_res", budget=0, ratio=8.0))
+    cfg = config_lib.base_config().model
+    cfg.vision.update(image_size=GRID, patch_size=4, width=32, depth=1, heads=2, mlp_dim=64)
+    cfg.llm.update(vocab_size=16, width=16, depth=1, heads=2, kv_heads=1, mlp_dim=32)
+    compressor = config_lib.compressor_config("fre_res", ratio=8.0)
     return VideoMLLM(cfg, compressor, num_frames=num_frames, vocab_size=16, video_token_id=1,
                      rngs=nnx.Rngs(0))
 

@@ -57,8 +57,8 @@ class Llama3RopeScaling:
 
 def rope_scaling_from_config(cfg: Any) -> Llama3RopeScaling | None:
     """``model.llm.rope_scaling`` -> a scaling, or None for ``type: none`` (plain RoPE)."""
-    scaling = cfg.get("rope_scaling", None)
-    kind = scaling.get("type", "none") if scaling is not None else "none"
+    scaling = cfg.rope_scaling
+    kind = scaling.type
     if kind == "none":
         return None
     if kind != "llama3":
@@ -166,10 +166,9 @@ class DecoderLayer(nnx.Module):
 class LLM(nnx.Module):
     """Decoder-only LM.
 
-    Config (``model.llm``): vocab_size, width, depth, heads, kv_heads, head_dim
-    (0 = width / heads), mlp_dim, rope_theta, qkv_bias, tie_embeddings, remat
-    (and optionally norm_eps and rope_scaling). ``vocab_size`` passed here
-    overrides the config.
+    Config: the whole ``model.llm`` section (``frejax/config_lib.py`` holds every
+    key and default; kv_heads 0 = heads, head_dim 0 = width / heads).
+    ``vocab_size`` passed here overrides the config.
     """
 
     def __init__(self, cfg: Any, *, rngs: nnx.Rngs, vocab_size: int | None = None,
@@ -177,10 +176,10 @@ class LLM(nnx.Module):
         self.vocab_size = int(vocab_size or cfg.vocab_size)
         self.width = int(cfg.width)
         self.heads = int(cfg.heads)
-        self.kv_heads = int(cfg.get("kv_heads", 0) or cfg.heads)
-        self.head_dim = int(cfg.get("head_dim", 0) or self.width // self.heads)
-        self.tie_embeddings = bool(cfg.get("tie_embeddings", False))
-        self.remat = bool(cfg.get("remat", False))
+        self.kv_heads = int(cfg.kv_heads or cfg.heads)  # 0: one per query head
+        self.head_dim = int(cfg.head_dim or self.width // self.heads)  # 0: width / heads
+        self.tie_embeddings = bool(cfg.tie_embeddings)
+        self.remat = bool(cfg.remat)
         self.dtype = dtype
         if self.head_dim % 2:
             raise ValueError(f"model.llm.head_dim must be even for RoPE, got {self.head_dim}")
@@ -189,12 +188,11 @@ class LLM(nnx.Module):
                                     (self.vocab_size, self.width), param_dtype, rngs)
         self.layers = nnx.List([
             DecoderLayer(self.width, self.heads, self.kv_heads, self.head_dim,
-                         int(cfg.mlp_dim), qkv_bias=bool(cfg.get("qkv_bias", False)),
-                         rope_theta=float(cfg.get("rope_theta", 10000.0)),
-                         norm_eps=float(cfg.get("norm_eps", 1e-6)),
+                         int(cfg.mlp_dim), qkv_bias=bool(cfg.qkv_bias),
+                         rope_theta=float(cfg.rope_theta), norm_eps=float(cfg.norm_eps),
                          rope_scaling=rope_scaling_from_config(cfg), **kw)
             for _ in range(int(cfg.depth))])
-        self.final_norm = RMSNorm(self.width, eps=float(cfg.get("norm_eps", 1e-6)), **kw)
+        self.final_norm = RMSNorm(self.width, eps=float(cfg.norm_eps), **kw)
         self.lm_head = (None if self.tie_embeddings else
                         Dense(self.width, self.vocab_size, ("embed", "vocab"),
                               use_bias=False, **kw))

@@ -69,15 +69,14 @@ class VideoMLLM(nnx.Module):
         self.dtype = dtype
         self.encoder = ViT(model_cfg.vision, **kw)
         self.geometry = VideoGeometry(int(num_frames), self.encoder.grid, self.encoder.width)
-        budget = resolve_budget(self.geometry, int(compressor_cfg.get("budget", 0) or 0),
-                                float(compressor_cfg.get("ratio", 0.0) or 0.0))
+        budget = resolve_budget(self.geometry, int(compressor_cfg.budget),
+                                float(compressor_cfg.ratio))
         self.compressor = compression.build(
             compressor_cfg["name"], self.geometry, budget,
             compression.section_options(compressor_cfg), rngs=rngs)
         self.llm = LLM(model_cfg.llm, vocab_size=vocab_size, **kw)
-        projector_cfg = model_cfg.get("projector", None)
-        hidden = int(projector_cfg.get("hidden", 0) or 0) if projector_cfg is not None else 0
-        self.projector = Projector(self.encoder.width, self.llm.width, hidden, **kw)
+        self.projector = Projector(self.encoder.width, self.llm.width,
+                                   int(model_cfg.projector.hidden), **kw)
 
     @property
     def num_visual_tokens(self) -> int:

@@ -91,8 +91,8 @@ class EncoderBlock(nnx.Module):
 class ViT(nnx.Module):
     """Per-frame ViT encoder.
 
-    Config (``model.vision``): image_size, patch_size, width, depth, heads,
-    mlp_dim, remat, encode_chunk (and optionally norm_eps).
+    Config: the whole ``model.vision`` section (``frejax/config_lib.py`` holds
+    every key and default).
     """
 
     def __init__(self, cfg: Any, *, rngs: nnx.Rngs, dtype: Any = jnp.float32,
@@ -100,8 +100,8 @@ class ViT(nnx.Module):
         self.image_size = int(cfg.image_size)
         self.patch_size = int(cfg.patch_size)
         self.width = int(cfg.width)
-        self.remat = bool(cfg.get("remat", False))
-        self.encode_chunk = int(cfg.get("encode_chunk", 0))
+        self.remat = bool(cfg.remat)
+        self.encode_chunk = int(cfg.encode_chunk)
         self.dtype = dtype
         if self.image_size % self.patch_size:
             raise ValueError(f"model.vision.image_size {self.image_size} not divisible by"
@@ -114,7 +114,7 @@ class ViT(nnx.Module):
         self.pos_embed = make_param(nnx.initializers.normal(self.width ** -0.5),
                                     ("tokens", "embed"), (side * side, self.width),
                                     param_dtype, rngs)
-        norm_eps = float(cfg.get("norm_eps", 1e-6))
+        norm_eps = float(cfg.norm_eps)
         self.blocks = nnx.List([
             EncoderBlock(self.width, int(cfg.heads), int(cfg.mlp_dim), norm_eps=norm_eps, **kw)
             for _ in range(int(cfg.depth))])
