@@ -130,37 +130,3 @@ def test_micro_batch_that_cannot_split_over_the_mesh_is_a_config_error():
     with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
         with pytest.raises(ValueError, match="train.batch_size / optim.accum_steps"):
             data_lib.make_train_iterator(config, data_lib.make_tokenizer(config), mesh)
-
-
-def test_config_validation_names_the_key():
-    config = short_video.get_config("smoke")
-    config.compressor.fre_res.output = "both"
-    with pytest.raises(ValueError, match="compressor.fre_res.output"):
-        train.config_lib.validate(config)
-    config = short_video.get_config("smoke")
-    config.model.llm.kv_heads = 3
-    with pytest.raises(ValueError, match="kv_heads"):
-        train.config_lib.validate(config)
-    config = short_video.get_config("smoke")
-    config.data.synthetic.train_family_weights = (1, 2, 3)
-    with pytest.raises(ValueError, match="data.synthetic.train_family_weights"):
-        train.config_lib.validate(config)
-    config = short_video.get_config("smoke")
-    config.data.synthetic.background_noise = "static"
-    with pytest.raises(ValueError, match="data.synthetic.background_noise"):
-        train.config_lib.validate(config)
-    config = short_video.get_config("smoke")
-    config.optim.warmup_steps = config.train.num_steps  # no step left for the decay
-    with pytest.raises(ValueError, match="optim.warmup_steps"):
-        train.config_lib.validate(config)
-    with pytest.raises(ValueError, match="unknown key 'sclae'"):
-        short_video.get_config("sclae=pod")
-
-
-@pytest.mark.parametrize("arg", ["", "smoke", "scale=pod", "scale=pod,frames=128",
-                                 "ratio=4,compressor=uniform_frames"])
-@pytest.mark.parametrize("module", ["short_video", "long_video"])
-def test_every_shipped_config_variant_validates(module, arg):
-    import importlib
-    config = importlib.import_module(f"configs.{module}").get_config(arg)
-    train.config_lib.validate(config)

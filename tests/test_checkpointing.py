@@ -1,4 +1,4 @@
-"""Fault tolerance of the main job: kill -9 and resume, SIGTERM, damaged
+"""frejax.checkpointing and resuming the main job: kill -9 and resume, SIGTERM, damaged
 checkpoints, resharded restore, config drift, export.
 
 The subprocess runs share one uninterrupted reference run (a checkpoint at every
