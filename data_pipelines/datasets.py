@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from typing import Any, Iterator
 
 import jax
@@ -121,13 +122,29 @@ def _catalog(config: ml_collections.ConfigDict) -> dict[str, list[str]]:
     raise ValueError(f"config.data.name: no catalog for {d.name!r}")
 
 
+def _file_stamps(*files: str) -> tuple:
+    """``(path, mtime, size)`` per file: a cache key that changes when a file does."""
+    stamps = []
+    for path in files:
+        st = os.stat(path) if os.path.exists(path) else None  # missing: load_annotations says so
+        stamps.append((path, st and st.st_mtime_ns, st and st.st_size))
+    return tuple(stamps)
+
+
+@functools.lru_cache(maxsize=4)
+def _folder_records(root: str, stamps: tuple) -> tuple:
+    """Every usable record of the annotation files, read once while the files are unchanged
+    (the catalog and the text lengths both need them)."""
+    return tuple(r for path, *_ in stamps
+                 for r in annotations_lib.load_annotations(path, root).records)
+
+
 def _folder_catalog(root: str, *files: str) -> dict[str, list[str]]:
     families, words = set(), set()
-    for path in files:
-        for r in annotations_lib.load_annotations(path, root).records:
-            families.add(r.family)
-            for text in [r.question, r.answer, *(t for qa in r.history for t in qa)]:
-                words.update(tokenizer_lib.split_words(text))
+    for r in _folder_records(root, _file_stamps(*files)):
+        families.add(r.family)
+        for text in [r.question, r.answer, *(t for qa in r.history for t in qa)]:
+            words.update(tokenizer_lib.split_words(text))
     return dict(families=sorted(families), words=sorted(words))
 
 
@@ -182,8 +199,9 @@ def text_lengths(config: ml_collections.ConfigDict, tokenizer) -> tuple[int, int
         if d.name == "synthetic_video_qa":
             auto = (video_qa_synthetic.MAX_TEXT_LEN, video_qa_synthetic.MAX_ANSWER_LEN)
         elif d.name == "video_folder":
-            auto = _folder_text_lengths(tokenizer, d.prompt_template, d.root,
-                                        d.train_annotations, d.eval_annotations)
+            auto = _folder_text_lengths(
+                tokenizer, d.prompt_template, d.root,
+                _file_stamps(d.train_annotations, d.eval_annotations))
         else:
             raise ValueError(f"config.data.max_text_len and config.data.max_answer_len must be"
                              f" set (> 0) for config.data.name={d.name!r}: its text is inside"
@@ -196,11 +214,10 @@ def text_lengths(config: ml_collections.ConfigDict, tokenizer) -> tuple[int, int
 
 
 @functools.lru_cache(maxsize=8)
-def _folder_text_lengths(tokenizer, template: str, root: str, *files: str) -> tuple[int, int]:
-    records = [r for path in files for r in annotations_lib.load_annotations(path, root).records]
+def _folder_text_lengths(tokenizer, template: str, root: str, stamps: tuple) -> tuple[int, int]:
     return input_pipeline.text_lengths(
         tokenizer, (dict(question=r.question, answer=r.answer, history=r.history)
-                    for r in records), template)
+                    for r in _folder_records(root, stamps)), template)
 
 
 def _dataset(config, tokenizer, source, *, split, batch_size, shuffle, num_epochs):
