@@ -142,6 +142,22 @@ class Checkpointer:
             step, args=ocp.args.Composite(tokenizer=ocp.args.JsonRestore()))["tokenizer"]
         return tokenizer_lib.from_spec(spec)
 
+    def restore_newest_tokenizer(self, what: str) -> Any:
+        """The tokenizer to build the model with before ``restore_newest_intact``: every step
+        of a run saves the same one, so the newest step whose tokenizer reads back serves
+        (a half-written newest step does not hide it). ``what``: the caller's purpose, for
+        the error when there is no checkpoint."""
+        steps = sorted(self.all_steps(), reverse=True)
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint to {what} in {self.directory}")
+        first_error = None
+        for step in steps:
+            try:
+                return self.restore_tokenizer(step)
+            except Exception as e:  # noqa: BLE001  (a damaged step: try an older one)
+                first_error = first_error or e
+        raise first_error
+
     def restore_config(self, step: int) -> dict:
         return self._manager.restore(
             step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]

@@ -102,14 +102,10 @@ def export_checkpoint(config: ml_collections.ConfigDict, workdir: str, output: s
     with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
         ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                           keep=config.train.keep_checkpoints)
-        if ckpt.latest_step() is None:
-            raise FileNotFoundError(f"no checkpoint to export in {ckpt.directory}")
-        tokenizer = ckpt.restore_tokenizer(ckpt.latest_step())
+        tokenizer = ckpt.restore_newest_tokenizer("export")
         setup = train_state.make_setup(config, mesh, tokenizer)
         step, state = ckpt.restore_newest_intact(setup.abstract_state, config)
         ckpt.close()
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint to export in {ckpt.directory}")
         params = state["params"]
         if jax.process_count() > 1:  # every host holds only its shards
             params = multihost_utils.process_allgather(params, tiled=True)

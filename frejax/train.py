@@ -246,14 +246,10 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
         ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                           keep=config.train.keep_checkpoints)
-        if ckpt.latest_step() is None:
-            raise FileNotFoundError(f"no checkpoint to evaluate in {ckpt.directory}")
-        tokenizer = ckpt.restore_tokenizer(ckpt.latest_step())
+        tokenizer = ckpt.restore_newest_tokenizer("evaluate")
         setup = train_state.make_setup(config, mesh, tokenizer)
         latest, state = ckpt.restore_newest_intact(setup.abstract_state, config)
         ckpt.close()
-        if latest is None:
-            raise FileNotFoundError(f"no checkpoint to evaluate in {ckpt.directory}")
         evaluator = eval_lib.Evaluator(config, setup.graphdef, tokenizer, mesh)
         results = finalize_results(evaluator.evaluate(state["params"]), setup, config, latest)
     write_results(workdir, results)

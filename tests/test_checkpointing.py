@@ -284,6 +284,25 @@ def test_when_every_checkpoint_is_damaged_nothing_is_renamed(reference, tmp_path
     assert sorted(os.listdir(ckpts)) == ["5"]
 
 
+def test_the_tokenizer_comes_from_the_newest_step_that_still_holds_one(reference, tmp_path):
+    """Evaluation and export build the model from the saved tokenizer before restoring: a
+    half-written newest step must not hide the one every older step holds."""
+    ckpts = tmp_path / "checkpoints"
+    for step in (4, 5):
+        shutil.copytree(reference / "checkpoints" / str(step), ckpts / str(step))
+    shutil.rmtree(ckpts / "5" / "tokenizer")
+    ckpt = checkpointing.Checkpointer(str(ckpts))
+    with pytest.raises(FileNotFoundError, match="step 5 .* holds no tokenizer"):
+        ckpt.restore_tokenizer(5)
+    assert ckpt.restore_newest_tokenizer("export").vocab == \
+        data_lib.make_tokenizer(_config()).vocab
+    ckpt.close()
+    empty = checkpointing.Checkpointer(str(tmp_path / "none"))
+    with pytest.raises(FileNotFoundError, match="no checkpoint to export in"):
+        empty.restore_newest_tokenizer("export")
+    empty.close()
+
+
 def test_config_drift_in_model_shape_fails_naming_the_keys(reference):
     config = _config()
     config.model.llm.width = 64
