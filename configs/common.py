@@ -12,6 +12,8 @@ import os
 
 import ml_collections
 
+from frejax import compression
+
 
 def parse_arg(arg: str | None, **defaults):
     """Parses ``"a=1,b=x,flag"`` into a ConfigDict over ``defaults``.
@@ -62,7 +64,7 @@ def apply_pod_scale(c: ml_collections.ConfigDict) -> None:
     c.model.llm.update(vocab_size=152_064, width=3584, depth=28, heads=28, kv_heads=4,
                        head_dim=128, mlp_dim=18_944, rope_theta=1_000_000.0, qkv_bias=True,
                        tie_embeddings=False, remat=True)
-    if c.compressor.name in ("fre_res", "temporal_dct_only", "anchors_only"):
+    if compression.get(c.compressor.name).section == "fre_res":  # Fre-Res or an ablation
         c.compressor.fre_res.absorber.heads = 16  # head width 72 at encoder width 1152
     c.optim.update(learning_rate=2e-5, warmup_steps=500)
     c.train.update(batch_size=256, num_steps=20_000, dtype="auto", checkpoint_every=500)
@@ -127,7 +129,7 @@ def parse_video_arg(arg: str | None, *, frames: int, ratio: float) -> ml_collect
 
 
 def apply_variants(c: ml_collections.ConfigDict, args: ml_collections.ConfigDict) -> None:
-    """What the arg changes after the file has set its experiment: scale, smoke, pretrained, stage."""
+    """What the arg changes after the file set its experiment: scale, smoke, pretrained, stage."""
     if args.scale == "pod":
         apply_pod_scale(c)
     elif args.scale != "cpu":

@@ -26,9 +26,10 @@ def experiment(arg, *, name: str, frames: int):
     c.name = name
     c.seed = 0
 
-    # Data: the embedded benchmark (data_pipelines/video_qa_synthetic.py), clips of
-    # 32 frames (the main job; 16 in short_video.py) of 32x32 px, five question families; motion direction and temporal order
-    # get twice the training clips of the others, and each clip a follow-up question.
+    # Data: the embedded benchmark (data_pipelines/video_qa_synthetic.py), clips of 32
+    # frames (the main job; 16 in short_video.py) of 32x32 px, five question families;
+    # motion direction and temporal order get twice the training clips of the others,
+    # and each clip a follow-up question.
     c.data.update(name="synthetic_video_qa", num_frames=args.frames, image_size=32)
     c.data.synthetic.update(train_family_weights=(1, 1, 2, 2, 1), followups=True,
                             background_noise="frame")

@@ -126,7 +126,8 @@ class TrainSetup:
     full_visual_tokens: int  # T * N
 
 
-def make_setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, tokenizer: Any) -> TrainSetup:
+def make_setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+               tokenizer: Any) -> TrainSetup:
     """Builds the model abstractly (no FLOPs, no memory) and derives shardings."""
     abstract_model = nnx.eval_shape(lambda: create_model(config, tokenizer, seed=config.seed))
     graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)

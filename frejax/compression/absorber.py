@@ -65,10 +65,11 @@ class SpatialGuidedAbsorber(nnx.Module):
     def __init__(self, embed: int, *, grid: tuple[int, int], pool: int = 1, window: int = 3,
                  heads: int = 4, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         if window < 1 or window % 2 == 0:
-            raise ValueError(f"compressor.fre_res.absorber.window must be an odd int >= 1, got {window}")
+            raise ValueError(f"compressor.fre_res.absorber.window must be an odd int >= 1,"
+                             f" got {window}")
         if heads < 1 or embed % heads:
-            raise ValueError(f"compressor.fre_res.absorber.heads must divide the embed width {embed},"
-                             f" got {heads}")
+            raise ValueError(f"compressor.fre_res.absorber.heads must divide the embed width"
+                             f" {embed}, got {heads}")
         self.grid, self.pool, self.window, self.heads = tuple(grid), pool, window, heads
         self.head_dim = embed // heads
         self.dtype = dtype

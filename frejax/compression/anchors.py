@@ -112,7 +112,8 @@ def residual_trajectories(segments: jax.Array, mask: jax.Array, anchor_index: ja
       kind: ``"inter_frame"`` or ``"anchor_relative"``.
     """
     if kind not in RESIDUAL_KINDS:
-        raise ValueError(f"compressor.fre_res.residual must be one of {RESIDUAL_KINDS}, got {kind!r}")
+        raise ValueError(f"compressor.fre_res.residual must be one of {RESIDUAL_KINDS},"
+                         f" got {kind!r}")
     mask = mask.astype(bool)
     if kind == "inter_frame":
         both = (mask[:, :, 1:] & mask[:, :, :-1])[..., None, None]
@@ -149,7 +150,8 @@ def integrate_residuals(anchors: jax.Array, anchor_index: jax.Array, residuals: 
         at_anchor = jnp.take_along_axis(offset, anchor_index[:, :, None, None, None], axis=2)
         return anchors[:, :, None] + (offset - at_anchor)
     if kind != "anchor_relative":
-        raise ValueError(f"compressor.fre_res.residual must be one of {RESIDUAL_KINDS}, got {kind!r}")
+        raise ValueError(f"compressor.fre_res.residual must be one of {RESIDUAL_KINDS},"
+                         f" got {kind!r}")
     a = anchor_index[:, :, None]
     slot = jnp.clip(t[None, None, :] - (t[None, None, :] > a), 0, length - 2)
     delta = jnp.take_along_axis(residuals, slot[..., None, None], axis=2)

@@ -173,8 +173,9 @@ class SpatialPool(Compressor):
     ``(batch, frames, tokens, embed)`` -> ``(batch, F * h' * w', embed)``,
     frame-major then row-major. Option ``compressor.spatial_pool.mode``:
     ``'average'`` (area pooling over adaptive bins, default) or ``'bilinear'``
-    (``jax.image.resize`` with antialiasing). If ``budget < T`` even ``1x1`` per frame is too many, so
-    ``F = budget`` frames are kept (centres of equal bins), each pooled to ``1x1``.
+    (``jax.image.resize`` with antialiasing). If ``budget < T`` even ``1x1`` per
+    frame is too many, so ``F = budget`` frames are kept (centres of equal bins),
+    each pooled to ``1x1``.
     """
 
     name = "spatial_pool"
@@ -328,7 +329,8 @@ class TemporalMerge(Compressor):
 
     1. At each spatial position walk the valid frames in order; a token whose
        cosine similarity to the running group's mean exceeds the option
-       ``compressor.temporal_merge.threshold`` (default 0.9) merges into it, otherwise it starts a new group.
+       ``compressor.temporal_merge.threshold`` (default 0.9) merges into it,
+       otherwise it starts a new group.
        Its novelty is ``1 - that similarity`` (``novelty_scores``); the first
        valid frame scores above every other token, so group heads always rank
        above merged tokens.

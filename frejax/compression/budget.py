@@ -221,15 +221,16 @@ def make_plan(geometry: VideoGeometry, budget: int, options: Any = None,
         raise ValueError(f"compressor.fre_res.num_coeffs must be in [1, {steps}] for segment_len"
                          f" {seg_len}, got {k_opt}")
     if output == "residual" and steps < 1:
-        raise ValueError(f"compressor.fre_res.segment_len must be >= 2 for temporal_dct_only (a residual"
-                         f" track needs two frames per segment), got {seg_len} for T={frames}")
+        raise ValueError(f"compressor.fre_res.segment_len must be >= 2 for temporal_dct_only (a"
+                         f" residual track needs two frames per segment), got {seg_len} for"
+                         f" T={frames}")
     if w_opt and w_opt > max(steps, 1):
         raise ValueError(f"compressor.fre_res.time_windows must be in [1, {max(steps, 1)}] for"
                          f" segment_len {seg_len} (one residual step per window at least),"
                          f" got {w_opt}")
     if w_opt > 1 and allocation == "energy":
-        raise ValueError(f"compressor.fre_res.time_windows must be 1 with allocation='energy' (it keeps"
-                         f" a prefix of each segment's spectrum), got {w_opt}")
+        raise ValueError(f"compressor.fre_res.time_windows must be 1 with allocation='energy'"
+                         f" (it keeps a prefix of each segment's spectrum), got {w_opt}")
     if w_opt:
         windows = w_opt
     elif allocation == "energy" or steps < 1:

@@ -70,8 +70,10 @@ def same_kind(default: Any, value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if isinstance(default, float):
         return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if isinstance(default, (str, tuple, list)):
-        return isinstance(value, (tuple, list) if not isinstance(default, str) else str)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    if isinstance(default, (tuple, list)):
+        return isinstance(value, (tuple, list))
     return True
 
 
