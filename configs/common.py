@@ -75,7 +75,7 @@ def apply_pod_scale(c: ml_collections.ConfigDict) -> None:
 def apply_pretrained(c: ml_collections.ConfigDict, vision: str = "", llm: str = "") -> None:
     """Points the model at local Hugging Face folders; their config.json sets the architecture.
 
-    ``vision``: a SigLIP / SigLIP2 folder; ``llm``: a Qwen2 / Qwen2.5 / Llama-3
+    ``vision``: a SigLIP / SigLIP2 / DINOv2 folder; ``llm``: a Qwen2 / Qwen2.5 / Llama-3
     folder (its ``tokenizer.json``, when there, becomes the tokenizer).
     """
     from frejax.models import hf_import  # noqa: PLC0415  (imports JAX: only when asked)
@@ -90,6 +90,10 @@ def apply_pretrained(c: ml_collections.ConfigDict, vision: str = "", llm: str = 
     if vision:
         c.model.vision.update(hf_import.vision_config_from_hf(read(vision, "vision")),
                               pretrained=vision)
+        if c.model.vision.image_size % c.model.vision.patch_size:
+            # DINOv2 resizes its position table to any grid: 224 px, the resolution it
+            # reports at (16 x 16 patches of 14 px).
+            c.model.vision.image_size = 16 * c.model.vision.patch_size
         c.data.image_size = c.model.vision.image_size
     if llm:
         llm_cfg = hf_import.llm_config_from_hf(read(llm, "llm"))

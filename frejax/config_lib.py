@@ -94,7 +94,11 @@ def base_config() -> ml_collections.ConfigDict:
         vision=dict(image_size=32, patch_size=8, width=64, depth=2, heads=4, mlp_dim=128,
                     remat=False, encode_chunk=0,
                     norm_eps=1e-6,
-                    pretrained=""),  # a SigLIP(2) safetensors folder; "" = random init
+                    # SigLIP layout by default; DINOv2 sets the next five from its config.json.
+                    cls_token=False, registers=0, layer_scale=False, gelu_approximate=True,
+                    pixel_norm="symmetric",  # symmetric ([-1, 1]) | imagenet
+                    # a SigLIP(2) or DINOv2 safetensors folder; "" = random init
+                    pretrained=""),
         projector=dict(hidden=0),
         llm=dict(vocab_size=0,  # 0: from the tokenizer
                  width=128, depth=2, heads=4, kv_heads=2, head_dim=0, mlp_dim=256,
@@ -148,6 +152,7 @@ _CHOICES = {
     "data.sampling": ("uniform", "fps", "dense"),
     "data.resize": ("crop", "pad"),
     "data.tokenizer": ("auto", "sentencepiece", "huggingface"),
+    "model.vision.pixel_norm": ("symmetric", "imagenet"),
     "model.llm.rope_scaling.type": ("none", "llama3"),
     "train.dtype": ("auto", "float32", "bfloat16"),
 }

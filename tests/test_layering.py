@@ -17,11 +17,12 @@ PACKAGES = ("frejax", "data_pipelines", "configs", "benchmarks")
 # covers "frejax.models.llm"); the longest matching name decides.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("text and decoding", ("data_pipelines", "data_pipelines.tokenizer",
-                           "data_pipelines.video_decode")),
+                           "data_pipelines.video_decode", "data_pipelines.package_assets")),
     ("annotation files", ("data_pipelines.annotations",)),
     ("sources and converters", ("data_pipelines.video_qa_synthetic", "data_pipelines.video_folder",
                                 "data_pipelines.array_record_shards",
-                                "data_pipelines.tfds_video_folder")),
+                                "data_pipelines.tfds_video_folder",
+                                "data_pipelines.natural_footage")),
     ("grain chain", ("data_pipelines.input_pipeline",)),
     ("global batches", ("data_pipelines.datasets",)),
     ("core", ("frejax", "frejax.sharding", "frejax.layers", "frejax.distributed",

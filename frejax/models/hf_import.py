@@ -2,8 +2,11 @@
 
 A folder holds ``config.json`` and either ``model.safetensors`` or shards named
 by ``model.safetensors.index.json``. Supported: SigLIP / SigLIP2 vision towers
-(``SiglipVisionModel``, the vision half of ``SiglipModel``) into ``ViT``, and
-Qwen2 / Qwen2.5 / Llama-3 decoders into ``LLM``.
+(``SiglipVisionModel``, the vision half of ``SiglipModel``) and DINOv2 backbones
+(``Dinov2Model``, ``Dinov2WithRegistersModel``) into ``ViT``, and Qwen2 / Qwen2.5 /
+Llama-3 decoders into ``LLM``. A DINOv2 position table is resized at import to the
+configured patch grid with the bicubic resampling ``transformers`` applies at run time,
+so any image size that the patch size divides works.
 
 Every parameter is built with ``jax.make_array_from_callback`` in the sharding of
 the current mesh: each device's callback reads only its slice of the tensor from
@@ -20,6 +23,7 @@ of the frejax-layout tensor from the Hugging Face tensor it is derived from.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -247,7 +251,100 @@ class PatchConv:
         return w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0])[rows]
 
 
-Source = Linear | Tensor | SplitBias | PatchConv
+@dataclasses.dataclass(frozen=True)
+class Reshaped:
+    """A small tensor read whole and reshaped (``(1, 1, D)`` class token -> ``(1, D)``)."""
+
+    name: str
+    hf_shape_: tuple[int, ...]
+    shape_: tuple[int, ...]
+
+    def hf_shape(self) -> tuple[int, ...]:
+        return self.hf_shape_
+
+    def shape(self) -> tuple[int, ...]:
+        return self.shape_
+
+    def read(self, folder: SafetensorsFolder, index: Index) -> np.ndarray:
+        return np.asarray(folder.array(self.name)).reshape(self.shape_)[tuple(index)]
+
+
+def cubic_weights(size: int, out: int, antialias: bool) -> np.ndarray:
+    """``(out, size)`` matrix of PyTorch's ``interpolate(mode="bicubic", align_corners=False)``.
+
+    Without antialiasing: Keys' kernel with ``a = -0.75`` at ``(i + 0.5) * size / out - 0.5``,
+    border samples repeated. With it (PyTorch's ``antialias=True``, as in Pillow): ``a = -0.5``
+    and, when shrinking, the kernel stretched by ``size / out``, weights renormalised.
+    """
+    scale = size / out
+    mat = np.zeros((out, size), np.float64)
+
+    def kernel(x, a):
+        x = np.abs(x)
+        return np.where(x <= 1, ((a + 2) * x - (a + 3)) * x * x + 1,
+                        np.where(x < 2, ((a * x - 5 * a) * x + 8 * a) * x - 4 * a, 0.0))
+
+    for i in range(out):
+        if antialias:
+            support = 2.0 * max(scale, 1.0)
+            inv = 1.0 / max(scale, 1.0)
+            center = scale * (i + 0.5)
+            lo = max(int(center - support + 0.5), 0)
+            hi = min(int(center + support + 0.5), size)
+            taps = np.arange(lo, hi)
+            w = kernel((taps - center + 0.5) * inv, -0.5)
+            mat[i, taps] += w / w.sum()
+        else:
+            src = (i + 0.5) * scale - 0.5
+            base = math.floor(src)
+            t = src - base
+            for offset, w in zip(range(-1, 3), kernel(np.array([t + 1, t, 1 - t, 2 - t]), -0.75)):
+                mat[i, min(max(base + offset, 0), size - 1)] += w
+    return mat
+
+
+def resize_bicubic(grid: np.ndarray, out: tuple[int, int], antialias: bool = False) -> np.ndarray:
+    """``(h, w, C)`` -> ``(out_h, out_w, C)`` by ``cubic_weights`` along each axis (float32)."""
+    rows = cubic_weights(grid.shape[0], out[0], antialias)
+    cols = cubic_weights(grid.shape[1], out[1], antialias)
+    x = np.einsum("ay,yxc->axc", rows, grid.astype(np.float64))
+    return np.einsum("bx,axc->abc", cols, x).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class PositionTable:
+    """DINOv2 ``position_embeddings (1, 1 + S*S, D)``: the class position or the patch table.
+
+    ``part="patches"`` resizes the ``S x S`` table to ``grid`` (``resize_bicubic``), as
+    ``Dinov2Embeddings.interpolate_pos_encoding`` does; an equal grid is taken as it is.
+    """
+
+    name: str
+    side: int
+    width: int
+    grid: tuple[int, int]
+    part: str  # "cls" | "patches"
+    antialias: bool = False
+
+    def hf_shape(self) -> tuple[int, ...]:
+        return (1, 1 + self.side * self.side, self.width)
+
+    def shape(self) -> tuple[int, ...]:
+        if self.part == "cls":
+            return (1, self.width)
+        return (self.grid[0] * self.grid[1], self.width)
+
+    def read(self, folder: SafetensorsFolder, index: Index) -> np.ndarray:
+        table = np.asarray(folder.array(self.name), np.float32)[0]
+        if self.part == "cls":
+            return table[:1][tuple(index)]
+        patches = table[1:].reshape(self.side, self.side, self.width)
+        if tuple(self.grid) != (self.side, self.side):
+            patches = resize_bicubic(patches, self.grid, self.antialias)
+        return patches.reshape(-1, self.width)[tuple(index)]
+
+
+Source = Linear | Tensor | SplitBias | PatchConv | Reshaped | PositionTable
 ParamMap = dict[Path, Source]
 
 
@@ -261,9 +358,21 @@ def _vision_hf_config(config: dict) -> dict:
     return config.get("vision_config", config)
 
 
+DINOV2_TYPES = ("dinov2", "dinov2_with_registers")
+
+
+def is_dinov2(config: dict) -> bool:
+    return _vision_hf_config(config).get("model_type") in DINOV2_TYPES
+
+
 def vision_config_from_hf(config: dict) -> dict:
-    """``config.json`` of a SigLIP(2) tower -> ``model.vision`` keys."""
+    """``config.json`` of a SigLIP(2) tower or a DINOv2 backbone -> ``model.vision`` keys.
+
+    DINOv2 sets no ``image_size``: its position table is resized to any grid.
+    """
     c = _vision_hf_config(config)
+    if c.get("model_type") in DINOV2_TYPES:
+        return _dinov2_config(c)
     act = c.get("hidden_act", "gelu_pytorch_tanh")
     if act != "gelu_pytorch_tanh":
         raise ValueError(f"vision config: hidden_act {act!r}; the ViT implements gelu_pytorch_tanh")
@@ -277,7 +386,26 @@ def vision_config_from_hf(config: dict) -> dict:
                 depth=int(c.get("num_hidden_layers", 12)),
                 heads=int(c.get("num_attention_heads", 12)),
                 mlp_dim=int(c.get("intermediate_size", 3072)),
-                norm_eps=float(c.get("layer_norm_eps", 1e-6)))
+                norm_eps=float(c.get("layer_norm_eps", 1e-6)), cls_token=False, registers=0,
+                layer_scale=False, gelu_approximate=True, pixel_norm="symmetric")
+
+
+def _dinov2_config(c: dict) -> dict:
+    act = c.get("hidden_act", "gelu")
+    if act != "gelu":
+        raise ValueError(f"vision config: hidden_act {act!r}; the DINOv2 ViT implements 'gelu'")
+    if c.get("use_swiglu_ffn"):
+        raise ValueError("vision config: use_swiglu_ffn (DINOv2-g) is not supported")
+    if not c.get("qkv_bias", True):
+        raise ValueError("vision config: qkv_bias false is not supported")
+    width = int(c.get("hidden_size", 768))
+    return dict(patch_size=int(c.get("patch_size", 14)), width=width,
+                depth=int(c.get("num_hidden_layers", 12)),
+                heads=int(c.get("num_attention_heads", 12)),
+                mlp_dim=int(width * float(c.get("mlp_ratio", 4))),
+                norm_eps=float(c.get("layer_norm_eps", 1e-6)), cls_token=True,
+                registers=int(c.get("num_register_tokens", 0)), layer_scale=True,
+                gelu_approximate=False, pixel_norm="imagenet")
 
 
 def llm_config_from_hf(config: dict) -> dict:
@@ -316,8 +444,13 @@ def llm_config_from_hf(config: dict) -> dict:
                 norm_eps=float(config.get("rms_norm_eps", 1e-6)), rope_scaling=scaling)
 
 
-def vision_param_map(folder: SafetensorsFolder) -> ParamMap:
-    """frejax ``ViT`` param paths -> sources in a SigLIP(2) checkpoint."""
+def vision_param_map(folder: SafetensorsFolder, grid: tuple[int, int] | None = None) -> ParamMap:
+    """frejax ``ViT`` param paths -> sources in a SigLIP(2) or DINOv2 checkpoint.
+
+    ``grid``: the ViT's patch grid (DINOv2 only; default: the checkpoint's own table).
+    """
+    if is_dinov2(folder.config):
+        return _dinov2_param_map(folder, grid)
     c = vision_config_from_hf(folder.config)
     p, d, heads = c["patch_size"], c["width"], c["heads"]
     prefix = folder.prefix_of("embeddings.patch_embedding.weight")
@@ -345,6 +478,53 @@ def vision_param_map(folder: SafetensorsFolder) -> ParamMap:
             m[fj + ("attn", ours, "bias")] = SplitBias(hf + f"self_attn.{theirs}.bias", hd)
         m[fj + ("attn", "out", "kernel")] = Linear(hf + "self_attn.out_proj.weight", hd, (d,))
         m[fj + ("attn", "out", "bias")] = Tensor(hf + "self_attn.out_proj.bias", (d,))
+        for fc in ("fc1", "fc2"):
+            shape = ((d,), (c["mlp_dim"],)) if fc == "fc1" else ((c["mlp_dim"],), (d,))
+            m[fj + ("mlp", fc, "kernel")] = Linear(hf + f"mlp.{fc}.weight", *shape)
+            m[fj + ("mlp", fc, "bias")] = Tensor(hf + f"mlp.{fc}.bias", shape[1])
+    return m
+
+
+def _dinov2_param_map(folder: SafetensorsFolder, grid: tuple[int, int] | None) -> ParamMap:
+    c = vision_config_from_hf(folder.config)
+    p, d, heads = c["patch_size"], c["width"], c["heads"]
+    prefix = folder.prefix_of("embeddings.patch_embeddings.projection.weight")
+    emb = prefix + "embeddings."
+    positions = folder.shape(emb + "position_embeddings")
+    side = math.isqrt(positions[1] - 1)
+    if positions[0] != 1 or side * side != positions[1] - 1:
+        raise ValueError(f"{folder.path}: {emb}position_embeddings has shape {positions}, expected"
+                         f" (1, 1 + S*S, {d})")
+    grid = tuple(grid or (side, side))
+    antialias = _vision_hf_config(folder.config).get("model_type") == "dinov2_with_registers"
+    table = functools.partial(PositionTable, emb + "position_embeddings", side, d, grid,
+                              antialias=antialias)
+    m: ParamMap = {
+        ("patch_embed", "kernel"): PatchConv(emb + "patch_embeddings.projection.weight", p, 3, d),
+        ("patch_embed", "bias"): Tensor(emb + "patch_embeddings.projection.bias", (d,)),
+        ("pos_embed",): table(part="patches"),
+        ("cls_pos",): table(part="cls"),
+        ("cls_token",): Reshaped(emb + "cls_token", (1, 1, d), (1, d)),
+        ("final_norm", "scale"): Tensor(prefix + "layernorm.weight", (d,)),
+        ("final_norm", "bias"): Tensor(prefix + "layernorm.bias", (d,)),
+    }
+    if c["registers"]:
+        r = c["registers"]
+        m[("registers",)] = Reshaped(emb + "register_tokens", (1, r, d), (r, d))
+    hd = (heads, d // heads)
+    for i in range(c["depth"]):
+        hf, fj = f"{prefix}encoder.layer.{i}.", ("blocks", i)
+        for norm in ("norm1", "norm2"):
+            m[fj + (norm, "scale")] = Tensor(hf + norm + ".weight", (d,))
+            m[fj + (norm, "bias")] = Tensor(hf + norm + ".bias", (d,))
+        for name in ("query", "key", "value"):
+            m[fj + ("attn", name, "kernel")] = Linear(hf + f"attention.attention.{name}.weight",
+                                                      (d,), hd)
+            m[fj + ("attn", name, "bias")] = SplitBias(hf + f"attention.attention.{name}.bias", hd)
+        m[fj + ("attn", "out", "kernel")] = Linear(hf + "attention.output.dense.weight", hd, (d,))
+        m[fj + ("attn", "out", "bias")] = Tensor(hf + "attention.output.dense.bias", (d,))
+        for k in (1, 2):
+            m[fj + (f"scale{k}", "scale")] = Tensor(hf + f"layer_scale{k}.lambda1", (d,))
         for fc in ("fc1", "fc2"):
             shape = ((d,), (c["mlp_dim"],)) if fc == "fc1" else ((c["mlp_dim"],), (d,))
             m[fj + ("mlp", fc, "kernel")] = Linear(hf + f"mlp.{fc}.weight", *shape)
@@ -467,8 +647,9 @@ def load_pretrained(config: Any, params: dict) -> dict:
         folder = SafetensorsFolder(vision_path)
         check_config(vision_config_from_hf(folder.config), config.model.vision, "model.vision",
                      vision_path)
-        params["encoder"] = load_params(folder, vision_param_map(folder), params["encoder"],
-                                        "encoder")
+        side = config.model.vision.image_size // config.model.vision.patch_size
+        params["encoder"] = load_params(folder, vision_param_map(folder, (side, side)),
+                                        params["encoder"], "encoder")
     llm_path = config.model.llm.get("pretrained", "")
     if llm_path:
         folder = SafetensorsFolder(llm_path)

@@ -1,8 +1,12 @@
-"""Vision encoder: a SigLIP-layout ViT applied to every frame of a video.
+"""Vision encoder: a pre-LN ViT applied to every frame of a video (SigLIP or DINOv2 layout).
 
 Patch embedding (a linear map on flattened patches, the same as a stride-``p``
-convolution), a learned position embedding with no class token, pre-LN blocks
-(LayerNorm -> MHA -> LayerNorm -> GELU MLP) and a final LayerNorm.
+convolution), a learned position embedding, pre-LN blocks (LayerNorm -> MHA ->
+LayerNorm -> GELU MLP) and a final LayerNorm. The SigLIP layout has no class
+token; the DINOv2 layout adds a class token (with its own position), optional
+register tokens (no position), LayerScale on both residual branches, exact GELU
+and ImageNet pixel statistics. Only the patch tokens leave the encoder: the
+compressors work on the ``(h, w)`` patch grid.
 """
 
 from __future__ import annotations
@@ -27,12 +31,26 @@ def patchify(images: jax.Array, patch_size: int) -> jax.Array:
     return x.reshape(n, (hh // p) * (ww // p), p * p * c)
 
 
-def normalize_pixels(frames: jax.Array) -> jax.Array:
-    """uint8 in [0, 255] (or float in [0, 1]) -> float32 in [-1, 1]."""
+# Per-channel (mean, std) of the pixels in [0, 1] each encoder family was trained on.
+PIXEL_NORMS = {
+    "symmetric": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),                  # SigLIP: [-1, 1]
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),       # DINOv2
+}
+
+
+def normalize_pixels(frames: jax.Array, norm: str = "symmetric") -> jax.Array:
+    """uint8 in [0, 255] (or float in [0, 1]) -> float32, standardised by ``PIXEL_NORMS[norm]``.
+
+    ``symmetric`` maps to [-1, 1].
+    """
+    if norm not in PIXEL_NORMS:
+        raise ValueError(f"model.vision.pixel_norm must be one of {tuple(PIXEL_NORMS)},"
+                         f" got {norm!r}")
     x = frames.astype(jnp.float32)
     if jnp.issubdtype(frames.dtype, jnp.integer):
         x = x / 255.0
-    return x * 2.0 - 1.0
+    mean, std = (jnp.asarray(v, jnp.float32) for v in PIXEL_NORMS[norm])
+    return (x - mean) / std
 
 
 class MLP(nnx.Module):
@@ -73,18 +91,34 @@ class SelfAttention(nnx.Module):
         return self.out(dot_product_attention(q, k, v))
 
 
+class LayerScale(nnx.Module):
+    """Per-channel scale of a residual branch (CaiT; DINOv2's ``layer_scale``)."""
+
+    def __init__(self, width: int, *, param_dtype: Any, rngs: nnx.Rngs):
+        self.scale = make_param(nnx.initializers.ones_init(), ("embed",), (width,),
+                                param_dtype, rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x * self.scale[...].astype(x.dtype)
+
+
 class EncoderBlock(nnx.Module):
     def __init__(self, width: int, heads: int, mlp_dim: int, *, dtype: Any, param_dtype: Any,
-                 rngs: nnx.Rngs, norm_eps: float = 1e-6):
+                 rngs: nnx.Rngs, norm_eps: float = 1e-6, layer_scale: bool = False,
+                 approximate_gelu: bool = True):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.norm1 = LayerNorm(width, eps=norm_eps, **kw)
         self.attn = SelfAttention(width, heads, **kw)
         self.norm2 = LayerNorm(width, eps=norm_eps, **kw)
-        self.mlp = MLP(width, mlp_dim, **kw)
+        self.mlp = MLP(width, mlp_dim, approximate_gelu=approximate_gelu, **kw)
+        self.scale1 = LayerScale(width, param_dtype=param_dtype, rngs=rngs) if layer_scale else None
+        self.scale2 = LayerScale(width, param_dtype=param_dtype, rngs=rngs) if layer_scale else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = x + self.attn(self.norm1(x))
-        x = x + self.mlp(self.norm2(x))
+        h = self.attn(self.norm1(x))
+        x = x + (self.scale1(h) if self.scale1 is not None else h)
+        h = self.mlp(self.norm2(x))
+        x = x + (self.scale2(h) if self.scale2 is not None else h)
         return sharding.constrain(x, ("batch", "tokens", "embed"))
 
 
@@ -114,9 +148,26 @@ class ViT(nnx.Module):
         self.pos_embed = make_param(nnx.initializers.normal(self.width ** -0.5),
                                     ("tokens", "embed"), (side * side, self.width),
                                     param_dtype, rngs)
+        self.pixel_norm = str(cfg.pixel_norm)
+        if self.pixel_norm not in PIXEL_NORMS:
+            raise ValueError(f"model.vision.pixel_norm must be one of {tuple(PIXEL_NORMS)},"
+                             f" got {self.pixel_norm!r}")
+        self.num_registers = int(cfg.registers)
+        if self.num_registers < 0:
+            raise ValueError(f"model.vision.registers must be >= 0, got {self.num_registers}")
+        zeros = nnx.initializers.zeros_init()
+        # The class token and its position (DINOv2); registers take no position.
+        self.cls_token = (make_param(zeros, (None, "embed"), (1, self.width), param_dtype, rngs)
+                          if cfg.cls_token else None)
+        self.cls_pos = (make_param(zeros, (None, "embed"), (1, self.width), param_dtype, rngs)
+                        if cfg.cls_token else None)
+        self.registers = (make_param(zeros, (None, "embed"), (self.num_registers, self.width),
+                                     param_dtype, rngs) if self.num_registers else None)
         norm_eps = float(cfg.norm_eps)
         self.blocks = nnx.List([
-            EncoderBlock(self.width, int(cfg.heads), int(cfg.mlp_dim), norm_eps=norm_eps, **kw)
+            EncoderBlock(self.width, int(cfg.heads), int(cfg.mlp_dim), norm_eps=norm_eps,
+                         layer_scale=bool(cfg.layer_scale),
+                         approximate_gelu=bool(cfg.gelu_approximate), **kw)
             for _ in range(int(cfg.depth))])
         self.final_norm = LayerNorm(self.width, eps=norm_eps, **kw)
 
@@ -132,12 +183,23 @@ class ViT(nnx.Module):
 
     def encode_images(self, images: jax.Array) -> jax.Array:
         """``(n, H, W, 3)`` pixels -> ``(n, N, D)`` latents."""
-        x = patchify(normalize_pixels(images), self.patch_size)
+        x = patchify(normalize_pixels(images, self.pixel_norm), self.patch_size)
         x = self.patch_embed(x) + self.pos_embed[...].astype(self.dtype)
+        n = images.shape[0]
+        prefix = []  # DINOv2 order: class token, registers, patches
+        if self.cls_token is not None:
+            cls = (self.cls_token[...] + self.cls_pos[...]).astype(self.dtype)
+            prefix.append(jnp.broadcast_to(cls[None], (n, 1, self.width)))
+        if self.registers is not None:
+            regs = self.registers[...].astype(self.dtype)
+            prefix.append(jnp.broadcast_to(regs[None], (n,) + regs.shape))
+        extra = sum(p.shape[1] for p in prefix)
+        if prefix:
+            x = jnp.concatenate(prefix + [x], axis=1)
         x = sharding.constrain(x, ("batch", "tokens", "embed"))
         for block in self.blocks:
             x = remat_call(block, x) if self.remat else block(x)
-        return self.final_norm(x)
+        return self.final_norm(x[:, extra:])
 
     def __call__(self, frames: jax.Array) -> jax.Array:
         """``(batch, frames T, H, W, 3)`` -> latents ``(batch, T, N, D)``."""
