@@ -23,7 +23,7 @@ def _roundtrip(latents, frame_mask, *, plan, residual):
     """Split + reconstruct for every anchor mode: ``(3, B, T, N, D)``."""
     out = []
     method = "fft" if residual == "inter_frame" else "matmul"  # both paths, half the compiles
-    for anchor in anchors_lib.ANCHOR_MODES:
+    for anchor in anchors_lib.FRAME_ANCHORS:
         parts = fre_res.fre_res_parts(latents, frame_mask, plan=plan, residual=residual,
                                       anchor=anchor, method=method)
         assert parts.coeffs is None or parts.coeffs.shape[2] == plan.residual_slots
@@ -62,7 +62,7 @@ def test_reconstructs_valid_frames_of_a_masked_video(residual):
     np.testing.assert_allclose(got, jnp.broadcast_to(want, got.shape), atol=1e-5)
     # The anchor is a valid frame of its segment whenever the segment has one.
     seg_mask = jnp.pad(mask, ((0, 0), (0, 3))).reshape(2, 3, 4)
-    for anchor in anchors_lib.ANCHOR_MODES:
+    for anchor in anchors_lib.FRAME_ANCHORS:
         segments, _ = anchors_lib.segment_frames(x, mask, 4)
         index = anchors_lib.select_anchor(segments, seg_mask, anchor)
         picked = jnp.take_along_axis(seg_mask, index[..., None], 2)[..., 0]

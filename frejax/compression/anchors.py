@@ -18,6 +18,12 @@ Residual kinds, ``L-1`` trajectory steps per segment and spatial position:
   difference touching an invalid frame is zero.
 * ``anchor_relative``: ``z[t] - z[a]`` for the ``L-1`` non-anchor frames in time
   order; zero for invalid frames.
+
+Anchor ``mean`` is no frame: it is the mean of the segment's valid frames, and the
+residual track is then the deviations ``z[t] - mean`` of all ``L`` frames, coded by
+their DCT coefficients ``1..L-1`` (``mean_deviation_coeffs``; coefficient 0 of a
+deviation from the mean is zero). Anchor plus residual track is then the segment's
+own temporal spectrum, with the static content in the anchor.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ import jax.numpy as jnp
 from frejax.compression import dct as dct_lib
 
 RESIDUAL_KINDS = ("inter_frame", "anchor_relative")
-ANCHOR_MODES = ("first", "middle", "energy")
+ANCHOR_MODES = ("first", "middle", "energy", "mean")
+FRAME_ANCHORS = ("first", "middle", "energy")  # the modes whose anchor is a frame
 
 
 def segment_frames(latents: jax.Array, frame_mask: jax.Array,
@@ -76,8 +83,9 @@ def select_anchor(segments: jax.Array, mask: jax.Array, mode: str = "middle") ->
       segments: ``(batch, S, L, N, D)`` with invalid frames zeroed.
       mask: ``(batch, S, L)`` bool.
     """
-    if mode not in ANCHOR_MODES:
-        raise ValueError(f"compressor.fre_res.anchor must be one of {ANCHOR_MODES}, got {mode!r}")
+    if mode not in FRAME_ANCHORS:
+        raise ValueError(f"compressor.fre_res.anchor must be one of {FRAME_ANCHORS} here (a"
+                         f" frame), got {mode!r}")
     mask = mask.astype(bool)
     if mode == "first":
         return jnp.argmax(mask, axis=-1).astype(jnp.int32)
@@ -93,6 +101,23 @@ def select_anchor(segments: jax.Array, mask: jax.Array, mode: str = "middle") ->
     top = jnp.max(energy, axis=-1, keepdims=True)
     near_top = mask & (energy >= top - 1e-5 * jnp.abs(top))
     return jnp.argmax(near_top, axis=-1).astype(jnp.int32)
+
+
+def mean_anchor(segments: jax.Array, mask: jax.Array) -> jax.Array:
+    """The mean valid frame of each segment ``(batch, S, N, D)`` (zeros for an empty one)."""
+    m = mask.astype(segments.dtype)[..., None, None]
+    return jnp.sum(segments * m, axis=2) / jnp.maximum(jnp.sum(m, axis=2), 1.0)
+
+
+def mean_deviation_coeffs(segments: jax.Array, mask: jax.Array, anchors: jax.Array,
+                          num_coeffs: int, method: str = "auto") -> jax.Array:
+    """DCT coefficients ``1..num_coeffs`` of ``z[t] - mean`` over the ``L`` frames of each segment.
+
+    Invalid frames deviate by zero. Returns ``(batch, S, num_coeffs, N, D)``.
+    """
+    dev = jnp.where(mask.astype(bool)[..., None, None], segments - anchors[:, :, None], 0.0)
+    coeffs = dct_lib.dct(dev, axis=2, num_coeffs=num_coeffs + 1, method=method)
+    return coeffs[:, :, 1:]
 
 
 def gather_anchor(segments: jax.Array, anchor_index: jax.Array) -> jax.Array:
@@ -162,7 +187,7 @@ def integrate_residuals(anchors: jax.Array, anchor_index: jax.Array, residuals: 
 def reconstruct(anchors: jax.Array, anchor_index: jax.Array, coeffs: jax.Array | None, *,
                 frames: int, segment_len: int, residual: str = "inter_frame",
                 method: str = "auto", frame_mask: jax.Array | None = None,
-                time_windows: int = 1) -> jax.Array:
+                time_windows: int = 1, mean_anchors: bool = False) -> jax.Array:
     """Inverts the split: anchors + unpooled DCT coefficients -> latents.
 
     Exact (up to float error) when all ``L-1`` coefficients were kept without
@@ -170,17 +195,30 @@ def reconstruct(anchors: jax.Array, anchor_index: jax.Array, coeffs: jax.Array |
 
     Args:
       anchors: ``(batch, S, N, D)``.
-      anchor_index: ``(batch, S)``.
+      anchor_index: ``(batch, S)`` (unused with ``mean_anchors``).
       coeffs: ``(batch, S, W*K, N, D)`` lowest DCT-II coefficients of the residual
         trajectories per time window, in (window, coefficient) order,
-        ``K <= ceil((L-1) / W)``; ``None`` when ``L == 1``.
+        ``K <= ceil((L-1) / W)``; ``None`` when ``L == 1``. With ``mean_anchors``:
+        coefficients ``1..K`` of the deviations from the mean (``W = 1``).
       frames: T.
       segment_len: L.
       frame_mask: optional ``(batch, T)``; invalid frames come back as zeros.
       time_windows: W, as in ``residual_freq.residual_freq_tokens``.
+      mean_anchors: the anchors are segment means (anchor ``mean``).
     Returns:
       ``(batch, frames T, tokens N, embed D)``.
     """
+    if mean_anchors:
+        segments = jnp.broadcast_to(anchors.astype(jnp.float32)[:, :, None],
+                                    anchors.shape[:2] + (segment_len,) + anchors.shape[2:])
+        if coeffs is not None and segment_len > 1:
+            c = coeffs.astype(jnp.float32)
+            c = jnp.concatenate([jnp.zeros_like(c[:, :, :1]), c], axis=2)  # the zero DC
+            segments = segments + dct_lib.idct(c, segment_len, axis=2, method=method)
+        out = unsegment(segments, frames)
+        if frame_mask is not None:
+            out = jnp.where(frame_mask[:, :, None, None], out, 0.0)
+        return out
     residuals = None
     if segment_len > 1 and coeffs is not None:
         steps, w = segment_len - 1, time_windows

@@ -123,6 +123,16 @@ class Compressor(nnx.Module):
         """``(B, T, N, D)``, ``(B, T)`` bool -> tokens ``(B, M', D)``, mask ``(B, M')``, M' <= M."""
         raise NotImplementedError
 
+    def reconstruct(self, latents: jax.Array) -> jax.Array:
+        """The latent video ``(B, T, N, D)`` that what the method keeps implies.
+
+        Model-free: each method's own inverse of its parameter-free part (interpolation,
+        inverse transforms, least-squares unpooling), with learned parts left out. It
+        measures how much of the latent video a budget keeps (``frejax.analyze``), for
+        videos whose frames are all valid.
+        """
+        raise NotImplementedError(f"compressor {self.name!r} has no reconstruct()")
+
     def __call__(self, latents: jax.Array, frame_mask: jax.Array | None = None) -> CompressedTokens:
         g = self.geometry
         expected = (g.frames, g.tokens, g.embed)

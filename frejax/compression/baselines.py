@@ -13,6 +13,12 @@ Token counts for a fully valid video (``num_valid_tokens``):
                        pooled grid with ``F*h'*w' <= budget``.
 * ``fourier_2d``:      ``F*c``; ``F = min(T, budget)``, ``c = min(N, budget // F)``.
 * ``temporal_merge``:  ``budget``.
+* ``temporal_dct``:    ``K*h'*w'``; ``K = min(T, budget // N)`` lowest temporal DCT
+                       coefficients per position, the grid pooled only when ``budget < N``.
+
+Every baseline also implements ``reconstruct``: the latent video implied by what it
+keeps (linear interpolation between kept frames, least-squares unpooling, zero-filled
+inverse DCTs, group means), for ``frejax.analyze``.
 
 Frames dropped by ``frame_mask`` never contribute a valid token.
 """
@@ -40,6 +46,28 @@ def uniform_frame_indices(frames: int, keep: int) -> tuple[int, ...]:
     if not 1 <= keep <= frames:
         raise ValueError(f"uniform_frame_indices: keep must be in [1, {frames}], got {keep}")
     return tuple(int(math.floor((i + 0.5) * frames / keep)) for i in range(keep))
+
+
+@functools.lru_cache(maxsize=256)
+def frame_interpolation_matrix(frames: int, kept: tuple[int, ...]) -> np.ndarray:
+    """``(T, F)``: each frame linearly interpolated from the kept frames ``kept`` (sorted);
+    frames before the first kept one or after the last hold its value."""
+    mat = np.zeros((frames, len(kept)))
+    for t in range(frames):
+        j = int(np.searchsorted(kept, t, side="right"))  # kept[j-1] <= t < kept[j]
+        if j == 0 or j == len(kept):
+            mat[t, min(j, len(kept) - 1) if j else 0] = 1.0
+        else:
+            lo, hi = kept[j - 1], kept[j]
+            w = (t - lo) / (hi - lo)
+            mat[t, j - 1], mat[t, j] = 1.0 - w, w
+    return mat
+
+
+def interpolate_frames(kept: jax.Array, frames: int, index: tuple[int, ...]) -> jax.Array:
+    """``(B, F, ...)`` kept frames at ``index`` -> ``(B, T, ...)`` by linear interpolation."""
+    mat = jnp.asarray(frame_interpolation_matrix(frames, tuple(index)), kept.dtype)
+    return jnp.einsum("tf,bf...->bt...", mat, kept, precision=jax.lax.Precision.HIGHEST)
 
 
 def _frame_tokens_mask(frame_mask: jax.Array, per_frame: int) -> jax.Array:
@@ -81,6 +109,9 @@ class Full(Compressor):
             return x.reshape(b, t * n, d), _frame_tokens_mask(fm, n)
 
         return CompressedTokens(*sharding.batch_local(fn)(latents, frame_mask))
+
+    def reconstruct(self, latents: jax.Array) -> jax.Array:
+        return latents
 
 
 # ---------------------------------------------------------------- uniform frames
@@ -125,6 +156,10 @@ class UniformFrames(Compressor):
             return kept, _frame_tokens_mask(fm[:, idx], n)
 
         return CompressedTokens(*sharding.batch_local(fn)(latents, frame_mask))
+
+    def reconstruct(self, latents: jax.Array) -> jax.Array:
+        idx = self.frame_indices
+        return interpolate_frames(latents[:, np.asarray(idx)], self.geometry.frames, idx)
 
 
 # ---------------------------------------------------------------- spatial pooling
@@ -215,6 +250,22 @@ class SpatialPool(Compressor):
 
         return CompressedTokens(*sharding.batch_local(fn)(latents, frame_mask))
 
+    def reconstruct(self, latents: jax.Array) -> jax.Array:
+        """Least-squares unpooling (the pseudo-inverse of the pooling) or bilinear upsampling,
+        then linear interpolation between kept frames."""
+        (h, w), (oh, ow) = self.geometry.grid, (self.out_h, self.out_w)
+        idx = uniform_frame_indices(self.geometry.frames, self.kept_frames)
+        b, d, f = latents.shape[0], latents.shape[-1], len(idx)
+        pooled = self(latents).tokens[:, :f * oh * ow].reshape(b, f, oh, ow, d)
+        if self.pool_mode == "average":
+            uh = jnp.asarray(np.linalg.pinv(adaptive_pool_matrix(h, oh)), latents.dtype)
+            uw = jnp.asarray(np.linalg.pinv(adaptive_pool_matrix(w, ow)), latents.dtype)
+            grid = jnp.einsum("ya,xb,tfabd->tfyxd", uh, uw, pooled,
+                              precision=jax.lax.Precision.HIGHEST)
+        else:
+            grid = jax.image.resize(pooled, (b, f, h, w, d), method="bilinear")
+        return interpolate_frames(grid.reshape(b, f, h * w, d), self.geometry.frames, idx)
+
 
 # ------------------------------------------------------------------- Fourier 2D
 
@@ -279,6 +330,19 @@ class Fourier2D(Compressor):
             return tokens.reshape(b, f * c, d), _frame_tokens_mask(fm[:, idx], c)
 
         return CompressedTokens(*sharding.batch_local(fn)(latents, frame_mask))
+
+    def reconstruct(self, latents: jax.Array) -> jax.Array:
+        """Zero-filled inverse 2D DCT per kept frame, then linear interpolation in time."""
+        h, w = self.geometry.grid
+        idx = uniform_frame_indices(self.geometry.frames, self.kept_frames)
+        order = np.asarray(self.coefficient_order)
+        kh, kw = int(order[:, 0].max()) + 1, int(order[:, 1].max()) + 1
+        b, d, f, c = latents.shape[0], latents.shape[-1], len(idx), len(order)
+        tokens = self(latents).tokens[:, :f * c].reshape(b, f, c, d)
+        block = jnp.zeros((b, f, kh * kw, d), tokens.dtype).at[
+            :, :, order[:, 0] * kw + order[:, 1]].set(tokens).reshape(b, f, kh, kw, d)
+        grid = dct_lib.idct(dct_lib.idct(block, h, axis=2), w, axis=3)
+        return interpolate_frames(grid.reshape(b, f, h * w, d), self.geometry.frames, idx)
 
 
 # ------------------------------------------------------------- temporal merging
@@ -361,28 +425,111 @@ class TemporalMerge(Compressor):
     def num_valid_tokens(self) -> int:
         return self.budget
 
-    def compress(self, latents: jax.Array, frame_mask: jax.Array) -> CompressedTokens:
+    def _merge(self, x: jax.Array, fm: jax.Array):
+        """Kept tokens ``(B, k, D)``, their validity, and every token's group slot ``(B, T*N)``
+        (``T*N`` for none) with the group means ``(B, T*N + 1, D)``."""
         t, n, k = self.geometry.frames, self.geometry.tokens, self.budget
-        threshold = self.merge_threshold
+        b, _, _, d = x.shape
+        scores = novelty_scores(x, fm, self.merge_threshold).reshape(b, t * n)
+        top, sel = jax.lax.top_k(scores, k)
+        chosen = jnp.isfinite(top)
+        # (frame, position) order; unused slots (masked frames) go to the end.
+        key = jnp.sort(jnp.where(chosen, sel, t * n + sel), axis=1)
+        sel, chosen = key % (t * n), key < t * n
+        rows = jnp.arange(b)[:, None]
+        kept = jnp.zeros((b, t * n), bool).at[rows, sel].set(chosen).reshape(b, t, n)
+        frame = jnp.arange(t)[None, :, None]
+        owner = jax.lax.cummax(jnp.where(kept, frame, -1), axis=1)   # (B, T, N)
+        member = fm[:, :, None] & (owner >= 0)
+        target = jnp.where(member, owner * n + jnp.arange(n), t * n).reshape(b, t * n)
+        sums = jnp.zeros((b, t * n + 1, d), x.dtype).at[rows, target].add(
+            x.reshape(b, t * n, d))
+        counts = jnp.zeros((b, t * n + 1), x.dtype).at[rows, target].add(1.0)
+        means = sums / jnp.maximum(counts, 1.0)[..., None]
+        tokens = jnp.where(chosen[..., None], means[rows, sel], 0.0)
+        return tokens, chosen, target, means
 
+    def compress(self, latents: jax.Array, frame_mask: jax.Array) -> CompressedTokens:
         def fn(x, fm):
-            b, _, _, d = x.shape
-            scores = novelty_scores(x, fm, threshold).reshape(b, t * n)
-            top, sel = jax.lax.top_k(scores, k)
-            chosen = jnp.isfinite(top)
-            # (frame, position) order; unused slots (masked frames) go to the end.
-            key = jnp.sort(jnp.where(chosen, sel, t * n + sel), axis=1)
-            sel, chosen = key % (t * n), key < t * n
-            rows = jnp.arange(b)[:, None]
-            kept = jnp.zeros((b, t * n), bool).at[rows, sel].set(chosen).reshape(b, t, n)
-            frame = jnp.arange(t)[None, :, None]
-            owner = jax.lax.cummax(jnp.where(kept, frame, -1), axis=1)   # (B, T, N)
-            member = fm[:, :, None] & (owner >= 0)
-            target = jnp.where(member, owner * n + jnp.arange(n), t * n).reshape(b, t * n)
-            sums = jnp.zeros((b, t * n + 1, d), x.dtype).at[rows, target].add(
-                x.reshape(b, t * n, d))
-            counts = jnp.zeros((b, t * n + 1), x.dtype).at[rows, target].add(1.0)
-            tokens = sums[rows, sel] / jnp.maximum(counts[rows, sel], 1.0)[..., None]
-            return jnp.where(chosen[..., None], tokens, 0.0), chosen
+            tokens, chosen, _, _ = self._merge(x, fm)
+            return tokens, chosen
 
         return CompressedTokens(*sharding.batch_local(fn)(latents, frame_mask))
+
+    def reconstruct(self, latents: jax.Array) -> jax.Array:
+        """Every token replaced by the mean of its group; a token before the first kept one
+        at its position (only when ``budget < N``) by the position's first kept group."""
+        b, t, n, d = latents.shape
+        _, _, target, means = self._merge(latents, jnp.ones((b, t), bool))
+        target = target.reshape(b, t, n)
+        # Positions whose first frames own no group borrow the first group that follows.
+        first = jnp.min(jnp.where(target < t * n, target, t * n), axis=1, keepdims=True)
+        target = jnp.where(target < t * n, target, first)
+        out = jnp.take_along_axis(means, target.reshape(b, t * n)[..., None], axis=1)
+        return out.reshape(b, t, n, d)
+
+
+# ------------------------------------------------------------- temporal DCT
+
+
+@register
+class TemporalDct(Compressor):
+    """The lowest ``K`` orthonormal temporal DCT-II coefficients of every position's trajectory.
+
+    The latents' own temporal spectrum (no anchor, no residual): coefficient 0 is
+    ``sqrt(T)`` times the position's temporal mean, so the static content sits in the
+    first ``N`` tokens at full resolution and slow change in the next ones. ``K = min(T,
+    budget // N)``; when ``budget < N`` one coefficient is kept on a pooled grid
+    (``spatial_pool_layout``). ``(batch, frames, tokens, embed)`` -> ``(batch, K*h'*w',
+    embed)``, coefficient-major. A masked frame counts as zero in the transform.
+    """
+
+    name = "temporal_dct"
+
+    def __init__(self, geometry: VideoGeometry, budget: int, options: Any = None, *,
+                 rngs: nnx.Rngs | None = None):
+        super().__init__(geometry, budget, options, rngs=rngs)
+        self.num_coeffs = max(1, min(geometry.frames, self.budget // geometry.tokens))
+        if self.budget >= geometry.tokens:
+            self.out_h, self.out_w = geometry.grid
+        else:
+            _, self.out_h, self.out_w = spatial_pool_layout(1, tuple(geometry.grid), self.budget)
+
+    @property
+    def num_valid_tokens(self) -> int:
+        return self.num_coeffs * self.out_h * self.out_w
+
+    def _coefficients(self, x: jax.Array, fm: jax.Array) -> jax.Array:
+        """``(B, K, h', w', D)``."""
+        (h, w), (oh, ow) = self.geometry.grid, (self.out_h, self.out_w)
+        b, t, _, d = x.shape
+        x = jnp.where(fm[:, :, None, None], x, 0.0)
+        coeffs = dct_lib.dct(x, axis=1, num_coeffs=self.num_coeffs).reshape(b, -1, h, w, d)
+        if (oh, ow) != (h, w):
+            ph = jnp.asarray(adaptive_pool_matrix(h, oh), x.dtype)
+            pw = jnp.asarray(adaptive_pool_matrix(w, ow), x.dtype)
+            coeffs = jnp.einsum("ay,bx,tkyxd->tkabd", ph, pw, coeffs,
+                                precision=jax.lax.Precision.HIGHEST)
+        return coeffs
+
+    def compress(self, latents: jax.Array, frame_mask: jax.Array) -> CompressedTokens:
+        def fn(x, fm):
+            coeffs = self._coefficients(x, fm)
+            b, d = x.shape[0], x.shape[-1]
+            valid = jnp.broadcast_to(jnp.any(fm, axis=1, keepdims=True),
+                                     (b, self.num_valid_tokens))
+            return coeffs.reshape(b, -1, d), valid
+
+        return CompressedTokens(*sharding.batch_local(fn)(latents, frame_mask))
+
+    def reconstruct(self, latents: jax.Array) -> jax.Array:
+        """Zero-filled inverse DCT in time (least-squares unpooling when pooled)."""
+        (h, w), (oh, ow) = self.geometry.grid, (self.out_h, self.out_w)
+        b, t, _, d = latents.shape
+        coeffs = self._coefficients(latents, jnp.ones((b, t), bool))
+        if (oh, ow) != (h, w):
+            uh = jnp.asarray(np.linalg.pinv(adaptive_pool_matrix(h, oh)), latents.dtype)
+            uw = jnp.asarray(np.linalg.pinv(adaptive_pool_matrix(w, ow)), latents.dtype)
+            coeffs = jnp.einsum("ya,xb,tkabd->tkyxd", uh, uw, coeffs,
+                                precision=jax.lax.Precision.HIGHEST)
+        return dct_lib.idct(coeffs.reshape(b, -1, h * w, d), t, axis=1)

@@ -44,6 +44,17 @@ Rule for options left at 0 ("chosen by the budget"):
    ``absorbed``: ``p = 1`` and ``K = ceil(l / 2)`` (no token cost; the
    absorber reads the lower half of the spectrum).
 
+Bands (``bands='pyramid'``, one time window): the residual track is coded in bands
+of rising temporal frequency whose spatial pooling doubles, ``p = 1, 2, 4``
+(``PYRAMID_POOLS``). With the residual room ``R`` the full-resolution band takes
+``K1 = floor(R/2 / P(1))`` coefficients, the 2x2 band ``K2 = floor(R/4 / P(2))``, the
+4x4 band what is left, ``K4 = floor((R - K1 P(1) - K2 P(2)) / P(4))`` (each capped so
+that ``K1 + K2 + K4 <= L-1``). On natural video a latent's temporal change is
+spatially coarser the faster it is, so spending fine cells on the low frequencies
+and coarse ones on the high frequencies keeps more than any single pooling
+(``docs/natural_video.md``). Segments with ``anchor='mean'``: a quarter of the
+budget buys anchors, ``S = clip(budget // (4N), 1, T)``.
+
 Explicit values are honoured and checked; impossible ones raise ``ValueError``
 naming ``compressor.fre_res.<field>`` and the allowed range.
 """
@@ -71,7 +82,10 @@ OPTIONS: options_lib.Schema = dict(
     time_windows=options_lib.non_negative("W residual time windows per segment"),
     pool=options_lib.non_negative("p x p pooling of residual-frequency tokens"),
     residual=Option("inter_frame", "residual trajectories", RESIDUAL_KINDS),
-    anchor=Option("middle", "anchor frame of a segment", ANCHOR_MODES),
+    anchor=Option("middle", "anchor of a segment: a frame, or the segment's mean ('mean')",
+                  ANCHOR_MODES),
+    bands=Option("single", "residual-frequency tokens at one pooling, or a pyramid of bands"
+                 " pooled 1, 2, 4 as frequency rises", ("single", "pyramid")),
     allocation=Option("uniform", "coefficients per segment: equal, or by residual energy",
                       ("uniform", "energy")),
     # dual by default: on the embedded benchmark it learns motion in far fewer steps.
@@ -87,9 +101,32 @@ OPTIONS: options_lib.Schema = dict(
 )
 
 
+PYRAMID_POOLS = (1, 2, 4)
+
+
 def resolve_options(options: Any = None) -> dict[str, Any]:
     """Fre-Res options over their defaults, checked (errors name ``compressor.fre_res.<key>``)."""
-    return options_lib.resolve(f"compressor.{SECTION}", OPTIONS, options)
+    opts = options_lib.resolve(f"compressor.{SECTION}", OPTIONS, options)
+    key = f"compressor.{SECTION}"
+    if opts["anchor"] == "mean" and opts["residual"] != "anchor_relative":
+        raise ValueError(f"{key}.residual must be 'anchor_relative' with anchor='mean' (the"
+                         f" deviations from the mean), got {opts['residual']!r}")
+    if opts["anchor"] == "mean" and opts["time_windows"] > 1:
+        raise ValueError(f"{key}.time_windows must be 1 with anchor='mean', got"
+                         f" {opts['time_windows']}")
+    if opts["bands"] == "pyramid":
+        for field in ("num_coeffs", "pool"):
+            if opts[field]:
+                raise ValueError(f"{key}.{field} must be 0 with bands='pyramid' (the bands set"
+                                 f" it), got {opts[field]}")
+        if opts["time_windows"] > 1 or opts["allocation"] != "uniform":
+            raise ValueError(f"{key}.bands: 'pyramid' needs time_windows 0 or 1 and allocation"
+                             f" 'uniform', got {opts['time_windows']} and"
+                             f" {opts['allocation']!r}")
+        if opts["output"] != "dual":
+            raise ValueError(f"{key}.output must be 'dual' with bands='pyramid' (the bands are"
+                             f" tokens), got {opts['output']!r}")
+    return opts
 
 
 def pooled_grid(grid: tuple[int, int], pool: int) -> tuple[int, int]:
@@ -112,6 +149,10 @@ class FreResPlan:
     allocation: str          # "uniform" | "energy"
     absorb: bool             # the absorber injects the residual track into the anchors
     time_windows: int = 1    # W residual windows per segment, each with its own K coefficients
+    # bands='pyramid': ((K_j, p_j), ...) coefficient bands in rising frequency; K = sum K_j,
+    # and ``pool`` is 1 (the absorber reads the bands unpooled). Empty: one band (K, pool).
+    bands: tuple[tuple[int, int], ...] = ()
+    mean_anchors: bool = False  # anchors are segment means (anchor='mean')
 
     @property
     def tokens(self) -> int:  # N
@@ -160,6 +201,9 @@ class FreResPlan:
     def residual_tokens(self) -> int:
         if self.output not in ("dual", "residual"):
             return 0
+        if self.bands:
+            return self.num_segments * sum(k * math.prod(pooled_grid(self.grid, p))
+                                           for k, p in self.bands)
         return self.num_segments * self.time_windows * self.num_coeffs * self.pooled_tokens
 
     @property
@@ -167,8 +211,11 @@ class FreResPlan:
         return self.anchor_tokens + self.residual_tokens
 
     def describe(self) -> str:
-        return (f"FreResPlan({self.output}, {self.allocation}: L={self.segment_len},"
-                f" S={self.num_segments}, W={self.time_windows}, K={self.num_coeffs}, p={self.pool}"
+        coding = (f"bands={'+'.join(f'{k}@p{p}' for k, p in self.bands)}" if self.bands
+                  else f"K={self.num_coeffs}, p={self.pool}")
+        anchor = "mean anchors, " if self.mean_anchors else ""
+        return (f"FreResPlan({self.output}, {self.allocation}: {anchor}L={self.segment_len},"
+                f" S={self.num_segments}, W={self.time_windows}, {coding}"
                 f" -> {self.anchor_tokens} anchor + {self.residual_tokens} residual"
                 f" = {self.total_tokens} / {self.budget} tokens)")
 
@@ -187,6 +234,7 @@ def make_plan(geometry: VideoGeometry, budget: int, options: Any = None,
     p_opt, w_opt = opts["pool"], opts["time_windows"]
     allocation = opts["allocation"]
     absorb = opts["absorber"]["enabled"]
+    pyramid = opts["bands"] == "pyramid"
     if variant == "fre_res":
         output = opts["output"]
     else:
@@ -202,7 +250,8 @@ def make_plan(geometry: VideoGeometry, budget: int, options: Any = None,
     if seg_opt:
         seg_len = seg_opt
     else:
-        wanted = budget // n if output in ("absorbed", "anchors") else budget // (2 * n)
+        share = 1 if output in ("absorbed", "anchors") else 4 if opts["anchor"] == "mean" else 2
+        wanted = budget // (share * n)
         seg_len = -(-frames // min(frames, max(1, wanted)))
     segments = -(-frames // seg_len)
     anchor_tokens = 0 if output == "residual" else segments * n
@@ -233,7 +282,7 @@ def make_plan(geometry: VideoGeometry, budget: int, options: Any = None,
                          f" (it keeps a prefix of each segment's spectrum), got {w_opt}")
     if w_opt:
         windows = w_opt
-    elif allocation == "energy" or steps < 1:
+    elif allocation == "energy" or steps < 1 or opts["anchor"] == "mean" or pyramid:
         windows = 1
     else:
         windows = min(-(-2 // segments), steps // k_opt if k_opt else steps)
@@ -243,8 +292,16 @@ def make_plan(geometry: VideoGeometry, budget: int, options: Any = None,
                          f" windows of segment_len {seg_len}, got {k_opt}")
 
     # 3. Coefficients and pooling (back to one window if two leave no room).
+    bands: tuple[tuple[int, int], ...] = ()
     if output == "anchors" or max_k < 1:
         num_coeffs, pool = 0, 1
+    elif pyramid:
+        bands = _pyramid_bands(budget - anchor_tokens, segments, steps, grid)
+        num_coeffs, pool = sum(k for k, _ in bands), 1
+        if not num_coeffs and output == "residual":
+            raise ValueError(f"compressor.budget: no room for one 4x4-pooled band coefficient"
+                             f" ({math.prod(pooled_grid(grid, PYRAMID_POOLS[-1]))} tokens per"
+                             f" segment, {segments} segments) in {budget - anchor_tokens}")
     elif output == "absorbed":
         num_coeffs, pool = (k_opt or -(-max_k // 2)), (p_opt or 1)
     else:
@@ -264,9 +321,26 @@ def make_plan(geometry: VideoGeometry, budget: int, options: Any = None,
         windows = 1
     plan = FreResPlan(frames=frames, grid=grid, budget=budget, output=output,
                       segment_len=seg_len, num_segments=segments, num_coeffs=num_coeffs,
-                      pool=pool, allocation=allocation, absorb=absorb, time_windows=windows)
+                      pool=pool, allocation=allocation, absorb=absorb, time_windows=windows,
+                      bands=bands, mean_anchors=opts["anchor"] == "mean")
     assert plan.total_tokens <= budget, plan
     return plan
+
+
+def _pyramid_bands(room: int, segments: int, steps: int,
+                   grid: tuple[int, int]) -> tuple[tuple[int, int], ...]:
+    """``((K_j, p_j), ...)`` for ``PYRAMID_POOLS`` by the module docstring's rule (nonzero K)."""
+    room //= max(segments, 1)  # per segment
+    shares = (room // 2, room // 4)  # the last band takes what is left
+    left, used, out = steps, 0, []
+    for j, p in enumerate(PYRAMID_POOLS):
+        cells = math.prod(pooled_grid(grid, p))
+        k = min(left, (shares[j] if j < len(shares) else room - used) // cells)
+        if k:
+            out.append((k, p))
+        used += k * cells
+        left -= k
+    return tuple(out)
 
 
 def _fit_residual(room: int, blocks: int, max_k: int, grid: tuple[int, int], k_opt: int,

@@ -72,16 +72,29 @@ def fre_res_parts(latents: jax.Array, frame_mask: jax.Array, *, plan: FreResPlan
     """
     segments, mask = anchors_lib.segment_frames(latents.astype(jnp.float32), frame_mask,
                                                 plan.segment_len)
-    anchor_index = anchors_lib.select_anchor(segments, mask, anchor)
-    anchors = anchors_lib.gather_anchor(segments, anchor_index)
     segment_valid = jnp.any(mask, axis=-1)
+    if plan.mean_anchors:
+        anchors = anchors_lib.mean_anchor(segments, mask)
+        anchor_index = jnp.full(segment_valid.shape, -1, jnp.int32)
+    else:
+        anchor_index = anchors_lib.select_anchor(segments, mask, anchor)
+        anchors = anchors_lib.gather_anchor(segments, anchor_index)
     if not plan.computes_residual:
         return FreResParts(anchors, anchor_index, segment_valid, None, None, None)
-    residuals = anchors_lib.residual_trajectories(segments, mask, anchor_index, residual)
-    residuals = residual_freq.pool_tokens(residuals, plan.grid, plan.pool)
-    # K per window, or every coefficient of the one window for energy allocation to pick from.
-    coeffs = residual_freq.residual_freq_tokens(
-        residuals, plan.residual_slots // plan.time_windows, method, plan.time_windows)
+    slots = plan.residual_slots // plan.time_windows  # K per window, or all L-1 for energy
+    if plan.mean_anchors:
+        coeffs = anchors_lib.mean_deviation_coeffs(segments, mask, anchors, slots, method)
+        coeffs = residual_freq.pool_tokens(coeffs, plan.grid, plan.pool)
+    else:
+        residuals = anchors_lib.residual_trajectories(segments, mask, anchor_index, residual)
+        residuals = residual_freq.pool_tokens(residuals, plan.grid, plan.pool)
+        coeffs = residual_freq.residual_freq_tokens(residuals, slots, method, plan.time_windows)
+    if plan.bands:  # each band keeps only its pooled cells (shown to the absorber unpooled)
+        coeffs = jnp.concatenate(
+            [residual_freq.unpool_tokens(residual_freq.pool_tokens(band, plan.grid, p),
+                                         plan.grid, p)
+             for band, p in zip(_band_slices(coeffs, plan.bands), (p for _, p in plan.bands))],
+            axis=2)
     b, s, c = coeffs.shape[:3]
     total = plan.num_segments * plan.num_coeffs
     compact_index = None
@@ -93,6 +106,14 @@ def fre_res_parts(latents: jax.Array, frame_mask: jax.Array, *, plan: FreResPlan
         slot_mask = jnp.ones((b, s, c), bool)
     slot_mask = slot_mask & segment_valid[:, :, None]
     return FreResParts(anchors, anchor_index, segment_valid, coeffs, slot_mask, compact_index)
+
+
+def _band_slices(coeffs: jax.Array, bands: tuple[tuple[int, int], ...]) -> list[jax.Array]:
+    """``(batch, S, sum K_j, ...)`` -> one ``(batch, S, K_j, ...)`` slice per band."""
+    starts = [0]
+    for k, _ in bands:
+        starts.append(starts[-1] + k)
+    return [coeffs[:, :, a:b] for a, b in zip(starts[:-1], starts[1:])]
 
 
 @register
@@ -178,9 +199,20 @@ class FreRes(Compressor):
         return CompressedTokens(tokens, jnp.concatenate(masks, axis=1))
 
     def _residual_tokens(self, parts: FreResParts) -> tuple[jax.Array, jax.Array]:
-        """Residual-frequency tokens ``(batch, S*K*P, D)`` with their frequency embedding."""
+        """Residual-frequency tokens ``(batch, S*K*P, D)`` with their frequency embedding.
+
+        Bands: ``(batch, S * sum K_j P_j, D)`` in (segment, band, coefficient, cell) order.
+        """
         b, s, c, p, d = parts.coeffs.shape
         tokens = parts.coeffs + self.freq_embedding[...].astype(jnp.float32)[None, None, :, None]
+        if self.plan.bands:
+            grid = self.geometry.grid
+            pieces = [residual_freq.pool_tokens(band, grid, pool).reshape(b, s, -1, d)
+                      for band, (_, pool) in zip(_band_slices(tokens, self.plan.bands),
+                                                 self.plan.bands)]
+            tokens = jnp.concatenate(pieces, axis=2)
+            mask = jnp.repeat(parts.segment_valid, tokens.shape[2], axis=1)
+            return tokens.reshape(b, -1, d), mask
         mask = parts.slot_mask
         if parts.compact_index is not None:
             tokens = jnp.take_along_axis(tokens.reshape(b, s * c, p, d),
@@ -188,6 +220,29 @@ class FreRes(Compressor):
             mask = jnp.take_along_axis(mask.reshape(b, s * c), parts.compact_index, axis=1)
         tokens = tokens.reshape(b, -1, d)
         return tokens, jnp.repeat(mask.reshape(b, -1), p, axis=1)
+
+
+    def reconstruct(self, latents: jax.Array) -> jax.Array:
+        """Anchors plus the kept residual-frequency tokens, unpooled and inverted.
+
+        The absorber is learned and left out: ``output='absorbed'`` keeps only its
+        anchors' worth of tokens and reconstructs as ``anchors_only`` does; without
+        anchors (``temporal_dct_only``) they are zero.
+        """
+        plan = self.plan
+        b, t = latents.shape[:2]
+        parts = self.split(latents, jnp.ones((b, t), bool))
+        anchors = parts.anchors
+        if plan.output == "residual":
+            anchors = jnp.zeros_like(anchors)
+        coeffs = None
+        if parts.coeffs is not None and plan.output in ("dual", "residual"):
+            coeffs = jnp.where(parts.slot_mask[..., None, None], parts.coeffs, 0.0)
+            coeffs = residual_freq.unpool_tokens(coeffs, self.geometry.grid, plan.pool)
+        return reconstruct(anchors, parts.anchor_index, coeffs, frames=t,
+                           segment_len=plan.segment_len, residual=self.residual,
+                           method=self.dct_method, time_windows=plan.time_windows,
+                           mean_anchors=plan.mean_anchors)
 
 
 @register

@@ -54,6 +54,23 @@ def pool_tokens(x: jax.Array, grid: tuple[int, int], pool: int) -> jax.Array:
     return (total / counts[:, :, None]).reshape(lead + (hp * wp, d))
 
 
+@functools.lru_cache(maxsize=64)
+def cell_of_token(grid: tuple[int, int], pool: int) -> np.ndarray:
+    """``(N,)`` index of the pooled cell each token of the ``(h, w)`` grid falls in."""
+    h, w = grid
+    _, wp = pooled_grid(grid, pool)
+    i, j = np.divmod(np.arange(h * w), w)
+    return ((i // pool) * wp + j // pool).astype(np.int32)
+
+
+def unpool_tokens(x: jax.Array, grid: tuple[int, int], pool: int) -> jax.Array:
+    """Inverse of ``pool_tokens`` on its range: ``(..., P, D)`` -> ``(..., N, D)``, each token
+    taking its cell's value (the least-squares inverse of cell averaging)."""
+    if pool == 1:
+        return x
+    return jnp.take(x, jnp.asarray(cell_of_token(tuple(grid), pool)), axis=-2)
+
+
 def residual_freq_tokens(residuals: jax.Array, num_coeffs: int, method: str = "auto",
                          time_windows: int = 1) -> jax.Array:
     """Lowest ``K`` orthonormal DCT-II coefficients of each residual trajectory, per time window.
