@@ -17,7 +17,7 @@ Token counts for a fully valid video (``num_valid_tokens``):
                        coefficients per position, the grid pooled only when ``budget < N``.
 
 Every baseline also implements ``reconstruct``: the latent video implied by what it
-keeps (linear interpolation between kept frames, least-squares unpooling, zero-filled
+keeps (linear interpolation between kept frames, unpooling, zero-filled
 inverse DCTs, group means), for ``frejax.analyze``.
 
 Frames dropped by ``frame_mask`` never contribute a valid token.
@@ -200,6 +200,15 @@ def adaptive_pool_matrix(size: int, out: int) -> np.ndarray:
     return mat
 
 
+@functools.lru_cache(maxsize=256)
+def adaptive_unpool_matrix(size: int, out: int) -> np.ndarray:
+    """``(size, out)``: each cell takes the mean of the adaptive bins that cover it (the
+    transpose of ``adaptive_pool_matrix``, rows renormalised); for disjoint bins this is the
+    least-squares inverse, and unlike the pseudo-inverse it never overshoots."""
+    up = adaptive_pool_matrix(size, out).T > 0
+    return up / up.sum(axis=1, keepdims=True)
+
+
 @register
 class SpatialPool(Compressor):
     """Per-frame pooling of the ``(h, w)`` grid to ``(h', w')`` with ``T*h'*w' <= budget``.
@@ -251,15 +260,15 @@ class SpatialPool(Compressor):
         return CompressedTokens(*sharding.batch_local(fn)(latents, frame_mask))
 
     def reconstruct(self, latents: jax.Array) -> jax.Array:
-        """Least-squares unpooling (the pseudo-inverse of the pooling) or bilinear upsampling,
-        then linear interpolation between kept frames."""
+        """Unpooling (``adaptive_unpool_matrix``) or bilinear upsampling, then linear
+        interpolation between kept frames."""
         (h, w), (oh, ow) = self.geometry.grid, (self.out_h, self.out_w)
         idx = uniform_frame_indices(self.geometry.frames, self.kept_frames)
         b, d, f = latents.shape[0], latents.shape[-1], len(idx)
         pooled = self(latents).tokens[:, :f * oh * ow].reshape(b, f, oh, ow, d)
         if self.pool_mode == "average":
-            uh = jnp.asarray(np.linalg.pinv(adaptive_pool_matrix(h, oh)), latents.dtype)
-            uw = jnp.asarray(np.linalg.pinv(adaptive_pool_matrix(w, ow)), latents.dtype)
+            uh = jnp.asarray(adaptive_unpool_matrix(h, oh), latents.dtype)
+            uw = jnp.asarray(adaptive_unpool_matrix(w, ow), latents.dtype)
             grid = jnp.einsum("ya,xb,tfabd->tfyxd", uh, uw, pooled,
                               precision=jax.lax.Precision.HIGHEST)
         else:
@@ -523,13 +532,13 @@ class TemporalDct(Compressor):
         return CompressedTokens(*sharding.batch_local(fn)(latents, frame_mask))
 
     def reconstruct(self, latents: jax.Array) -> jax.Array:
-        """Zero-filled inverse DCT in time (least-squares unpooling when pooled)."""
+        """Zero-filled inverse DCT in time (``adaptive_unpool_matrix`` when pooled)."""
         (h, w), (oh, ow) = self.geometry.grid, (self.out_h, self.out_w)
         b, t, _, d = latents.shape
         coeffs = self._coefficients(latents, jnp.ones((b, t), bool))
         if (oh, ow) != (h, w):
-            uh = jnp.asarray(np.linalg.pinv(adaptive_pool_matrix(h, oh)), latents.dtype)
-            uw = jnp.asarray(np.linalg.pinv(adaptive_pool_matrix(w, ow)), latents.dtype)
+            uh = jnp.asarray(adaptive_unpool_matrix(h, oh), latents.dtype)
+            uw = jnp.asarray(adaptive_unpool_matrix(w, ow), latents.dtype)
             coeffs = jnp.einsum("ya,xb,tkabd->tkyxd", uh, uw, coeffs,
                                 precision=jax.lax.Precision.HIGHEST)
         return dct_lib.idct(coeffs.reshape(b, -1, h * w, d), t, axis=1)
