@@ -1,9 +1,11 @@
 r"""What each compressor keeps of real videos' latents, model-free: ``python -m frejax.analyze``.
 
-    python -m data_pipelines.natural_footage --out=/data/natural
-    python -m frejax.analyze --videos=/data/natural --out=docs/natural_video
+    python -m frejax.analyze --out=docs/natural_video          # the report in docs/
+    python -m frejax.analyze --videos=/data/my_clips,/data/x.mp4 --out=/tmp/mine
 
-For every video of ``--videos`` (folders and files, comma-separated), every frame is
+Without ``--videos`` the camera-recorded clips of ``data_pipelines.natural_footage``
+are fetched (once) and measured. For every video of ``--videos`` (folders and files,
+comma-separated), every frame is
 decoded at its native rate (short side resized to ``--image_size``, centre crop), the
 clip is split into shots at hard cuts, and the frames are encoded once by
 ``--encoder`` (latents cached on disk). Windows of ``--frames`` frames taking every
@@ -46,13 +48,15 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".m
 # The Fre-Res splits measured beside the registry's defaults: name -> compressor.fre_res.
 VARIANTS: dict[str, dict[str, Any]] = {
     # The paper's dual track: frame anchors, inter-frame residuals, one pooling.
-    "fre_res:paper": dict(anchor="middle", residual="inter_frame", bands="single"),
+    "fre_res:paper": dict(anchor="middle", residual="inter_frame", coding="single"),
     "fre_res:anchor_relative": dict(anchor="middle", residual="anchor_relative",
-                                    bands="single"),
+                                    coding="single"),
     "fre_res:anchor_relative_unpooled": dict(anchor="middle", residual="anchor_relative",
-                                             bands="single", pool=1),
-    "fre_res:mean_single": dict(anchor="mean", residual="anchor_relative", bands="single"),
-    "fre_res:mean_pyramid": dict(anchor="mean", residual="anchor_relative", bands="pyramid"),
+                                             coding="single", pool=1),
+    "fre_res:mean_single": dict(anchor="mean", residual="anchor_relative", coding="single"),
+    "fre_res:mean_pyramid": dict(anchor="mean", residual="anchor_relative", coding="pyramid"),
+    "fre_res:mean_energy": dict(anchor="mean", residual="anchor_relative", coding="energy"),
+    "fre_res:middle_energy": dict(anchor="middle", residual="anchor_relative", coding="energy"),
 }
 
 
@@ -447,7 +451,7 @@ def _plots(out: str, summary: dict, meta: dict) -> list[str]:
 # ----------------------------------------------------------------------------- main
 
 
-def run(videos: str, encoder: str = "dinov2_small", image_size: int = 224, frames: int = 32,
+def run(videos: str = "", encoder: str = "dinov2_small", image_size: int = 224, frames: int = 32,
         strides: tuple[int, ...] = (1, 4, 16), ratios: tuple[float, ...] = (8, 10, 16),
         coeffs: int = 4, out: str = "docs/natural_video", cache: str = "",
         command: str = "") -> list[str]:
@@ -456,6 +460,11 @@ def run(videos: str, encoder: str = "dinov2_small", image_size: int = 224, frame
     if frames < 2 or coeffs < 1 or coeffs > frames - 1:
         raise ValueError(f"--frames must be >= 2 and --coeffs in [1, frames-1], got {frames},"
                          f" {coeffs}")
+    if not videos:
+        from data_pipelines import natural_footage  # noqa: PLC0415
+
+        videos = package_assets.asset_dir("natural_footage")
+        natural_footage.install(videos)
     paths = find_videos(videos)
     enc = Encoder(encoder, image_size)
     cache = cache or package_assets.asset_dir("latents")
@@ -492,7 +501,8 @@ def main(argv):
 if __name__ == "__main__":
     from absl import app, flags
 
-    flags.DEFINE_string("videos", None, "folders and files of videos, comma-separated")
+    flags.DEFINE_string("videos", "", "folders and files of videos, comma-separated (default:"
+                        " the natural footage of data_pipelines.natural_footage)")
     flags.DEFINE_string("encoder", "dinov2_small", "dinov2_small | pixels | a model folder")
     flags.DEFINE_integer("image_size", 224, "frame size in pixels (short side, centre crop)")
     flags.DEFINE_integer("frames", 32, "T frames per window")
@@ -501,5 +511,4 @@ if __name__ == "__main__":
     flags.DEFINE_integer("coeffs", 4, "K lowest temporal coefficients for the energy share")
     flags.DEFINE_string("out", "docs/natural_video", "report prefix (.md, .json, .png)")
     flags.DEFINE_string("cache", "", "latent cache folder (default $FREJAX_ASSETS/latents)")
-    flags.mark_flag_as_required("videos")
     app.run(main)

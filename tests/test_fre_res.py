@@ -46,7 +46,7 @@ def video_cases(draw, name):
     options = dict(
         anchor=draw(st.sampled_from(anchors_lib.ANCHOR_MODES)),
         residual=draw(st.sampled_from(anchors_lib.RESIDUAL_KINDS)),
-        bands=draw(st.sampled_from(["single", "single", "pyramid"])),
+        coding=draw(st.sampled_from(["single", "single", "pyramid", "energy"])),
         segment_len=segment_len,
         num_coeffs=draw(st.sampled_from([0, 0, draw(st.integers(1, max_k))])),
         pool=draw(st.sampled_from([0, 0, draw(st.integers(1, max(grid)))])),

@@ -26,14 +26,14 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("grain chain", ("data_pipelines.input_pipeline",)),
     ("global batches", ("data_pipelines.datasets",)),
     ("core", ("frejax", "frejax.sharding", "frejax.layers", "frejax.distributed",
-              "frejax.metric_logging")),
+              "frejax.metric_logging", "frejax.kept_information")),
     ("compression", ("frejax.compression",)),
     ("models", ("frejax.models",)),
     ("config", ("frejax.config_lib", "configs")),
     ("state", ("frejax.train_state", "frejax.checkpointing", "frejax.evaluate")),
     ("inference", ("frejax.streaming", "frejax.token_cache", "frejax.predict", "frejax.export")),
     ("training loop", ("frejax.train",)),
-    ("entry points", ("frejax.main", "frejax.aot", "benchmarks")),
+    ("entry points", ("frejax.main", "frejax.aot", "frejax.analyze", "benchmarks")),
 )
 
 

@@ -14,7 +14,7 @@ from frejax.kept_information import dct_basis
 T, GRID, D = 8, (4, 4), 4
 N = GRID[0] * GRID[1]
 GEOMETRY = VideoGeometry(T, GRID, D)
-PYRAMID = dict(anchor="mean", residual="anchor_relative", bands="pyramid")
+PYRAMID = dict(anchor="mean", residual="anchor_relative", coding="pyramid")
 
 
 def _reconstruct(comp, z):
@@ -117,3 +117,32 @@ def test_pyramid_rule():
         budget_lib.make_plan(GEOMETRY, 32, dict(PYRAMID, pool=2))
     with pytest.raises(ValueError, match="compressor.fre_res.residual must be 'anchor_relative'"):
         budget_lib.make_plan(GEOMETRY, 32, dict(anchor="mean"))
+
+
+ENERGY = dict(anchor="mean", residual="anchor_relative", coding="energy")
+
+
+def test_energy_coding_spends_the_room_where_the_video_moves():
+    """One moving position: every chosen token sits there, and with room for all its
+    coefficients the video comes back exactly."""
+    z = _video("static").copy()
+    z[:, :, 5] += np.random.default_rng(4).normal(size=(2, T, D))      # only token 5 moves
+    comp = _build("fre_res", GEOMETRY, N + (T - 1), ENERGY)
+    plan = comp.plan
+    assert plan.mean_anchors and plan.num_segments == 1 and plan.selected == T - 1
+    parts = comp.split(jnp.asarray(z), jnp.ones((2, T), bool))
+    assert np.all(np.asarray(parts.selected) % N == 5)
+    np.testing.assert_allclose(_reconstruct(comp, z), z, atol=1e-4)
+    out = jax.jit(comp, compiler_options=QUICK_COMPILE)(jnp.asarray(z))
+    assert out.tokens.shape == (2, N + T - 1, D) and bool(out.mask.all())
+
+
+def test_energy_coding_keeps_the_largest_coefficients():
+    comp = _build("fre_res", GEOMETRY, GEOMETRY.full_tokens // 2, ENERGY)
+    z = _video("random")
+    coeffs = np.einsum("kt,btnd->bknd", dct_basis(T)[1:], z - z.mean(axis=1, keepdims=True))
+    energy = np.sum(coeffs ** 2, axis=-1).reshape(2, -1)
+    parts = comp.split(jnp.asarray(z), jnp.ones((2, T), bool))
+    for b in range(2):
+        want = np.sort(np.argsort(-energy[b])[:comp.plan.selected])
+        np.testing.assert_array_equal(np.asarray(parts.selected)[b, 0], want)

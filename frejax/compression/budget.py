@@ -44,7 +44,8 @@ Rule for options left at 0 ("chosen by the budget"):
    ``absorbed``: ``p = 1`` and ``K = ceil(l / 2)`` (no token cost; the
    absorber reads the lower half of the spectrum).
 
-Bands (``bands='pyramid'``, one time window): the residual track is coded in bands
+Coding of the residual track (``coding``). ``single``: the rule above, one ``K`` and
+one ``p``. ``pyramid`` (one time window): the residual track is coded in bands
 of rising temporal frequency whose spatial pooling doubles, ``p = 1, 2, 4``
 (``PYRAMID_POOLS``). With the residual room ``R`` the full-resolution band takes
 ``K1 = floor(R/2 / P(1))`` coefficients, the 2x2 band ``K2 = floor(R/4 / P(2))``, the
@@ -52,8 +53,12 @@ of rising temporal frequency whose spatial pooling doubles, ``p = 1, 2, 4``
 that ``K1 + K2 + K4 <= L-1``). On natural video a latent's temporal change is
 spatially coarser the faster it is, so spending fine cells on the low frequencies
 and coarse ones on the high frequencies keeps more than any single pooling
-(``docs/natural_video.md``). Segments with ``anchor='mean'``: a quarter of the
-budget buys anchors, ``S = clip(budget // (4N), 1, T)``.
+(``docs/natural_video.md``). ``energy`` (one time window): all ``L-1`` coefficients
+are computed at full resolution and each segment keeps its ``M = R // S``
+highest-energy (coefficient, position) pairs, chosen per video (``top_k``, a static
+count); each token carries a learned embedding of its coefficient and one of its
+position. Segments with ``anchor='mean'``: a quarter of the budget buys anchors,
+``S = clip(budget // (4N), 1, T)``.
 
 Explicit values are honoured and checked; impossible ones raise ``ValueError``
 naming ``compressor.fre_res.<field>`` and the allowed range.
@@ -84,8 +89,9 @@ OPTIONS: options_lib.Schema = dict(
     residual=Option("inter_frame", "residual trajectories", RESIDUAL_KINDS),
     anchor=Option("middle", "anchor of a segment: a frame, or the segment's mean ('mean')",
                   ANCHOR_MODES),
-    bands=Option("single", "residual-frequency tokens at one pooling, or a pyramid of bands"
-                 " pooled 1, 2, 4 as frequency rises", ("single", "pyramid")),
+    coding=Option("single", "residual track as tokens: one pooling, a pyramid of bands pooled"
+                  " 1, 2, 4 as frequency rises, or the highest-energy (coefficient, position)"
+                  " pairs per video", ("single", "pyramid", "energy")),
     allocation=Option("uniform", "coefficients per segment: equal, or by residual energy",
                       ("uniform", "energy")),
     # dual by default: on the embedded benchmark it learns motion in far fewer steps.
@@ -114,18 +120,19 @@ def resolve_options(options: Any = None) -> dict[str, Any]:
     if opts["anchor"] == "mean" and opts["time_windows"] > 1:
         raise ValueError(f"{key}.time_windows must be 1 with anchor='mean', got"
                          f" {opts['time_windows']}")
-    if opts["bands"] == "pyramid":
+    coding = opts["coding"]
+    if coding != "single":
         for field in ("num_coeffs", "pool"):
             if opts[field]:
-                raise ValueError(f"{key}.{field} must be 0 with bands='pyramid' (the bands set"
-                                 f" it), got {opts[field]}")
+                raise ValueError(f"{key}.{field} must be 0 with coding={coding!r} (the coding"
+                                 f" sets it), got {opts[field]}")
         if opts["time_windows"] > 1 or opts["allocation"] != "uniform":
-            raise ValueError(f"{key}.bands: 'pyramid' needs time_windows 0 or 1 and allocation"
+            raise ValueError(f"{key}.coding: {coding!r} needs time_windows 0 or 1 and allocation"
                              f" 'uniform', got {opts['time_windows']} and"
                              f" {opts['allocation']!r}")
         if opts["output"] != "dual":
-            raise ValueError(f"{key}.output must be 'dual' with bands='pyramid' (the bands are"
-                             f" tokens), got {opts['output']!r}")
+            raise ValueError(f"{key}.output must be 'dual' with coding={coding!r} (the residual"
+                             f" track is tokens), got {opts['output']!r}")
     return opts
 
 
@@ -153,6 +160,7 @@ class FreResPlan:
     # and ``pool`` is 1 (the absorber reads the bands unpooled). Empty: one band (K, pool).
     bands: tuple[tuple[int, int], ...] = ()
     mean_anchors: bool = False  # anchors are segment means (anchor='mean')
+    selected: int = 0  # coding='energy': M tokens per segment out of K = L-1 coefficients x N
 
     @property
     def tokens(self) -> int:  # N
@@ -204,6 +212,8 @@ class FreResPlan:
         if self.bands:
             return self.num_segments * sum(k * math.prod(pooled_grid(self.grid, p))
                                            for k, p in self.bands)
+        if self.selected:
+            return self.num_segments * self.selected
         return self.num_segments * self.time_windows * self.num_coeffs * self.pooled_tokens
 
     @property
@@ -212,6 +222,7 @@ class FreResPlan:
 
     def describe(self) -> str:
         coding = (f"bands={'+'.join(f'{k}@p{p}' for k, p in self.bands)}" if self.bands
+                  else f"top {self.selected} of K={self.num_coeffs} x N" if self.selected
                   else f"K={self.num_coeffs}, p={self.pool}")
         anchor = "mean anchors, " if self.mean_anchors else ""
         return (f"FreResPlan({self.output}, {self.allocation}: {anchor}L={self.segment_len},"
@@ -234,7 +245,8 @@ def make_plan(geometry: VideoGeometry, budget: int, options: Any = None,
     p_opt, w_opt = opts["pool"], opts["time_windows"]
     allocation = opts["allocation"]
     absorb = opts["absorber"]["enabled"]
-    pyramid = opts["bands"] == "pyramid"
+    pyramid = opts["coding"] == "pyramid"
+    chosen = opts["coding"] == "energy"
     if variant == "fre_res":
         output = opts["output"]
     else:
@@ -282,7 +294,7 @@ def make_plan(geometry: VideoGeometry, budget: int, options: Any = None,
                          f" (it keeps a prefix of each segment's spectrum), got {w_opt}")
     if w_opt:
         windows = w_opt
-    elif allocation == "energy" or steps < 1 or opts["anchor"] == "mean" or pyramid:
+    elif allocation == "energy" or steps < 1 or opts["anchor"] == "mean" or pyramid or chosen:
         windows = 1
     else:
         windows = min(-(-2 // segments), steps // k_opt if k_opt else steps)
@@ -293,8 +305,15 @@ def make_plan(geometry: VideoGeometry, budget: int, options: Any = None,
 
     # 3. Coefficients and pooling (back to one window if two leave no room).
     bands: tuple[tuple[int, int], ...] = ()
+    selected = 0
     if output == "anchors" or max_k < 1:
         num_coeffs, pool = 0, 1
+    elif chosen:
+        selected = min(steps * n, (budget - anchor_tokens) // segments)
+        num_coeffs, pool = (steps, 1) if selected else (0, 1)
+        if not selected and output == "residual":
+            raise ValueError(f"compressor.budget: no room for one residual token per segment"
+                             f" ({segments} segments) in {budget - anchor_tokens}")
     elif pyramid:
         bands = _pyramid_bands(budget - anchor_tokens, segments, steps, grid)
         num_coeffs, pool = sum(k for k, _ in bands), 1
@@ -322,7 +341,7 @@ def make_plan(geometry: VideoGeometry, budget: int, options: Any = None,
     plan = FreResPlan(frames=frames, grid=grid, budget=budget, output=output,
                       segment_len=seg_len, num_segments=segments, num_coeffs=num_coeffs,
                       pool=pool, allocation=allocation, absorb=absorb, time_windows=windows,
-                      bands=bands, mean_anchors=opts["anchor"] == "mean")
+                      bands=bands, mean_anchors=opts["anchor"] == "mean", selected=selected)
     assert plan.total_tokens <= budget, plan
     return plan
 

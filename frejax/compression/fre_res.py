@@ -54,6 +54,7 @@ class FreResParts(NamedTuple):
     coeffs: jax.Array | None  # (batch, S, C, P, D) float32 residual-frequency tokens
     slot_mask: jax.Array | None     # (batch, S, C) bool
     compact_index: jax.Array | None  # (batch, S*K) int32 kept slots s*C+k (energy allocation)
+    selected: jax.Array | None = None  # (batch, S, M) int32 kept k*N+n (coding='energy')
 
 
 def fre_res_parts(latents: jax.Array, frame_mask: jax.Array, *, plan: FreResPlan,
@@ -95,6 +96,17 @@ def fre_res_parts(latents: jax.Array, frame_mask: jax.Array, *, plan: FreResPlan
                                          plan.grid, p)
              for band, p in zip(_band_slices(coeffs, plan.bands), (p for _, p in plan.bands))],
             axis=2)
+    selected = None
+    if plan.selected:  # the M highest-energy (coefficient, position) pairs per segment
+        b, s_, c, n, d = coeffs.shape
+        energy = jnp.sum(jnp.square(jax.lax.stop_gradient(coeffs)), axis=-1).reshape(b, s_, c * n)
+        selected = jnp.sort(jax.lax.top_k(energy, plan.selected)[1], axis=-1).astype(jnp.int32)
+        keep = jnp.zeros((b, s_, c * n), bool).at[
+            jnp.arange(b)[:, None, None], jnp.arange(s_)[None, :, None], selected].set(True)
+        coeffs = jnp.where(keep.reshape(b, s_, c, n)[..., None], coeffs, 0.0)
+        slot_mask = jnp.broadcast_to(segment_valid[:, :, None], (b, s_, c))
+        return FreResParts(anchors, anchor_index, segment_valid, coeffs, slot_mask, None,
+                           selected)
     b, s, c = coeffs.shape[:3]
     total = plan.num_segments * plan.num_coeffs
     compact_index = None
@@ -158,6 +170,11 @@ class FreRes(Compressor):
                     geometry.embed, grid=geometry.grid, pool=plan.pool, window=window,
                     heads=heads, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.freq_embedding = freq_embedding  # (C, D), the coefficient each slot carries
+        # coding='energy': a chosen token also says where it is.
+        self.cell_embedding = (nnx.Param(sharding.param(
+            nnx.initializers.normal(0.02), ("tokens", "embed"))(
+                rngs.params(), (geometry.tokens, geometry.embed), param_dtype))
+            if plan.selected else None)
         self.absorber = absorber
 
     @property
@@ -204,6 +221,14 @@ class FreRes(Compressor):
         Bands: ``(batch, S * sum K_j P_j, D)`` in (segment, band, coefficient, cell) order.
         """
         b, s, c, p, d = parts.coeffs.shape
+        if parts.selected is not None:  # (coefficient, position) pairs chosen per video
+            k, cell = jnp.divmod(parts.selected, p)
+            flat = parts.coeffs.reshape(b, s, c * p, d)
+            tokens = jnp.take_along_axis(flat, parts.selected[..., None], axis=2)
+            tokens = (tokens + jnp.asarray(self.freq_embedding[...], jnp.float32)[k]
+                      + jnp.asarray(self.cell_embedding[...], jnp.float32)[cell])
+            mask = jnp.repeat(parts.segment_valid, parts.selected.shape[2], axis=1)
+            return tokens.reshape(b, -1, d), mask
         tokens = parts.coeffs + self.freq_embedding[...].astype(jnp.float32)[None, None, :, None]
         if self.plan.bands:
             grid = self.geometry.grid
