@@ -40,11 +40,11 @@ def experiment(arg, *, name: str, frames: int):
     c.model.vision.update(image_size=32, patch_size=8, width=64, depth=2, heads=4, mlp_dim=128)
     c.model.llm.update(width=128, depth=2, heads=4, kv_heads=2, mlp_dim=256, vocab_size=0)
 
-    # Compressor: Fre-Res at T*N / 8 visual tokens (64 for 32 frames). Its options are
-    # left to the budget (compressor.fre_res.*: 0 = chosen): for 32 frames 2 anchor
-    # frames of 16 tokens and K = 4 coefficients of 16-frame segments on a 2x2-pooled
-    # grid (for 16 frames one anchor and two residual time windows of K = 2). The LLM
-    # reads the absorbed anchors and the residual-frequency tokens (output=dual).
+    # Compressor: Fre-Res at T*N / 8 visual tokens (64 for 32 frames), its options at
+    # the defaults measured on natural video (docs/natural_video.md): one segment-mean
+    # anchor of 16 tokens and, per video, the 48 highest-energy temporal DCT coefficients
+    # of the deviations from it, each with its coefficient and position embedded. The
+    # LLM reads the absorbed anchor and those tokens (output=dual).
     c.compressor = config_lib.compressor_config(args.compressor, ratio=args.ratio)
 
     # Training: AdamW with warm-up and cosine decay, 1,400 steps of 32 clips.

@@ -152,13 +152,19 @@ def detect_shots(differences: np.ndarray, min_jump: float = 0.08,
 
 
 def windows(shots: list[tuple[int, int]], frames: int, stride: int) -> list[np.ndarray]:
-    """Frame indices of non-overlapping windows of ``frames`` frames every ``stride``-th frame,
-    each inside one shot: ``[start + stride * arange(frames), ...]``."""
+    """Frame indices of windows of ``frames`` frames taking every ``stride``-th frame, each
+    inside one shot: ``start + stride * arange(frames)``.
+
+    Windows of one phase follow each other without overlap, and every phase
+    ``0..stride-1`` is used, so no two windows share a frame and sparse sampling still
+    yields as many windows as the footage allows.
+    """
     span = (frames - 1) * stride + 1
     out = []
     for a, b in shots:
-        start = a
-        while start + span <= b:
-            out.append(start + stride * np.arange(frames))
-            start += frames * stride
+        for phase in range(stride):
+            start = a + phase
+            while start + span <= b:
+                out.append(start + stride * np.arange(frames))
+                start += frames * stride
     return out

@@ -51,9 +51,10 @@ def test_analyze_a_synthetic_folder(tmp_path):
     meta, summary = report["meta"], report["summary"]
     assert meta["shots"]["cut.mp4"] == [[0, 20], [20, 40]] and meta["tokens"] == 16
     s1 = summary["1"]
-    # cut.mp4: two windows per shot of 20 frames; drift.mp4: three of 24.
+    # cut.mp4: two windows per shot of 20 frames; drift.mp4: three of 24; at stride 2 one
+    # window per phase and shot.
     assert s1["windows_per_clip"] == {"cut.mp4": 4, "drift.mp4": 3}
-    assert summary["2"]["windows_per_clip"] == {"cut.mp4": 2, "drift.mp4": 1}
+    assert summary["2"]["windows_per_clip"] == {"cut.mp4": 4, "drift.mp4": 2}  # both phases
     methods = s1["errors"]["4"]["methods"]
     assert {"temporal_dct", "uniform_frames", "fre_res", "fre_res:paper"} <= set(methods)
     assert all(m["n"] == 7 for m in methods.values())

@@ -12,7 +12,7 @@ from frejax.compression import budget as budget_lib
 from frejax.compression import fre_res
 from frejax.compression.base import VideoGeometry
 
-from compressor_helpers import (QUICK_COMPILE, _latents)
+from compressor_helpers import QUICK_COMPILE, _latents, paper
 
 
 # ----------------------------------------------------------------- exact split / reconstruct
@@ -42,7 +42,7 @@ def test_split_reconstructs_exactly(residual, frames, segment_len, windows):
     back the latents, every anchor mode (7 steps in 2 windows: a zero-padded tail)."""
     geometry = VideoGeometry(frames, (2, 3), 4)
     # Absorbed: the residual track is complete whatever the budget.
-    options = dict(output="absorbed", segment_len=segment_len, time_windows=windows,
+    options = paper(output="absorbed", segment_len=segment_len, time_windows=windows,
                    num_coeffs=-(-(segment_len - 1) // windows), pool=1)
     plan = budget_lib.make_plan(geometry, geometry.full_tokens, options)
     x = _latents(frames, 2, frames, 6, 4)
@@ -54,7 +54,7 @@ def test_split_reconstructs_exactly(residual, frames, segment_len, windows):
 def test_reconstructs_valid_frames_of_a_masked_video(residual):
     geometry = VideoGeometry(9, (2, 2), 3)
     plan = budget_lib.make_plan(geometry, geometry.full_tokens,
-                                dict(output="absorbed", segment_len=4, num_coeffs=3, pool=1))
+                                paper(output="absorbed", segment_len=4, num_coeffs=3, pool=1))
     x = _latents(1, 2, 9, 4, 3)
     mask = jnp.array([[True] * 9, [True] * 6 + [False] * 3])
     got = _roundtrip(x, mask, plan=plan, residual=residual)

@@ -13,13 +13,13 @@ from frejax import sharding
 from frejax.compression import anchors as anchors_lib
 from frejax.compression.base import VideoGeometry
 
-from compressor_helpers import (MODES, _build, _jit_apply, _latents, _open_gate)
+from compressor_helpers import MODES, _build, _jit_apply, _latents, _open_gate, paper
 
 
 def test_absorbed_at_init_equals_anchors_only():
     geometry = VideoGeometry(10, (3, 3), 8)
     x = _latents(3, 2, 10, 9, 8)
-    opts = dict(output="absorbed", absorber=dict(heads=2))
+    opts = paper(output="absorbed", absorber=dict(heads=2))
     absorbed = compression.build("fre_res", geometry, 30, opts, rngs=nnx.Rngs(0))
     anchors_only = compression.build("anchors_only", geometry, 30, opts, rngs=nnx.Rngs(0))
     assert absorbed.plan.segment_len == anchors_only.plan.segment_len
@@ -65,7 +65,7 @@ def test_every_entry_returns_exactly_the_budget(name, mode, data):
     frames, grid, budget, options = data.draw(video_cases(name))
     geometry = VideoGeometry(frames, grid, 8)
     try:
-        model = _build(name, geometry, budget, dict(options, **mode))
+        model = _build(name, geometry, budget, paper(options, **mode))
     except ValueError as e:  # an impossible explicit setting: must name the field
         assert str(e).startswith("compressor.fre_res.") or str(e).startswith(
             "compressor.budget"), e
@@ -96,7 +96,7 @@ def test_every_entry_returns_exactly_the_budget(name, mode, data):
 ])
 def test_masked_frames_do_not_leak(name, options):
     geometry = VideoGeometry(7, (3, 3), 8)
-    model = _build(name, geometry, 36, dict(options, absorber=dict(heads=2)))
+    model = _build(name, geometry, 36, paper(options, absorber=dict(heads=2)))
     mask = jnp.array([[True] * 5 + [False] * 2, [True] * 7])
     x = _latents(0, 2, 7, 9, 8)
     garbage = x.at[0, 5:].set(100.0 * _latents(1, 1, 2, 9, 8)[0])
@@ -114,7 +114,7 @@ def test_masked_frames_do_not_leak(name, options):
 ])
 def test_same_result_on_one_device_and_on_a_mesh(name, options):
     geometry = VideoGeometry(6, (3, 4), 8)
-    model = _build(name, geometry, 36, dict(options, absorber=dict(heads=2)))
+    model = _build(name, geometry, 36, paper(options, absorber=dict(heads=2)))
     graphdef, state = nnx.split(model)
     x = _latents(5, 8, 6, 12, 8)
     mask = jnp.ones((8, 6), bool).at[3, 4:].set(False)
@@ -141,38 +141,38 @@ def test_error_messages():
     g = VideoGeometry(16, (4, 4), 8)
     with pytest.raises(ValueError, match=r"compressor\.fre_res\.num_coeffs must be in \[1, 7\] for"
                                          r" segment_len 8, got 8"):
-        compression.build("fre_res", g, 64, dict(segment_len=8, num_coeffs=8), rngs=nnx.Rngs(0))
+        compression.build("fre_res", g, 64, paper(segment_len=8, num_coeffs=8), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"compressor\.budget 10 is below one anchor frame"
                                          r" \(16 tokens\)"):
-        compression.build("fre_res", g, 10, None, rngs=nnx.Rngs(0))
+        compression.build("fre_res", g, 10, paper(), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"compressor\.fre_res\.segment_len 2 gives 8 segments"):
-        compression.build("anchors_only", g, 64, dict(segment_len=2), rngs=nnx.Rngs(0))
+        compression.build("anchors_only", g, 64, paper(segment_len=2), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"compressor\.fre_res\.pool must be in \[1, 4\]"):
-        compression.build("fre_res", g, 64, dict(pool=5), rngs=nnx.Rngs(0))
+        compression.build("fre_res", g, 64, paper(pool=5), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"compressor\.fre_res\.residual must be one of"):
-        compression.build("fre_res", g, 64, dict(residual="optical_flow"), rngs=nnx.Rngs(0))
+        compression.build("fre_res", g, 64, paper(residual="optical_flow"), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"compressor\.fre_res\.absorber\.heads must divide"):
-        compression.build("fre_res", g, 64, dict(absorber=dict(heads=3)), rngs=nnx.Rngs(0))
+        compression.build("fre_res", g, 64, paper(absorber=dict(heads=3)), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"compressor\.fre_res\.absorber\.window must be an odd"):
-        compression.build("fre_res", g, 64, dict(absorber=dict(window=2)), rngs=nnx.Rngs(0))
+        compression.build("fre_res", g, 64, paper(absorber=dict(window=2)), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"compressor\.fre_res\.segment_len must be >= 2"):
-        compression.build("temporal_dct_only", VideoGeometry(1, (4, 4), 8), 16, None,
+        compression.build("temporal_dct_only", VideoGeometry(1, (4, 4), 8), 16, paper(),
                           rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"compressor\.fre_res\.num_coeffs .* over the"):
-        compression.build("fre_res", g, 64, dict(output="dual", num_coeffs=7, pool=1),
+        compression.build("fre_res", g, 64, paper(output="dual", num_coeffs=7, pool=1),
                           rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"compressor\.fre_res\.time_windows must be in \[1, 7\] for"
                                          r" segment_len 8"):
-        compression.build("fre_res", g, 64, dict(segment_len=8, time_windows=8),
+        compression.build("fre_res", g, 64, paper(segment_len=8, time_windows=8),
                           rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"compressor\.fre_res\.time_windows must be 1 with"
                                          r" allocation='energy'"):
-        compression.build("fre_res", g, 64, dict(allocation="energy", time_windows=2),
+        compression.build("fre_res", g, 64, paper(allocation="energy", time_windows=2),
                           rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"compressor\.fre_res\.num_coeffs must be in \[1, 4\] for 2"
                                          r" time windows of segment_len 8"):
-        compression.build("fre_res", g, 64, dict(segment_len=8, time_windows=2, num_coeffs=5),
+        compression.build("fre_res", g, 64, paper(segment_len=8, time_windows=2, num_coeffs=5),
                           rngs=nnx.Rngs(0))
-    model = _build("fre_res", g, 64, dict(absorber=dict(heads=2)))
+    model = _build("fre_res", g, 64, paper(absorber=dict(heads=2)))
     with pytest.raises(ValueError, match=r"latents must be \(batch, 16, 16, 8\)"):
         model(jnp.zeros((1, 16, 15, 8)))

@@ -98,4 +98,4 @@ def test_windows_stay_inside_shots_and_do_not_overlap():
         assert (w[0] >= 25) == (w[-1] >= 25)   # one shot
     used = np.concatenate(wins)
     assert len(used) == len(set(used.tolist()))
-    assert [int(w[0]) for w in wins] == [0, 25, 49, 73]
+    assert [int(w[0]) for w in wins] == [0, 1, 2, 25, 49, 73, 26, 50, 74, 27, 51, 75]

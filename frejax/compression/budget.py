@@ -86,10 +86,14 @@ OPTIONS: options_lib.Schema = dict(
     num_coeffs=options_lib.non_negative("K kept temporal DCT coefficients per time window"),
     time_windows=options_lib.non_negative("W residual time windows per segment"),
     pool=options_lib.non_negative("p x p pooling of residual-frequency tokens"),
-    residual=Option("inter_frame", "residual trajectories", RESIDUAL_KINDS),
-    anchor=Option("middle", "anchor of a segment: a frame, or the segment's mean ('mean')",
+    # Defaults measured on natural video with a pretrained encoder (docs/natural_video.md):
+    # segment-mean anchors and the highest-energy deviation coefficients keep the most of
+    # the latent video of every Fre-Res split. The paper's split is anchor='middle',
+    # residual='inter_frame', coding='single'.
+    residual=Option("anchor_relative", "residual trajectories", RESIDUAL_KINDS),
+    anchor=Option("mean", "anchor of a segment: a frame, or the segment's mean ('mean')",
                   ANCHOR_MODES),
-    coding=Option("single", "residual track as tokens: one pooling, a pyramid of bands pooled"
+    coding=Option("energy", "residual track as tokens: one pooling, a pyramid of bands pooled"
                   " 1, 2, 4 as frequency rises, or the highest-energy (coefficient, position)"
                   " pairs per video", ("single", "pyramid", "energy")),
     allocation=Option("uniform", "coefficients per segment: equal, or by residual energy",
