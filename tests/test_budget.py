@@ -56,7 +56,7 @@ def test_auto_plan_rule():
     assert (one.num_segments, one.time_windows, one.window_len, one.num_coeffs, one.pool) == (
         1, 2, 8, 2, 2)
     assert one.residual_tokens == 16 and one.residual_slots == 4
-    one = budget_lib.make_plan(VideoGeometry(16, (4, 4), 8), 32, dict(time_windows=1))
+    one = budget_lib.make_plan(VideoGeometry(16, (4, 4), 8), 32, paper(time_windows=1))
     assert (one.time_windows, one.num_coeffs, one.pool) == (1, 4, 2)
     # Two windows that leave no room for a coefficient fall back to one.
     tight = budget_lib.make_plan(VideoGeometry(16, (1, 1), 8), 2, paper())
@@ -65,3 +65,13 @@ def test_auto_plan_rule():
     full = budget_lib.make_plan(g, g.full_tokens, paper(output="dual"))
     assert (full.segment_len, full.num_coeffs, full.pool) == (2, 1, 1)
     assert full.total_tokens == g.full_tokens
+
+
+def test_default_plan_is_the_natural_video_split():
+    """Segment-mean anchors (a quarter of the budget) and energy-chosen coefficients."""
+    g = VideoGeometry(32, (16, 16), 64)
+    plan = budget_lib.make_plan(g, 1024, None)
+    assert plan.mean_anchors and plan.num_segments == 1 and plan.time_windows == 1
+    assert (plan.num_coeffs, plan.selected) == (31, 768) and plan.total_tokens == 1024
+    four = budget_lib.make_plan(g, 2048, None)
+    assert four.num_segments == 2 and four.selected == (2048 - 512) // 2
