@@ -68,10 +68,11 @@ def test_auto_plan_rule():
 
 
 def test_default_plan_is_the_natural_video_split():
-    """Segment-mean anchors (a quarter of the budget) and energy-chosen coefficients."""
+    """Segment-mean anchors (half the budget, as the paper's rule) and energy-chosen
+    coefficients."""
     g = VideoGeometry(32, (16, 16), 64)
     plan = budget_lib.make_plan(g, 1024, None)
-    assert plan.mean_anchors and plan.num_segments == 1 and plan.time_windows == 1
-    assert (plan.num_coeffs, plan.selected) == (31, 768) and plan.total_tokens == 1024
-    four = budget_lib.make_plan(g, 2048, None)
-    assert four.num_segments == 2 and four.selected == (2048 - 512) // 2
+    assert plan.mean_anchors and plan.num_segments == 2 and plan.time_windows == 1
+    assert (plan.num_coeffs, plan.selected) == (15, 256) and plan.total_tokens == 1024
+    sixteen = budget_lib.make_plan(g, 512, None)
+    assert sixteen.num_segments == 1 and sixteen.selected == 256

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import frejax.compression as compression
-from compressor_helpers import QUICK_COMPILE, _build
+from compressor_helpers import QUICK_COMPILE, _build, paper
 from frejax.compression import budget as budget_lib
 from frejax.compression.base import VideoGeometry
 from frejax.kept_information import dct_basis
@@ -42,10 +42,11 @@ def test_every_compressor_reconstructs_the_video_shape(name):
 
 @pytest.mark.parametrize("name,options", [
     ("full", None), ("uniform_frames", None), ("temporal_dct", None), ("temporal_merge", None),
-    ("fre_res", dict(pool=1, num_coeffs=T - 1, segment_len=T)),
-    ("fre_res", dict(pool=1, num_coeffs=T - 1, segment_len=T, residual="anchor_relative")),
-    ("fre_res", dict(pool=1, num_coeffs=T - 1, segment_len=T, anchor="mean",
-                     residual="anchor_relative")),
+    ("fre_res", paper(pool=1, num_coeffs=T - 1, segment_len=T)),
+    ("fre_res", paper(pool=1, num_coeffs=T - 1, segment_len=T, residual="anchor_relative")),
+    ("fre_res", paper(pool=1, num_coeffs=T - 1, segment_len=T, anchor="mean",
+                      residual="anchor_relative")),
+    ("fre_res", dict(segment_len=T)),  # the default coding keeps all (L-1) x N coefficients
 ])
 def test_the_whole_budget_keeps_everything(name, options):
     """At T*N tokens (or T*N with every coefficient unpooled) nothing is lost."""
@@ -85,7 +86,7 @@ def test_pyramid_reconstruction_matches_a_direct_computation():
     """Mean anchor + DCT bands of the deviations, each band averaged over its p x p cells."""
     geometry = VideoGeometry(16, (8, 8), D)
     budget = 16 * 64 // 4
-    comp = _build("fre_res", geometry, budget, PYRAMID)
+    comp = _build("fre_res", geometry, budget, dict(PYRAMID, segment_len=16))
     plan = comp.plan
     assert plan.num_segments == 1 and plan.mean_anchors
     assert [p for _, p in plan.bands] == [1, 2, 4]
@@ -110,13 +111,14 @@ def test_pyramid_reconstruction_matches_a_direct_computation():
 
 def test_pyramid_rule():
     """Half the residual room to full resolution, a quarter to 2x2 cells, the rest 4x4."""
-    plan = budget_lib.make_plan(VideoGeometry(32, (16, 16), 8), 1024, PYRAMID)
+    plan = budget_lib.make_plan(VideoGeometry(32, (16, 16), 8), 1024,
+                                dict(PYRAMID, segment_len=32))
     assert plan.num_segments == 1 and plan.bands == ((1, 1), (3, 2), (20, 4))
     assert plan.residual_tokens == 256 + 3 * 64 + 20 * 16 == 768
     with pytest.raises(ValueError, match="compressor.fre_res.pool must be 0"):
         budget_lib.make_plan(GEOMETRY, 32, dict(PYRAMID, pool=2))
     with pytest.raises(ValueError, match="compressor.fre_res.residual must be 'anchor_relative'"):
-        budget_lib.make_plan(GEOMETRY, 32, dict(anchor="mean"))
+        budget_lib.make_plan(GEOMETRY, 32, dict(anchor="mean", residual="inter_frame"))
 
 
 ENERGY = dict(anchor="mean", residual="anchor_relative", coding="energy")
@@ -138,7 +140,7 @@ def test_energy_coding_spends_the_room_where_the_video_moves():
 
 
 def test_energy_coding_keeps_the_largest_coefficients():
-    comp = _build("fre_res", GEOMETRY, GEOMETRY.full_tokens // 2, ENERGY)
+    comp = _build("fre_res", GEOMETRY, GEOMETRY.full_tokens // 2, dict(ENERGY, segment_len=T))
     z = _video("random")
     coeffs = np.einsum("kt,btnd->bknd", dct_basis(T)[1:], z - z.mean(axis=1, keepdims=True))
     energy = np.sum(coeffs ** 2, axis=-1).reshape(2, -1)

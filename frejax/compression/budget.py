@@ -57,8 +57,9 @@ and coarse ones on the high frequencies keeps more than any single pooling
 are computed at full resolution and each segment keeps its ``M = R // S``
 highest-energy (coefficient, position) pairs, chosen per video (``top_k``, a static
 count); each token carries a learned embedding of its coefficient and one of its
-position. Segments with ``anchor='mean'``: a quarter of the budget buys anchors,
-``S = clip(budget // (4N), 1, T)``.
+position. Segments follow step 1 whatever the anchor: segments are what tells the
+LLM *when* a change happened (one segment of energy-chosen coefficients left
+temporal order at chance on the embedded benchmark, two learned it).
 
 Explicit values are honoured and checked; impossible ones raise ``ValueError``
 naming ``compressor.fre_res.<field>`` and the allowed range.
@@ -266,8 +267,7 @@ def make_plan(geometry: VideoGeometry, budget: int, options: Any = None,
     if seg_opt:
         seg_len = seg_opt
     else:
-        share = 1 if output in ("absorbed", "anchors") else 4 if opts["anchor"] == "mean" else 2
-        wanted = budget // (share * n)
+        wanted = budget // n if output in ("absorbed", "anchors") else budget // (2 * n)
         seg_len = -(-frames // min(frames, max(1, wanted)))
     segments = -(-frames // seg_len)
     anchor_tokens = 0 if output == "residual" else segments * n
