@@ -57,6 +57,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "fre_res:mean_single": dict(anchor="mean", residual="anchor_relative", coding="single"),
     "fre_res:mean_pyramid": dict(anchor="mean", residual="anchor_relative", coding="pyramid"),
     "fre_res:middle_energy": dict(anchor="middle", residual="anchor_relative", coding="energy"),
+    # The default with one segment of 32 frames whatever the budget (the default rule
+    # buys two segment-mean anchors at 8x of 32 frames).
+    "fre_res:one_segment": dict(segment_len=32),
 }
 
 
