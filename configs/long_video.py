@@ -41,10 +41,11 @@ def experiment(arg, *, name: str, frames: int):
     c.model.llm.update(width=128, depth=2, heads=4, kv_heads=2, mlp_dim=256, vocab_size=0)
 
     # Compressor: Fre-Res at T*N / 8 visual tokens (64 for 32 frames), its options at
-    # the defaults measured on natural video (docs/natural_video.md): one segment-mean
-    # anchor of 16 tokens and, per video, the 48 highest-energy temporal DCT coefficients
-    # of the deviations from it, each with its coefficient and position embedded. The
-    # LLM reads the absorbed anchor and those tokens (output=dual).
+    # the defaults measured on natural video (docs/natural_video.md): two segment-mean
+    # anchors of 16 tokens and, per 16-frame segment and video, the 16 highest-energy
+    # temporal DCT coefficients of the deviations from its anchor, each with its
+    # coefficient and position embedded. The LLM reads the absorbed anchors and those
+    # tokens (output=dual).
     c.compressor = config_lib.compressor_config(args.compressor, ratio=args.ratio)
 
     # Training: AdamW with warm-up and cosine decay, 1,400 steps of 32 clips.
