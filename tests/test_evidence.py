@@ -52,7 +52,8 @@ def test_smoke_sweep_writes_tables_and_plots_and_resumes(tmp_path):
     report = (tmp_path / "report" / "results.md").read_text()
     for row in ("| `fre_res` |", "| `uniform_frames` |", "absorbed only (no residual tokens)",
                 "Residual energy against DCT coefficient index", "## Static background",
-                "| `fre_res` | static |", "## Time windows", "| `fre_res` | paper split, one time window |",
+                "| `fre_res` | static |", "## Time windows",
+                "| `fre_res` | paper split, one time window |",
                 "| encoder, noise every frame |",
                 "| encoder, static background |", "| pixels, static background |"):
         assert row in report, report
