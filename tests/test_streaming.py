@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from data_pipelines import video_decode
+from compressor_helpers import PAPER
 from frejax import config_lib, streaming
 from frejax.models.video_mllm import VideoMLLM
 import video_files
@@ -22,6 +23,7 @@ def _model(num_frames: int) -> VideoMLLM:
     cfg.vision.update(image_size=GRID, patch_size=4, width=32, depth=1, heads=2, mlp_dim=64)
     cfg.llm.update(vocab_size=16, width=16, depth=1, heads=2, kv_heads=1, mlp_dim=32)
     compressor = config_lib.compressor_config("fre_res", ratio=8.0)
+    compressor.fre_res.update(PAPER)  # the layout the chunk checks below spell out
     return VideoMLLM(cfg, compressor, num_frames=num_frames, vocab_size=16, video_token_id=1,
                      rngs=nnx.Rngs(0))
 
@@ -161,6 +163,7 @@ def test_scaling_benchmark_streamed_memory_is_flat_and_whole_grows():
 
     config = long_video.get_config("smoke")
     config.data.num_frames = 16  # the 16-frame plan (L = 16, K = 4, 2x2 pool) holds at 64
+    config.compressor.fre_res.update(PAPER)
     config.compressor.fre_res.time_windows = 1  # (a one-segment clip would otherwise get two)
     rows = long_video_scaling.measure(config, [16, 64], compile_only=False, repeats=1,
                                       max_whole_run=64)
