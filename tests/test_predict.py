@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import av
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,20 +21,10 @@ from frejax import sharding
 from frejax import token_cache
 from data_pipelines import tokenizer as tokenizer_lib
 from frejax import train_state
+from video_files import write_frames
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "configs/short_video.py:smoke"
-
-
-def _write_video(path, frames):
-    with av.open(str(path), "w", format="mp4") as c:
-        s = c.add_stream("libx264", rate=8)
-        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv444p"
-        for frame in frames:
-            for packet in s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                c.mux(packet)
-        for packet in s.encode():
-            c.mux(packet)
 
 
 def _save_checkpoint(workdir, config, step=1):
@@ -70,7 +59,7 @@ def trained(tmp_path_factory):
     videos = []
     for i in range(2):
         example = source[i]
-        _write_video(root / f"clip{i}.mp4", example["frames"])
+        write_frames(root / f"clip{i}.mp4", example["frames"])
         videos.append((f"clip{i}.mp4", example["question"], example["answer"]))
     return root, workdir, videos
 

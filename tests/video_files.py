@@ -22,17 +22,26 @@ def frame_colour(i: int) -> np.ndarray:
     return np.array([(37 * i) % 256, 255 - (23 * i) % 256, 128], np.uint8)
 
 
-def write_clip(path: str, container: str, codec: str, pix_fmt: str, width: int, height: int,
-               num_frames: int, rate: int = 8) -> None:
-    with av.open(path, "w", format=container) as c:
+def write_frames(path, frames: np.ndarray, container: str = "mp4", codec: str = "libx264",
+                 pix_fmt: str = "yuv444p", rate: int = 8, options: dict | None = None) -> None:
+    """Encodes ``frames`` ``(F, H, W, 3)`` uint8 into one video file."""
+    with av.open(str(path), "w", format=container) as c:
         s = c.add_stream(codec, rate=rate)
-        s.width, s.height, s.pix_fmt = width, height, pix_fmt
-        for i in range(num_frames):
-            image = np.broadcast_to(frame_colour(i), (height, width, 3)).copy()
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
+        if options:
+            s.options = options
+        for image in frames:
             for packet in s.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
                 c.mux(packet)
         for packet in s.encode():
             c.mux(packet)
+
+
+def write_clip(path: str, container: str, codec: str, pix_fmt: str, width: int, height: int,
+               num_frames: int, rate: int = 8) -> None:
+    frames = np.stack([np.broadcast_to(frame_colour(i), (height, width, 3))
+                       for i in range(num_frames)])
+    write_frames(path, frames, container, codec, pix_fmt, rate)
 
 
 def write_bad_files(root: str) -> dict[str, str]:

@@ -200,6 +200,12 @@ def adaptive_pool_matrix(size: int, out: int) -> np.ndarray:
     return mat
 
 
+def resample_grid(x: jax.Array, rows: np.ndarray, cols: np.ndarray) -> jax.Array:
+    """``(..., h, w, D)`` -> ``(..., h', w', D)`` by the ``(h', h)`` and ``(w', w)`` matrices."""
+    return jnp.einsum("ay,bx,...yxd->...abd", jnp.asarray(rows, x.dtype),
+                      jnp.asarray(cols, x.dtype), x, precision=jax.lax.Precision.HIGHEST)
+
+
 @functools.lru_cache(maxsize=256)
 def adaptive_unpool_matrix(size: int, out: int) -> np.ndarray:
     """``(size, out)``: each cell takes the mean of the adaptive bins that cover it (the
@@ -248,10 +254,8 @@ class SpatialPool(Compressor):
             f = len(idx)
             grid = x[:, idx].reshape(b, f, h, w, d)
             if mode == "average":
-                ph = jnp.asarray(adaptive_pool_matrix(h, oh), x.dtype)
-                pw = jnp.asarray(adaptive_pool_matrix(w, ow), x.dtype)
-                pooled = jnp.einsum("ay,bx,tfyxd->tfabd", ph, pw, grid,
-                                    precision=jax.lax.Precision.HIGHEST)
+                pooled = resample_grid(grid, adaptive_pool_matrix(h, oh),
+                                       adaptive_pool_matrix(w, ow))
             else:
                 pooled = jax.image.resize(grid, (b, f, oh, ow, d), method="bilinear",
                                           antialias=True)
@@ -267,10 +271,8 @@ class SpatialPool(Compressor):
         b, d, f = latents.shape[0], latents.shape[-1], len(idx)
         pooled = self(latents).tokens[:, :f * oh * ow].reshape(b, f, oh, ow, d)
         if self.pool_mode == "average":
-            uh = jnp.asarray(adaptive_unpool_matrix(h, oh), latents.dtype)
-            uw = jnp.asarray(adaptive_unpool_matrix(w, ow), latents.dtype)
-            grid = jnp.einsum("ya,xb,tfabd->tfyxd", uh, uw, pooled,
-                              precision=jax.lax.Precision.HIGHEST)
+            grid = resample_grid(pooled, adaptive_unpool_matrix(h, oh),
+                                 adaptive_unpool_matrix(w, ow))
         else:
             grid = jax.image.resize(pooled, (b, f, h, w, d), method="bilinear")
         return interpolate_frames(grid.reshape(b, f, h * w, d), self.geometry.frames, idx)
@@ -515,10 +517,8 @@ class TemporalDct(Compressor):
         x = jnp.where(fm[:, :, None, None], x, 0.0)
         coeffs = dct_lib.dct(x, axis=1, num_coeffs=self.num_coeffs).reshape(b, -1, h, w, d)
         if (oh, ow) != (h, w):
-            ph = jnp.asarray(adaptive_pool_matrix(h, oh), x.dtype)
-            pw = jnp.asarray(adaptive_pool_matrix(w, ow), x.dtype)
-            coeffs = jnp.einsum("ay,bx,tkyxd->tkabd", ph, pw, coeffs,
-                                precision=jax.lax.Precision.HIGHEST)
+            coeffs = resample_grid(coeffs, adaptive_pool_matrix(h, oh),
+                                   adaptive_pool_matrix(w, ow))
         return coeffs
 
     def compress(self, latents: jax.Array, frame_mask: jax.Array) -> CompressedTokens:
@@ -537,8 +537,6 @@ class TemporalDct(Compressor):
         b, t, _, d = latents.shape
         coeffs = self._coefficients(latents, jnp.ones((b, t), bool))
         if (oh, ow) != (h, w):
-            uh = jnp.asarray(adaptive_unpool_matrix(h, oh), latents.dtype)
-            uw = jnp.asarray(adaptive_unpool_matrix(w, ow), latents.dtype)
-            coeffs = jnp.einsum("ya,xb,tkabd->tkyxd", uh, uw, coeffs,
-                                precision=jax.lax.Precision.HIGHEST)
+            coeffs = resample_grid(coeffs, adaptive_unpool_matrix(h, oh),
+                                   adaptive_unpool_matrix(w, ow))
         return dct_lib.idct(coeffs.reshape(b, -1, h * w, d), t, axis=1)

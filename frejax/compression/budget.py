@@ -50,16 +50,14 @@ of rising temporal frequency whose spatial pooling doubles, ``p = 1, 2, 4``
 (``PYRAMID_POOLS``). With the residual room ``R`` the full-resolution band takes
 ``K1 = floor(R/2 / P(1))`` coefficients, the 2x2 band ``K2 = floor(R/4 / P(2))``, the
 4x4 band what is left, ``K4 = floor((R - K1 P(1) - K2 P(2)) / P(4))`` (each capped so
-that ``K1 + K2 + K4 <= L-1``). On natural video a latent's temporal change is
-spatially coarser the faster it is, so spending fine cells on the low frequencies
-and coarse ones on the high frequencies keeps more than any single pooling
-(``docs/natural_video.md``). ``energy`` (one time window): all ``L-1`` coefficients
+that ``K1 + K2 + K4 <= L-1``): fine cells for the low frequencies, coarse ones for
+the high (``docs/natural_video.md`` measures it beside the other codings).
+``energy`` (one time window): all ``L-1`` coefficients
 are computed at full resolution and each segment keeps its ``M = R // S``
 highest-energy (coefficient, position) pairs, chosen per video (``top_k``, a static
 count); each token carries a learned embedding of its coefficient and one of its
-position. Segments follow step 1 whatever the anchor: segments are what tells the
-LLM *when* a change happened (one segment of energy-chosen coefficients left
-temporal order at chance on the embedded benchmark, two learned it).
+position. Segments follow step 1 whatever the anchor: with one window per segment,
+segments are what tells the LLM *when* a change happened.
 
 Explicit values are honoured and checked; impossible ones raise ``ValueError``
 naming ``compressor.fre_res.<field>`` and the allowed range.
@@ -87,10 +85,10 @@ OPTIONS: options_lib.Schema = dict(
     num_coeffs=options_lib.non_negative("K kept temporal DCT coefficients per time window"),
     time_windows=options_lib.non_negative("W residual time windows per segment"),
     pool=options_lib.non_negative("p x p pooling of residual-frequency tokens"),
-    # Defaults measured on natural video with a pretrained encoder (docs/natural_video.md):
-    # segment-mean anchors and the highest-energy deviation coefficients keep the most of
-    # the latent video of every Fre-Res split. The paper's split is anchor='middle',
-    # residual='inter_frame', coding='single'.
+    # Defaults chosen from natural-video measurements with a pretrained encoder
+    # (docs/natural_video.md): segment-mean anchors and the highest-energy deviation
+    # coefficients. The paper's split is anchor='middle', residual='inter_frame',
+    # coding='single'.
     residual=Option("anchor_relative", "residual trajectories", RESIDUAL_KINDS),
     anchor=Option("mean", "anchor of a segment: a frame, or the segment's mean ('mean')",
                   ANCHOR_MODES),

@@ -246,7 +246,6 @@ class FreRes(Compressor):
         tokens = tokens.reshape(b, -1, d)
         return tokens, jnp.repeat(mask.reshape(b, -1), p, axis=1)
 
-
     def reconstruct(self, latents: jax.Array) -> jax.Array:
         """Anchors plus the kept residual-frequency tokens, unpooled and inverted.
 

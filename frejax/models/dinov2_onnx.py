@@ -143,36 +143,14 @@ def check(onnx_path: str, folder: str, frames: np.ndarray) -> float:
     import jax.numpy as jnp  # noqa: PLC0415
     from flax import nnx  # noqa: PLC0415
 
-    from frejax.models import vit  # noqa: PLC0415
+    from frejax.models import hf_import, vit  # noqa: PLC0415
 
-    model = load_vit(folder, frames.shape[1])
+    model = hf_import.load_vision(folder, frames.shape[1])
     graphdef, state = nnx.split(model)
     ours = jax.jit(lambda s, x: nnx.merge(graphdef, s).encode_images(x))(state, jnp.asarray(frames))
     pixels = np.asarray(vit.normalize_pixels(jnp.asarray(frames), "imagenet"))
     theirs = onnx_backbone_tokens(onnx_path, pixels.transpose(0, 3, 1, 2))[:, 1:]
     return float(np.max(np.abs(np.asarray(ours) - theirs)))
-
-
-def load_vit(folder: str, image_size: int):
-    """frejax ``ViT`` with the weights of a DINOv2 folder at ``image_size`` px (float32)."""
-    import ml_collections  # noqa: PLC0415
-    from flax import nnx  # noqa: PLC0415
-
-    from frejax.models import hf_import  # noqa: PLC0415
-    from frejax.models.vit import ViT  # noqa: PLC0415
-
-    hf = hf_import.SafetensorsFolder(folder)
-    cfg = ml_collections.ConfigDict(dict(hf_import.vision_config_from_hf(hf.config),
-                                         image_size=image_size, remat=False, encode_chunk=0))
-    model = ViT(cfg, rngs=nnx.Rngs(0))
-    side = image_size // cfg.patch_size
-    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    params = hf_import.load_params(hf, hf_import.vision_param_map(hf, (side, side)), params,
-                                   "encoder")
-    state = nnx.state(model, nnx.Param)
-    nnx.replace_by_pure_dict(state, params)
-    nnx.update(model, state)
-    return model
 
 
 def main(argv):

@@ -656,3 +656,26 @@ def load_pretrained(config: Any, params: dict) -> dict:
         check_config(llm_config_from_hf(folder.config), config.model.llm, "model.llm", llm_path)
         params["llm"] = load_params(folder, llm_param_map(folder), params["llm"], "llm")
     return params
+
+
+def load_vision(folder: str, image_size: int) -> Any:
+    """A float32 ``ViT`` holding the weights of a SigLIP / DINOv2 folder, at ``image_size`` px.
+
+    For tools that need the encoder alone (``frejax.analyze``, the ONNX check); runs
+    take theirs through ``load_pretrained``.
+    """
+    import ml_collections  # noqa: PLC0415
+    from flax import nnx  # noqa: PLC0415
+
+    from frejax.models.vit import ViT  # noqa: PLC0415
+
+    hf = SafetensorsFolder(folder)
+    cfg = ml_collections.ConfigDict(dict(vision_config_from_hf(hf.config),
+                                         image_size=image_size, remat=False, encode_chunk=0))
+    model = ViT(cfg, rngs=nnx.Rngs(0))
+    side = image_size // cfg.patch_size
+    state = nnx.state(model, nnx.Param)
+    nnx.replace_by_pure_dict(state, load_params(hf, vision_param_map(hf, (side, side)),
+                                                nnx.to_pure_dict(state), "encoder"))
+    nnx.update(model, state)
+    return model

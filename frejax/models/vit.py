@@ -148,10 +148,7 @@ class ViT(nnx.Module):
         self.pos_embed = make_param(nnx.initializers.normal(self.width ** -0.5),
                                     ("tokens", "embed"), (side * side, self.width),
                                     param_dtype, rngs)
-        self.pixel_norm = str(cfg.pixel_norm)
-        if self.pixel_norm not in PIXEL_NORMS:
-            raise ValueError(f"model.vision.pixel_norm must be one of {tuple(PIXEL_NORMS)},"
-                             f" got {self.pixel_norm!r}")
+        self.pixel_norm = str(cfg.pixel_norm)  # checked by normalize_pixels
         self.num_registers = int(cfg.registers)
         if self.num_registers < 0:
             raise ValueError(f"model.vision.registers must be >= 0, got {self.num_registers}")
