@@ -99,3 +99,11 @@ def test_windows_stay_inside_shots_and_do_not_overlap():
     used = np.concatenate(wins)
     assert len(used) == len(set(used.tolist()))
     assert [int(w[0]) for w in wins] == [0, 1, 2, 25, 49, 73, 26, 50, 74, 27, 51, 75]
+
+
+def test_fast_motion_is_not_a_cut():
+    """Steady large changes (fast motion) stay one shot; only a jump out of line with its
+    neighbours is a cut."""
+    d = np.full(40, 0.12)
+    d[19] = 0.9
+    assert info.detect_shots(d) == [(0, 20), (20, 41)]
