@@ -1,0 +1,236 @@
+r"""Accelerator-scale speed and memory, before and after, written to ``docs/accelerator_scale``.
+
+Each part runs on its own and merges its rows into ``docs/accelerator_scale.json``;
+the Markdown report is rebuilt from that file every time, so parts can be run
+(and rerun) separately on the machines that suit them:
+
+    # Pod train step, AOT-compiled for compile-only TPU devices (needs libtpu:
+    # pip install -e ".[tpu]"); ``--source`` / ``--baseline`` measure another
+    # revision of frejax with this same command (``git worktree``).
+    python -m benchmarks.accelerator_scale --part=pod
+    python -m benchmarks.accelerator_scale --part=pod --baseline=113c08a
+
+    python -m benchmarks.accelerator_scale --part=attention   # backends at 8k / 32k tokens
+    python -m benchmarks.accelerator_scale --part=cpu_step    # the main job's train step
+
+``pod`` compiles ``configs/long_video.py:scale=pod`` (8B parameters, global
+batch 256) with ``python -m frejax.aot --topology=...`` in a subprocess and
+records its wall and CPU time, and the per-chip figures the TPU compiler
+reports (or the fact that it refused the program as too large for HBM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_OUT = os.path.join(REPO, "docs", "accelerator_scale")
+POD_CONFIG = "configs/long_video.py:scale=pod"
+TOPOLOGIES = ("v5e:16x16", "v5p:8x8x4")
+
+
+# ----------------------------------------------------------------------------
+# The report file.
+# ----------------------------------------------------------------------------
+
+
+def load(out: str) -> dict:
+    path = out + ".json"
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    return {}
+
+
+def save(out: str, report: dict) -> None:
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out + ".json", "w") as f:
+        json.dump(report, f, indent=2, sort_keys=True)
+    with open(out + ".md", "w") as f:
+        f.write(markdown(report))
+    print(f"wrote {out}.json and {out}.md")
+
+
+def git_rev(source: str) -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=source,
+                         capture_output=True, text=True, check=False)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                           cwd=source, capture_output=True, text=True, check=False).stdout
+    return out.stdout.strip() + ("+changes" if dirty.strip() else "")
+
+
+@contextlib.contextmanager
+def checkout(rev: str | None, source: str | None):
+    """The frejax tree to measure: ``source``, a worktree of ``rev``, or this one."""
+    if source:
+        yield os.path.abspath(source)
+        return
+    if not rev:
+        yield REPO
+        return
+    with tempfile.TemporaryDirectory(prefix="frejax-rev-") as tmp:
+        path = os.path.join(tmp, "tree")
+        subprocess.run(["git", "worktree", "add", "--detach", path, rev], cwd=REPO, check=True,
+                       capture_output=True)
+        try:
+            yield path
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", path], cwd=REPO,
+                           check=False, capture_output=True)
+
+
+# ----------------------------------------------------------------------------
+# Part ``pod``: AOT compile of the pod config per TPU topology.
+# ----------------------------------------------------------------------------
+
+_FIGURE = re.compile(r"^\s+(arguments|temporaries|peak|train state|batch)\s+([\d.]+) GiB \((\d+) B\)")
+
+
+def compile_pod(source: str, topology: str, overrides: list[str]) -> dict:
+    """Runs ``frejax.aot`` for ``topology`` in ``source``; wall/CPU seconds and per-chip figures."""
+    cmd = [sys.executable, "-m", "frejax.aot", f"--config={POD_CONFIG}",
+           f"--topology={topology}"] + overrides
+    env = dict(os.environ, PYTHONPATH=source, JAX_PLATFORMS="cpu")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=source, env=env, capture_output=True, text=True,
+                          check=False)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    row = dict(topology=topology, overrides=overrides, wall_s=round(wall, 1),
+               cpu_s=round((after.ru_utime - before.ru_utime)
+                           + (after.ru_stime - before.ru_stime), 1),
+               exit_code=proc.returncode)
+    for line in proc.stdout.splitlines():
+        m = _FIGURE.match(line)
+        if m:
+            row[m.group(1).replace(" ", "_") + "_bytes"] = int(m.group(3))
+        if line.startswith("does not fit:"):
+            row["does_not_fit"] = line[len("does not fit:"):].strip()[:400]
+        if "FLOPs per step" in line:
+            row["flops_line"] = line.strip()
+    if proc.returncode not in (0, 1) or (proc.returncode == 1 and "does_not_fit" not in row):
+        row["error"] = (proc.stderr.strip().splitlines() or ["?"])[-1][:400]
+    return row
+
+
+def run_pod(args, report: dict) -> None:
+    with checkout(args.baseline, args.source) as source:
+        rev = args.baseline or git_rev(source)
+        label = args.label or ("before" if args.baseline else "after")
+        for topology in args.topologies.split(","):
+            print(f"compiling {POD_CONFIG} for {topology} at {rev} ...", flush=True)
+            row = compile_pod(source, topology, args.override or [])
+            row.update(label=label, revision=rev,
+                       command=command_line(args),
+                       date=datetime.date.today().isoformat())
+            print(json.dumps(row), flush=True)
+            rows = [r for r in report.setdefault("pod", [])
+                    if not (r["label"] == label and r["topology"] == topology
+                            and r.get("overrides", []) == row["overrides"])]
+            report["pod"] = rows + [row]
+            save(args.out, report)
+
+
+# ----------------------------------------------------------------------------
+# The Markdown report.
+# ----------------------------------------------------------------------------
+
+
+def _gib(n) -> str:
+    return "–" if n is None else f"{n / 2**30:.2f}"
+
+
+def markdown(report: dict) -> str:
+    lines = ["# Accelerator-scale speed and memory", "",
+             "Written by `python -m benchmarks.accelerator_scale` (each part's command is in its"
+             " rows); the JSON beside this file holds every figure.", ""]
+    pod = report.get("pod", [])
+    if pod:
+        lines += ["## Pod train step: AOT compile for compile-only TPU devices", "",
+                  f"`{POD_CONFIG}` (8B parameters, global batch 256 unless overridden), compiled"
+                  " by `python -m frejax.aot --topology=...` in a subprocess. Compile time is the"
+                  " subprocess's wall and CPU time (JAX start-up, tracing, lowering, XLA)."
+                  " Per-chip figures are the TPU compiler's memory analysis.", "",
+                  "| label | revision | topology | overrides | wall s | CPU s | state GiB |"
+                  " temporaries GiB | peak GiB | fits |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in sorted(pod, key=lambda r: (r["topology"], r["label"] != "before")):
+            fits = ("no: " + r["does_not_fit"][:120] if "does_not_fit" in r
+                    else "error: " + r["error"][:120] if "error" in r else "yes")
+            lines.append(
+                f"| {r['label']} | {r['revision']} | {r['topology']} |"
+                f" {' '.join(r.get('overrides', [])) or '–'} | {r['wall_s']} | {r['cpu_s']} |"
+                f" {_gib(r.get('train_state_bytes'))} | {_gib(r.get('temporaries_bytes'))} |"
+                f" {_gib(r.get('peak_bytes'))} | {fits} |")
+        lines += ["", "Commands:", ""]
+        lines += sorted({f"- `{r['command']}`" for r in pod})
+        lines.append("")
+        speedups = []
+        for topology in sorted({r["topology"] for r in pod}):
+            by = {r["label"]: r for r in pod if r["topology"] == topology
+                  and not r.get("overrides")}
+            if "before" in by and "after" in by:
+                speedups.append(f"- {topology}: compile {by['before']['wall_s']} s ->"
+                                f" {by['after']['wall_s']} s wall"
+                                f" ({by['before']['wall_s'] / by['after']['wall_s']:.1f}x)")
+        if speedups:
+            lines += ["Before -> after (default overrides):", ""] + speedups + [""]
+    for key, title in (("attention", "Attention backends"), ("cpu_step", "CPU main job"),
+                       ("gpu_suite", "GPU suite")):
+        section = report.get(key)
+        if section:
+            lines += [f"## {title}", ""] + section.get("markdown", []) + [""]
+    return "\n".join(lines)
+
+
+def command_line(args) -> str:
+    parts = ["python -m benchmarks.accelerator_scale", f"--part={args.part}"]
+    if args.baseline:
+        parts.append(f"--baseline={args.baseline}")
+    if args.topologies != ",".join(TOPOLOGIES):
+        parts.append(f"--topologies={args.topologies}")
+    for o in args.override or []:
+        parts.append(f"--override={o}")
+    if args.label:
+        parts.append(f"--label={args.label}")
+    return " ".join(parts)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--part", required=True, choices=("pod", "attention", "cpu_step"))
+    p.add_argument("--out", default=DEFAULT_OUT, help="report path without extension")
+    p.add_argument("--baseline", default=None, help="git revision to measure (pod part)")
+    p.add_argument("--source", default=None, help="frejax tree to measure (pod part)")
+    p.add_argument("--label", default=None, help="row label (default: before/after)")
+    p.add_argument("--topologies", default=",".join(TOPOLOGIES))
+    p.add_argument("--override", action="append",
+                   help="extra frejax.aot flag, e.g. --config.train.batch_size=64")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    report = load(args.out)
+    if args.part == "pod":
+        run_pod(args, report)
+    else:
+        from benchmarks import accelerator_parts  # noqa: PLC0415  (imports JAX)
+
+        accelerator_parts.run(args.part, args, report)
+        save(args.out, report)
+
+
+if __name__ == "__main__":
+    main()
