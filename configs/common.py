@@ -60,10 +60,10 @@ def apply_pod_scale(c: ml_collections.ConfigDict) -> None:
     c.data.update(num_frames=64, image_size=378, max_text_len=2048, max_answer_len=256,
                   worker_count=8, read_threads=8)
     c.model.vision.update(image_size=378, patch_size=14, width=1152, depth=27, heads=16,
-                          mlp_dim=4304, remat=True, encode_chunk=16)
+                          mlp_dim=4304, remat="full", encode_chunk=16)
     c.model.llm.update(vocab_size=152_064, width=3584, depth=28, heads=28, kv_heads=4,
                        head_dim=128, mlp_dim=18_944, rope_theta=1_000_000.0, qkv_bias=True,
-                       tie_embeddings=False, remat=True)
+                       tie_embeddings=False, remat="full")
     if compression.get(c.compressor.name).section == "fre_res":  # Fre-Res or an ablation
         c.compressor.fre_res.absorber.heads = 16  # head width 72 at encoder width 1152
     c.optim.update(learning_rate=2e-5, warmup_steps=500)

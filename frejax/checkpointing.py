@@ -230,7 +230,8 @@ class Checkpointer:
             more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
             raise CheckpointMismatchError(
                 f"checkpoint step {step} in {self.directory} does not fit the train state"
-                f" the current code builds (model or optimiser changed?):\n  {shown}{more}")
+                f" the current code builds (model or optimiser changed?):\n  {shown}{more}"
+                + _layer_layout_hint(saved, wanted))
 
     def _report_unfinished_saves(self) -> None:
         if not os.path.isdir(self.directory):
@@ -313,6 +314,9 @@ def _data_iter_file() -> str:
 # iterator position.
 MUST_MATCH_KEYS = ("model.", "compressor.", "data.num_frames", "data.image_size",
                    "data.name", "data.tokenizer", "data.tokenizer_path", "data.worker_count")
+# Keys under ``model.`` that change how the same params are computed, not their shapes.
+COMPUTE_ONLY_KEYS = ("model.vision.remat", "model.llm.remat", "model.vision.attention",
+                     "model.llm.attention", "model.vision.encode_chunk")
 # Keys a resumed run may change without changing what it computes.
 SAFE_KEYS = ("name", "eval.", "train.log_every", "train.progress_bar",
              "train.checkpoint_every", "train.checkpoint_minutes", "train.keep_checkpoints",
@@ -338,7 +342,8 @@ def check_config_drift(saved: Mapping[str, Any], current: ml_collections.ConfigD
     changed = {k: (old.get(k, _ABSENT), new.get(k, _ABSENT))
                for k in sorted(set(old) | set(new)) if old.get(k, _ABSENT) != new.get(k, _ABSENT)}
     fatal = {k: v for k, v in changed.items()
-             if _matches(k, MUST_MATCH_KEYS) and _ABSENT not in v}
+             if _matches(k, MUST_MATCH_KEYS) and not _matches(k, COMPUTE_ONLY_KEYS)
+             and _ABSENT not in v}
     if fatal:
         lines = "\n  ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in fatal.items())
         raise ConfigDriftError(
@@ -392,6 +397,25 @@ def _shapes_by_path(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
                         for k in path)
         out[name] = (tuple(leaf.shape), str(np.dtype(leaf.dtype)))
     return out
+
+
+_UNSTACKED = re.compile(r"/(layers|blocks)/\d+/")
+
+
+def _layer_layout_hint(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> str:
+    """Names the cause when one side has per-layer params and the other stacked ones."""
+    saved_unstacked = any(_UNSTACKED.search(p) for p in saved)
+    wanted_unstacked = any(_UNSTACKED.search(p) for p in wanted)
+    if saved_unstacked == wanted_unstacked:
+        return ""
+    if saved_unstacked:
+        return ("\nThe checkpoint holds unstacked layers (layers/0/..., written with"
+                " scan_layers=False or before layers were scanned) and the config builds"
+                " stacked ones: resume with --config.model.vision.scan_layers=False"
+                " --config.model.llm.scan_layers=False.")
+    return ("\nThe checkpoint holds stacked (scanned) layers and the config builds unstacked"
+            " ones: resume with --config.model.vision.scan_layers=True"
+            " --config.model.llm.scan_layers=True.")
 
 
 def _first_line(e: BaseException) -> str:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import ml_collections
 
 from data_pipelines import video_qa_synthetic
-from frejax import compression, sharding
+from frejax import attention, compression, sharding
+from frejax.layers import REMAT_POLICIES
 from frejax.compression import options as options_lib
 
 # Logical axis -> mesh axes. Parameters are sharded over fsdp on their embed
@@ -92,7 +93,11 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict(dict(
         vision=dict(image_size=32, patch_size=8, width=64, depth=2, heads=4, mlp_dim=128,
-                    remat=False, encode_chunk=0,
+                    # Layers stacked and scanned (one compiled) or unrolled; remat policy
+                    # none | full | save_dots | save_dots_no_batch (frejax/layers.py);
+                    # attention auto | xla | dot_product | splash | blockwise
+                    # (frejax/attention.py).
+                    scan_layers=True, remat="none", attention="auto", encode_chunk=0,
                     norm_eps=1e-6,
                     # SigLIP layout by default; DINOv2 sets the next five from its config.json.
                     cls_token=False, registers=0, layer_scale=False, gelu_approximate=True,
@@ -102,7 +107,8 @@ def base_config() -> ml_collections.ConfigDict:
         projector=dict(hidden=0),
         llm=dict(vocab_size=0,  # 0: from the tokenizer
                  width=128, depth=2, heads=4, kv_heads=2, head_dim=0, mlp_dim=256,
-                 rope_theta=10_000.0, qkv_bias=True, tie_embeddings=True, remat=False,
+                 rope_theta=10_000.0, qkv_bias=True, tie_embeddings=True,
+                 scan_layers=True, remat="none", attention="auto",  # as in model.vision
                  norm_eps=1e-6,
                  # type none | llama3 (Llama-3.1 frequency scaling; the rest its parameters)
                  rope_scaling=dict(type="none", factor=8.0, low_freq_factor=1.0,
@@ -153,6 +159,10 @@ _CHOICES = {
     "data.resize": ("crop", "pad"),
     "data.tokenizer": ("auto", "sentencepiece", "huggingface"),
     "model.vision.pixel_norm": ("symmetric", "imagenet"),
+    "model.vision.remat": tuple(REMAT_POLICIES),
+    "model.vision.attention": attention.IMPLEMENTATIONS,
+    "model.llm.remat": tuple(REMAT_POLICIES),
+    "model.llm.attention": attention.IMPLEMENTATIONS,
     "model.llm.rope_scaling.type": ("none", "llama3"),
     "train.dtype": ("auto", "float32", "bfloat16"),
 }

@@ -2,7 +2,7 @@
 
 Every parameter is created through ``sharding.param`` so it carries logical axis
 names (``out_sharding`` metadata); the mesh mapping lives in the config.
-Attention math is a pure function so tests can check it against plain ``jnp``.
+Attention is ``frejax.attention``; stacked (scanned) layers and remat policies are here.
 """
 
 from __future__ import annotations
@@ -18,10 +18,6 @@ from frejax import sharding
 
 Initializer = Any
 Shape = tuple[int, ...]
-
-# Finite "minus infinity": a fully masked row softmaxes to uniform, never NaN.
-MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
-
 
 def make_param(init: Initializer, names: Sequence[str | None], shape: Shape,
                param_dtype: Any, rngs: nnx.Rngs) -> nnx.Param:
@@ -107,43 +103,103 @@ class RMSNorm(nnx.Module):
         return (y * self.scale[...].astype(jnp.float32)).astype(self.dtype)
 
 
-def remat_call(module: nnx.Module, *args: Any) -> Any:
-    """``module(*args)`` under ``jax.checkpoint``: activations are recomputed in the backward pass.
+# Rematerialisation policies (``model.*.remat``): what the backward pass may keep
+# of a layer's forward pass instead of recomputing it.
+REMAT_POLICIES = {
+    "none": None,                # keep every activation (no jax.checkpoint)
+    "full": "nothing_saveable",  # keep only the layer's input
+    "save_dots": "dots_saveable",  # keep matmul outputs, recompute the rest
+    "save_dots_no_batch": "dots_with_no_batch_dims_saveable",  # matmuls without batch dims
+}
 
-    Pure functional (split -> checkpoint -> merge), so it nests inside ``lax.map``/``scan``.
+
+def check_remat(name: str, key: str) -> str:
+    if name not in REMAT_POLICIES:
+        raise ValueError(f"{key} must be one of {tuple(REMAT_POLICIES)}, got {name!r}")
+    return name
+
+
+def rematerialize(fn: Any, policy: str) -> Any:
+    """``fn`` under ``jax.checkpoint`` with the named policy (``"none"``: ``fn`` itself)."""
+    check_remat(policy, "remat policy")
+    if policy == "none":
+        return fn
+    return jax.checkpoint(fn, policy=getattr(jax.checkpoint_policies, REMAT_POLICIES[policy]))
+
+
+def remat_call(module: nnx.Module, *args: Any, policy: str = "full") -> Any:
+    """``module(*args)`` under ``rematerialize``: pure functional (split -> checkpoint -> merge).
+
+    Nests inside ``lax.map``/``scan``.
     """
+    if policy == "none":
+        return module(*args)
     graphdef, state = nnx.split(module)
 
-    @jax.checkpoint
     def run(state: Any, *args: Any) -> Any:
         return nnx.merge(graphdef, state)(*args)
 
-    return run(state, *args)
+    return rematerialize(run, policy)(state, *args)
 
 
-def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
-                          mask: jax.Array | None = None) -> jax.Array:
-    """Grouped-query attention with a float32 softmax.
+# ----------------------------------------------------------------------------
+# Stacked layers: one module whose params carry a leading ``layers`` axis.
+# ----------------------------------------------------------------------------
 
-    Args:
-      q: ``(batch, length L, heads H, head_dim)``.
-      k, v: ``(batch, keys S, kv_heads K, head_dim)``; ``H % K == 0``, query head
-        ``h`` reads key/value head ``h // (H // K)``.
-      mask: bool, broadcastable to ``(batch, L, S)``; True where a query may
-        attend to a key.
-    Returns:
-      ``(batch, L, H, head_dim)`` in ``v.dtype``.
+
+def _variables(state: Any) -> list[nnx.Variable]:
+    return jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def stack_modules(modules: Sequence[nnx.Module]) -> nnx.Module:
+    """Identical modules -> one module whose every array has a leading ``layers`` axis.
+
+    The layers are built one by one first, so a stacked model draws exactly the
+    random init of the unrolled one (switching ``scan_layers`` changes no number).
     """
-    b, l, h, d = q.shape
-    kv_heads = k.shape[2]
-    if h % kv_heads:
-        raise ValueError(f"attention: heads {h} not divisible by kv_heads {kv_heads}")
-    q = q.reshape(b, l, kv_heads, h // kv_heads, d)
-    scores = jnp.einsum("blkgd,bskd->bkgls", q, k,
-                        preferred_element_type=jnp.float32) * (d ** -0.5)
-    if mask is not None:
-        mask = jnp.broadcast_to(mask, (b, l, k.shape[1]))
-        scores = jnp.where(mask[:, None, None], scores, MASK_VALUE)
-    probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgls,bskd->blkgd", probs, v)
-    return out.reshape(b, l, h, d)
+    graphdef, _ = nnx.split(modules[0])
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *(nnx.state(m) for m in modules))
+    for v in _variables(stacked):
+        names = v.get_metadata().get("out_sharding")
+        if names is not None:
+            v.set_metadata(out_sharding=("layers",) + tuple(names))
+    return nnx.merge(graphdef, stacked)
+
+
+def _take_layer(x: Any, i: int) -> Any:
+    if isinstance(x, jax.ShapeDtypeStruct):  # an abstract module (nnx.eval_shape)
+        return jax.ShapeDtypeStruct(x.shape[1:], x.dtype)
+    return x[i]
+
+
+def unstack_module(module: nnx.Module) -> list[nnx.Module]:
+    """The inverse of ``stack_modules``."""
+    graphdef, state = nnx.split(module)
+    depth = _variables(state)[0].shape[0]
+    out = []
+    for i in range(depth):
+        layer = jax.tree.map(lambda x, i=i: _take_layer(x, i), state)
+        for v in _variables(layer):
+            names = v.get_metadata().get("out_sharding")
+            if names is not None:
+                v.set_metadata(out_sharding=tuple(names)[1:])
+        out.append(nnx.merge(graphdef, layer))
+    return out
+
+
+def scan_layers(layers: nnx.Module, step: Any, carry: Any, xs: Any = None, *,
+                remat: str = "none") -> tuple[Any, Any]:
+    """``lax.scan`` of ``step(layer, carry, x) -> (carry, y)`` over stacked ``layers``.
+
+    ``xs`` (or None) carries per-layer inputs with a leading ``layers`` axis, such
+    as a KV cache; each layer's body is rematerialised by the named policy. One
+    layer is traced and compiled, whatever the depth.
+    """
+    graphdef, state = nnx.split(layers)
+
+    def body(carry: Any, inputs: Any) -> tuple[Any, Any]:
+        layer_state, x = inputs
+        return step(nnx.merge(graphdef, layer_state), carry, x)
+
+    return jax.lax.scan(rematerialize(body, remat), carry, (state, xs))
+

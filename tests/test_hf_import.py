@@ -167,9 +167,9 @@ def test_import_places_every_leaf_in_its_mesh_sharding(tmp_path):
                                  jax.tree.leaves(shardings)):
         assert got.sharding == target
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
-    q = sharded["layers"][0]["attn"]["query"]["kernel"]
-    assert q.sharding.spec == jax.P("fsdp", "tensor", None)  # really split, not replicated
-    np.testing.assert_array_equal(np.asarray(q), tensors[pre + "self_attn.q_proj.weight"].T
+    q = sharded["layers"]["attn"]["query"]["kernel"]  # stacked: (layers, embed, heads, hd)
+    assert q.sharding.spec == jax.P(None, "fsdp", "tensor", None)  # really split
+    np.testing.assert_array_equal(np.asarray(q)[0], tensors[pre + "self_attn.q_proj.weight"].T
                                   .reshape(d, 4, hd))
     np.testing.assert_array_equal(np.asarray(sharded["lm_head"]["kernel"]),
                                   tensors["lm_head.weight"].T)

@@ -32,10 +32,11 @@ def test_lora_dense_starts_as_the_base_and_adds_a_low_rank_update():
     assert adapted.lora_a.get_metadata()["out_sharding"] == ("embed", None)
 
 
-def test_apply_lora_adapts_attention_and_mlp_and_keeps_the_output():
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_apply_lora_adapts_attention_and_mlp_and_keeps_the_output(scan_layers):
     cfg = config_lib.base_config().model.llm
     cfg.update(vocab_size=20, width=16, depth=2, heads=4, kv_heads=2, mlp_dim=32, qkv_bias=True,
-               tie_embeddings=False)
+               tie_embeddings=False, scan_layers=scan_layers)
     llm = LLM(cfg, rngs=nnx.Rngs(0))
     tokens = jnp.arange(12).reshape(2, 6) % 20
     positions = jnp.tile(jnp.arange(6), (2, 1))
@@ -44,10 +45,29 @@ def test_apply_lora_adapts_attention_and_mlp_and_keeps_the_output():
     lora.apply_lora(llm, rank=4, alpha=8.0, rngs=nnx.Rngs(1))
     after = forward(llm)
     np.testing.assert_array_equal(after, before)
-    names = {"/".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(llm, nnx.Param))}
+    flat = {"/".join(map(str, p)): v for p, v in nnx.to_flat_state(nnx.state(llm, nnx.Param))}
     for target in ("attn/query", "attn/key", "attn/value", "attn/out", "mlp/gate", "mlp/up",
                    "mlp/down"):
-        assert f"layers/1/{target}/lora_a" in names and f"layers/1/{target}/kernel" in names
+        if scan_layers:  # one stacked adapter per param, a leading axis of 2 layers
+            assert flat[f"layers/{target}/lora_a"].shape[0] == 2
+            assert f"layers/{target}/kernel" in flat
+        else:
+            assert f"layers/1/{target}/lora_a" in flat and f"layers/1/{target}/kernel" in flat
+
+
+def test_lora_on_stacked_layers_draws_the_unrolled_adapters():
+    cfg = config_lib.base_config().model.llm
+    cfg.update(vocab_size=20, width=16, depth=3, heads=4, kv_heads=2, mlp_dim=32)
+    llms = {}
+    for scan in (True, False):
+        cfg.scan_layers = scan
+        llms[scan] = lora.apply_lora(LLM(cfg, rngs=nnx.Rngs(0)), rank=2, alpha=4.0,
+                                     rngs=nnx.Rngs(1))
+    stacked = nnx.to_pure_dict(nnx.state(llms[True], nnx.Param))["layers"]
+    unrolled = nnx.to_pure_dict(nnx.state(llms[False], nnx.Param))["layers"]
+    for i in range(3):
+        jax.tree.map(lambda s, u, i=i: np.testing.assert_array_equal(s[i], u),
+                     stacked, unrolled[i])
 
 
 def _params():
@@ -151,4 +171,4 @@ def test_stage2_lora_train_step_updates_only_adapters_and_projector():
     changed = {p for p in flat_before if not np.array_equal(flat_before[p], flat_after[p])}
     groups = {train_state.training_group(p) for p in changed}
     assert groups == {"lora", "projector"}, groups
-    assert ("llm", "layers", 0, "attn", "query", "kernel") not in changed
+    assert ("llm", "layers", "attn", "query", "kernel") not in changed

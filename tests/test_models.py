@@ -12,7 +12,7 @@ from flax import nnx
 from frejax import compression, config_lib, sharding
 from frejax.compression import CompressedTokens, Compressor
 from frejax.models import LLM, Projector, VideoMLLM, ViT, apply_rope
-from frejax.layers import dot_product_attention
+from frejax.attention import AttentionMask, attention
 
 VOCAB = 64
 VIDEO_ID = 3
@@ -161,7 +161,7 @@ def jit_method(module, method):
 def test_vit_shapes_and_chunked_encoding_matches():
     frames = jnp.asarray(np.random.default_rng(1).integers(0, 256, (2, 5, 8, 8, 3), np.uint8))
     full = fast_init(lambda: ViT(vision_cfg(), rngs=nnx.Rngs(0)))
-    chunked = fast_init(lambda: ViT(vision_cfg(encode_chunk=2, remat=True), rngs=nnx.Rngs(0)))
+    chunked = fast_init(lambda: ViT(vision_cfg(encode_chunk=2, remat="full"), rngs=nnx.Rngs(0)))
     nnx.update(chunked, nnx.state(full))  # same weights, chunked over frames (5 -> 2 + 2 + 1)
     assert full.grid == (2, 2)
     out = jit_method(full, "__call__")(frames)
@@ -202,21 +202,23 @@ def test_gqa_equals_mha_reference():
     causal = np.tril(np.ones((l, l), bool))[None]
     mask = jnp.asarray(causal & np.array([[1] * l, [1] * 4 + [0] * 2], bool)[:, None])
     pos = jnp.broadcast_to(jnp.arange(l), (b, l))
-    attn = fast_init(lambda: LLM(llm_cfg(kv_heads=4, depth=1), rngs=nnx.Rngs(0))).layers[0].attn
+    attn = fast_init(lambda: LLM(llm_cfg(kv_heads=4, depth=1, scan_layers=False),
+                                 rngs=nnx.Rngs(0))).layers[0].attn
     graphdef, state = nnx.split(attn)
 
     @jit
     def run(state):
         attn = nnx.merge(graphdef, state)
         k2, v2 = k[:, :, :2], v[:, :, :2]
-        got_module, _ = attn(x, pos, mask)
+        got_module, _ = attn(x, pos, AttentionMask(dense=mask))
         proj = lambda m: jnp.einsum("ble,ehd->blhd", x, m.kernel[...]) + m.bias[...]
         ref = _reference_attention(apply_rope(proj(attn.query), pos, 1e4),
                                    apply_rope(proj(attn.key), pos, 1e4), proj(attn.value), mask)
         return dict(
-            mha=(dot_product_attention(q, k, v, mask), _reference_attention(q, k, v, mask)),
+            mha=(attention(q, k, v, AttentionMask(dense=mask), implementation="xla"),
+                 _reference_attention(q, k, v, mask)),
             # 2 kv heads shared by pairs of query heads == MHA on repeated k/v.
-            gqa=(dot_product_attention(q, k2, v2, mask),
+            gqa=(attention(q, k2, v2, AttentionMask(dense=mask), implementation="xla"),
                  _reference_attention(q, jnp.repeat(k2, 2, 2), jnp.repeat(v2, 2, 2), mask)),
             # The LLM attention module with kv_heads == heads == MHA from its own weights.
             module=(got_module, jnp.einsum("blhd,hde->ble", ref, attn.out.kernel[...])))
@@ -366,7 +368,7 @@ def test_generate_matches_stepwise_argmax_of_full_forward():
 
 
 def test_train_step_gives_finite_grads():
-    model = mllm(remat=True)  # rematerialised LLM layers
+    model = mllm(remat="full")  # rematerialised LLM layers
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     batch = make_batch([([5, VIDEO_ID, 6], [7, 8]), ([VIDEO_ID, 9], [10])], length=8)
 
@@ -417,8 +419,8 @@ def test_params_have_logical_names_and_shard_on_a_mesh():
     with jax.set_mesh(mesh), sharding.axis_rules(RULES):
         # Built on the mesh, parameters are sharded from birth.
         abstract = nnx.state(nnx.eval_shape(lambda: make_mllm(depth=1)))
-        gate = abstract["llm"]["layers"][0]["mlp"]["gate"]["kernel"].get_value()
-        assert gate.sharding.spec == P("fsdp", "tensor")
+        gate = abstract["llm"]["layers"]["mlp"]["gate"]["kernel"].get_value()  # stacked
+        assert gate.sharding.spec == P(None, "fsdp", "tensor")
         shardings = sharding.named_shardings(sharding.param_specs(state), mesh)
         sharded = jax.device_put(state, shardings)
         logits = _jitted(graphdef, "__call__")(sharded, batch)

@@ -344,7 +344,28 @@ class PositionTable:
         return patches.reshape(-1, self.width)[tuple(index)]
 
 
-Source = Linear | Tensor | SplitBias | PatchConv | Reshaped | PositionTable
+@dataclasses.dataclass(frozen=True)
+class Stacked:
+    """The same param of every layer, stacked on a leading ``layers`` axis (scanned layers)."""
+
+    layers: tuple[Any, ...]
+
+    @property
+    def name(self) -> str:
+        return self.layers[0].name
+
+    def hf_shape(self) -> tuple[int, ...]:
+        return tuple(self.layers[0].hf_shape())
+
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.layers),) + tuple(self.layers[0].shape())
+
+    def read(self, folder: SafetensorsFolder, index: Index) -> np.ndarray:
+        which = range(len(self.layers))[index[0]]
+        return np.stack([self.layers[i].read(folder, index[1:]) for i in which])
+
+
+Source = Linear | Tensor | SplitBias | PatchConv | Reshaped | PositionTable | Stacked
 ParamMap = dict[Path, Source]
 
 
@@ -587,6 +608,27 @@ def _paths(tree: Any, prefix: Path = ()) -> list[Path]:
     return [prefix]
 
 
+def _is_stacked(params: Any, container: Any) -> bool:
+    """Whether ``params[container]`` holds stacked layers (named children, not 0, 1, ...)."""
+    layers = params.get(container) if isinstance(params, Mapping) else None
+    return isinstance(layers, Mapping) and not any(isinstance(k, int) for k in layers)
+
+
+def stack_param_map(param_map: ParamMap, params: Any) -> ParamMap:
+    """Per-layer sources ``(container, i, ...)`` -> one ``Stacked`` source per param
+    wherever ``params`` stacks that container's layers; other entries unchanged."""
+    out: ParamMap = {}
+    groups: dict[Path, dict[int, Source]] = {}
+    for path, source in param_map.items():
+        if len(path) > 2 and isinstance(path[1], int) and _is_stacked(params, path[0]):
+            groups.setdefault((path[0],) + tuple(path[2:]), {})[path[1]] = source
+        else:
+            out[path] = source
+    for path, by_layer in groups.items():
+        out[path] = Stacked(tuple(by_layer[i] for i in range(len(by_layer))))
+    return out
+
+
 def load_params(folder: SafetensorsFolder, param_map: ParamMap, params: Any,
                 where: str) -> Any:
     """Replaces the leaves of ``params`` (a pure dict, the module's subtree) with checkpoint tensors.
@@ -594,7 +636,9 @@ def load_params(folder: SafetensorsFolder, param_map: ParamMap, params: Any,
     Every leaf keeps its shape, dtype and sharding; each addressable shard is
     read from disk by its own callback. ``where`` names the subtree in errors.
     Returns a new dict; a leaf the checkpoint does not provide is an error.
+    Stacked (scanned) layers are read layer by layer into their slice.
     """
+    param_map = stack_param_map(param_map, params)
     # LoRA adapters (``lora_a`` / ``lora_b``) are new: they keep their init.
     missing = sorted(p for p in set(map(tuple, _paths(params))) - set(param_map)
                      if not str(p[-1]).startswith("lora_"))
@@ -603,9 +647,11 @@ def load_params(folder: SafetensorsFolder, param_map: ParamMap, params: Any,
     out = jax.tree.map(lambda x: x, params)
     for path, source in param_map.items():
         target = _get(params, path)
-        name = getattr(source, "name")
+        parts = source.layers if isinstance(source, Stacked) else (source,)
+        bad = next((p for p in parts if folder.shape(p.name) != tuple(p.hf_shape())), None)
+        name = (bad or parts[0]).name
         got = folder.shape(name)
-        if got != tuple(source.hf_shape()) or tuple(target.shape) != tuple(source.shape()):
+        if bad is not None or tuple(target.shape) != tuple(source.shape()):
             raise ValueError(
                 f"{folder.path}: tensor {name} has shape {got}, expected {source.hf_shape()}"
                 f" for {where}.{'.'.join(map(str, path))} of shape {tuple(target.shape)};"

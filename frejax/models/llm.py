@@ -3,10 +3,13 @@
 Token embedding, pre-RMSNorm blocks (grouped-query attention with RoPE, optional
 q/k/v bias as in Qwen2; SwiGLU MLP), final RMSNorm, LM head (optionally tied).
 
-Cache contract. ``init_cache(batch, max_len)`` returns
-``{"layers": ({"k", "v"}, ...), "mask": (batch, max_len) bool}``: per layer
-keys/values ``(batch, max_len, kv_heads, head_dim)`` and which slots hold a
-valid key. A call with ``cache`` writes its ``L`` new tokens of example ``b`` at
+Layers are stacked and scanned (``model.llm.scan_layers``, the default: one
+layer compiled whatever the depth, params with a leading ``layers`` axis) or
+unrolled in Python; both draw the same random init and compute the same thing.
+
+Cache contract. ``init_cache(batch, max_len)`` returns ``{"k", "v": (layers,
+batch, max_len, kv_heads, head_dim), "mask": (batch, max_len) bool}``: keys and
+values of every layer and which slots hold a valid key. A call with ``cache`` writes its ``L`` new tokens of example ``b`` at
 slots ``cache_index[b] + arange(L)`` (each example at its own slot), marks them
 valid per ``attn_mask`` and lets the query at slot ``s`` attend to valid slots
 ``<= s``. Slots are sequence places; RoPE angles come only from ``positions``.
@@ -23,8 +26,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from frejax import sharding
-from frejax.layers import (Dense, RMSNorm, dot_product_attention,
-                                  make_param, remat_call)
+from frejax.attention import AttentionMask, attention, check_implementation
+from frejax.layers import (Dense, RMSNorm, check_remat, make_param, remat_call, scan_layers,
+                           stack_modules)
 
 Cache = dict[str, Any]
 
@@ -96,12 +100,13 @@ class Attention(nnx.Module):
 
     def __init__(self, width: int, heads: int, kv_heads: int, head_dim: int, *, qkv_bias: bool,
                  rope_theta: float, dtype: Any, param_dtype: Any, rngs: nnx.Rngs,
-                 rope_scaling: Llama3RopeScaling | None = None):
+                 rope_scaling: Llama3RopeScaling | None = None, implementation: str = "auto"):
         if heads % kv_heads:
             raise ValueError(f"model.llm.heads {heads} not divisible by model.llm.kv_heads {kv_heads}")
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.rope_theta = float(rope_theta)
         self.rope_scaling = rope_scaling
+        self.implementation = implementation
         self.query = Dense(width, (heads, head_dim), ("embed", "heads", "head_dim"),
                            use_bias=qkv_bias, **kw)
         self.key = Dense(width, (kv_heads, head_dim), ("embed", "kv_heads", "head_dim"),
@@ -111,10 +116,10 @@ class Attention(nnx.Module):
         self.out = Dense((heads, head_dim), width, ("heads", "head_dim", "embed"),
                          use_bias=False, **kw)
 
-    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array,
+    def __call__(self, x: jax.Array, positions: jax.Array, mask: AttentionMask,
                  kv_cache: dict[str, jax.Array] | None = None,
                  slots: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array] | None]:
-        """``x (B, L, E)``; ``mask`` bool ``(B, L, S)``; with a cache, ``slots (B, L)``."""
+        """``x (B, L, E)``; ``mask`` over the S keys; with a cache, ``slots (B, L)``."""
         q = apply_rope(self.query(x), positions, self.rope_theta, self.rope_scaling)
         k = apply_rope(self.key(x), positions, self.rope_theta, self.rope_scaling)
         v = self.value(x)
@@ -128,7 +133,8 @@ class Attention(nnx.Module):
             kv_cache = {"k": k, "v": v}
         else:
             k, v = sharding.constrain(k, kv_names), sharding.constrain(v, kv_names)
-        out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
+        out = attention(q, k.astype(q.dtype), v.astype(q.dtype), mask,
+                        implementation=self.implementation)
         return self.out(out), kv_cache
 
 
@@ -148,11 +154,12 @@ class DecoderLayer(nnx.Module):
     def __init__(self, width: int, heads: int, kv_heads: int, head_dim: int, mlp_dim: int, *,
                  qkv_bias: bool, rope_theta: float, norm_eps: float, dtype: Any,
                  param_dtype: Any, rngs: nnx.Rngs,
-                 rope_scaling: Llama3RopeScaling | None = None):
+                 rope_scaling: Llama3RopeScaling | None = None, implementation: str = "auto"):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.attn_norm = RMSNorm(width, eps=norm_eps, **kw)
         self.attn = Attention(width, heads, kv_heads, head_dim, qkv_bias=qkv_bias,
-                              rope_theta=rope_theta, rope_scaling=rope_scaling, **kw)
+                              rope_theta=rope_theta, rope_scaling=rope_scaling,
+                              implementation=implementation, **kw)
         self.mlp_norm = RMSNorm(width, eps=norm_eps, **kw)
         self.mlp = SwiGLU(width, mlp_dim, **kw)
 
@@ -179,19 +186,23 @@ class LLM(nnx.Module):
         self.kv_heads = int(cfg.kv_heads or cfg.heads)  # 0: one per query head
         self.head_dim = int(cfg.head_dim or self.width // self.heads)  # 0: width / heads
         self.tie_embeddings = bool(cfg.tie_embeddings)
-        self.remat = bool(cfg.remat)
+        self.depth = int(cfg.depth)
+        self.remat = check_remat(str(cfg.remat), "model.llm.remat")
+        self.scan_layers = bool(cfg.scan_layers)
         self.dtype = dtype
         if self.head_dim % 2:
             raise ValueError(f"model.llm.head_dim must be even for RoPE, got {self.head_dim}")
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.embedding = make_param(nnx.initializers.normal(0.02), ("vocab", "embed"),
                                     (self.vocab_size, self.width), param_dtype, rngs)
-        self.layers = nnx.List([
-            DecoderLayer(self.width, self.heads, self.kv_heads, self.head_dim,
-                         int(cfg.mlp_dim), qkv_bias=bool(cfg.qkv_bias),
-                         rope_theta=float(cfg.rope_theta), norm_eps=float(cfg.norm_eps),
-                         rope_scaling=rope_scaling_from_config(cfg), **kw)
-            for _ in range(int(cfg.depth))])
+        implementation = check_implementation(str(cfg.attention), "model.llm.attention")
+        layers = [DecoderLayer(self.width, self.heads, self.kv_heads, self.head_dim,
+                               int(cfg.mlp_dim), qkv_bias=bool(cfg.qkv_bias),
+                               rope_theta=float(cfg.rope_theta), norm_eps=float(cfg.norm_eps),
+                               rope_scaling=rope_scaling_from_config(cfg),
+                               implementation=implementation, **kw)
+                  for _ in range(self.depth)]
+        self.layers = stack_modules(layers) if self.scan_layers else nnx.List(layers)
         self.final_norm = RMSNorm(self.width, eps=float(cfg.norm_eps), **kw)
         self.lm_head = (None if self.tie_embeddings else
                         Dense(self.width, self.vocab_size, ("embed", "vocab"),
@@ -204,19 +215,22 @@ class LLM(nnx.Module):
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Final-normed hidden ``(B, L, E)`` -> float32 logits ``(B, L, V)``."""
+        # float32 straight out of the matmul: bf16 logits would round the loss.
         if self.tie_embeddings:
-            out = jnp.einsum("ble,ve->blv", hidden, self.embedding[...].astype(self.dtype))
+            out = jnp.einsum("ble,ve->blv", hidden, self.embedding[...].astype(self.dtype),
+                             preferred_element_type=jnp.float32)
         else:
-            out = self.lm_head(hidden)
-        return sharding.constrain(out.astype(jnp.float32), ("batch", "length", "vocab"))
+            out = jnp.einsum("ble,ev->blv", hidden.astype(self.dtype),
+                             self.lm_head.kernel[...].astype(self.dtype),
+                             preferred_element_type=jnp.float32)
+        return sharding.constrain(out, ("batch", "length", "vocab"))
 
     def init_cache(self, batch: int, max_len: int, dtype: Any = None) -> Cache:
-        """Empty cache: per-layer k/v ``(batch, max_len, kv_heads, head_dim)``, slot mask."""
+        """Empty cache: k/v ``(layers, batch, max_len, kv_heads, head_dim)``, slot mask."""
         dtype = dtype or self.dtype
-        shape = (batch, max_len, self.kv_heads, self.head_dim)
-        layers = tuple({"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
-                       for _ in self.layers)
-        return {"layers": layers, "mask": jnp.zeros((batch, max_len), bool)}
+        shape = (self.depth, batch, max_len, self.kv_heads, self.head_dim)
+        return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+                "mask": jnp.zeros((batch, max_len), bool)}
 
     def __call__(self, embeds: jax.Array, positions: jax.Array, attn_mask: jax.Array | None = None,
                  cache: Cache | None = None, cache_index: jax.Array | None = None, *,
@@ -241,14 +255,9 @@ class LLM(nnx.Module):
             attn_mask = jnp.ones((b, l), bool)
         attn_mask = attn_mask.astype(bool)
         if cache is None:
-            if attn_mask.ndim == 2:
-                causal = jnp.tril(jnp.ones((l, l), bool))
-                mask = causal[None] & attn_mask[:, None, :]
-            else:
-                mask = attn_mask
-            for layer in self.layers:
-                x = (remat_call(layer, x, positions, mask) if self.remat
-                     else layer(x, positions, mask))[0]
+            mask = (AttentionMask(key_valid=attn_mask, causal=True) if attn_mask.ndim == 2
+                    else AttentionMask(dense=attn_mask))
+            x, _ = self._run_layers(x, positions, mask, remat=self.remat)
             new_cache = None
         else:
             if attn_mask.ndim != 2:
@@ -259,11 +268,33 @@ class LLM(nnx.Module):
             slots = cache_index.astype(jnp.int32)[:, None] + jnp.arange(l, dtype=jnp.int32)
             rows = jnp.arange(b)[:, None]
             key_valid = cache["mask"].at[rows, slots].set(attn_mask, mode="drop")
-            mask = key_valid[:, None, :] & (jnp.arange(max_len)[None, None, :] <= slots[:, :, None])
-            new_layers = []
-            for layer, kv in zip(self.layers, cache["layers"]):
-                x, kv = layer(x, positions, mask, kv, slots)
-                new_layers.append(kv)
-            new_cache = {"layers": tuple(new_layers), "mask": key_valid}
+            mask = AttentionMask(key_valid=key_valid, causal=True, q_places=slots,
+                                 kv_places=jnp.arange(max_len, dtype=jnp.int32)[None])
+            x, (k, v) = self._run_layers(x, positions, mask, (cache["k"], cache["v"]), slots)
+            new_cache = {"k": k, "v": v, "mask": key_valid}
         hidden = self.final_norm(x)
         return (hidden if return_hidden else self.logits(hidden)), new_cache
+
+    def _run_layers(self, x: jax.Array, positions: jax.Array, mask: AttentionMask,
+                    kv: tuple[jax.Array, jax.Array] | None = None,
+                    slots: jax.Array | None = None, *, remat: str = "none"):
+        """Every decoder layer over ``x``; with ``kv`` (stacked k, v) the updated cache too."""
+
+        def step(layer, x, kv_layer):
+            cache = None if kv_layer is None else {"k": kv_layer[0], "v": kv_layer[1]}
+            x, cache = layer(x, positions, mask, cache, slots)
+            return x, (None if cache is None else (cache["k"], cache["v"]))
+
+        if self.scan_layers:
+            return scan_layers(self.layers, step, x, kv, remat=remat)
+        new_kv = []
+        for i, layer in enumerate(self.layers):
+            kv_layer = None if kv is None else (kv[0][i], kv[1][i])
+            if kv_layer is None and remat != "none":
+                x = remat_call(layer, x, positions, mask, policy=remat)[0]
+                continue
+            x, out = step(layer, x, kv_layer)
+            new_kv.append(out)
+        if kv is None:
+            return x, None
+        return x, (jnp.stack([k for k, _ in new_kv]), jnp.stack([v for _, v in new_kv]))

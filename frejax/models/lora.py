@@ -15,7 +15,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from frejax.layers import Dense, fan_in_init, make_param
+from frejax.layers import Dense, fan_in_init, make_param, stack_modules, unstack_module
 
 # The projections adapted in every decoder layer.
 ATTENTION_TARGETS = ("query", "key", "value", "out")
@@ -57,11 +57,16 @@ def apply_lora(llm: nnx.Module, rank: int, alpha: float, *, rngs: nnx.Rngs) -> n
     """Replaces the attention and MLP projections of every decoder layer with ``LoRADense``.
 
     Works in place on an ``LLM`` (also under ``nnx.eval_shape``); returns it.
+    Stacked layers are adapted one by one and restacked: the same adapters,
+    drawn in the same order, as on unrolled layers.
     """
-    for layer in llm.layers:
+    layers = unstack_module(llm.layers) if llm.scan_layers else llm.layers
+    for layer in layers:
         for module, targets in ((layer.attn, ATTENTION_TARGETS), (layer.mlp, MLP_TARGETS)):
             for name in targets:
                 base = getattr(module, name)
                 if not isinstance(base, LoRADense):
                     setattr(module, name, LoRADense(base, rank, alpha, rngs=rngs))
+    if llm.scan_layers:
+        llm.layers = stack_modules(layers)
     return llm

@@ -18,8 +18,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from frejax import sharding
-from frejax.layers import (Dense, LayerNorm, dot_product_attention,
-                                  make_param, remat_call)
+from frejax.attention import attention, check_implementation
+from frejax.layers import (Dense, LayerNorm, check_remat, make_param, remat_call, scan_layers,
+                           stack_modules)
 
 
 def patchify(images: jax.Array, patch_size: int) -> jax.Array:
@@ -72,10 +73,12 @@ class MLP(nnx.Module):
 class SelfAttention(nnx.Module):
     """Bidirectional multi-head self-attention with biases (ViT)."""
 
-    def __init__(self, width: int, heads: int, *, dtype: Any, param_dtype: Any, rngs: nnx.Rngs):
+    def __init__(self, width: int, heads: int, *, dtype: Any, param_dtype: Any, rngs: nnx.Rngs,
+                 implementation: str = "auto"):
         if width % heads:
             raise ValueError(f"model.vision.width {width} not divisible by model.vision.heads {heads}")
         head_dim = width // heads
+        self.implementation = implementation
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         qkv_names = ("embed", "heads", "head_dim")
         self.query = Dense(width, (heads, head_dim), qkv_names, **kw)
@@ -88,7 +91,7 @@ class SelfAttention(nnx.Module):
         q = sharding.constrain(self.query(x), names)
         k = sharding.constrain(self.key(x), names)
         v = sharding.constrain(self.value(x), names)
-        return self.out(dot_product_attention(q, k, v))
+        return self.out(attention(q, k, v, implementation=self.implementation))
 
 
 class LayerScale(nnx.Module):
@@ -105,10 +108,10 @@ class LayerScale(nnx.Module):
 class EncoderBlock(nnx.Module):
     def __init__(self, width: int, heads: int, mlp_dim: int, *, dtype: Any, param_dtype: Any,
                  rngs: nnx.Rngs, norm_eps: float = 1e-6, layer_scale: bool = False,
-                 approximate_gelu: bool = True):
+                 approximate_gelu: bool = True, attention_implementation: str = "auto"):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.norm1 = LayerNorm(width, eps=norm_eps, **kw)
-        self.attn = SelfAttention(width, heads, **kw)
+        self.attn = SelfAttention(width, heads, implementation=attention_implementation, **kw)
         self.norm2 = LayerNorm(width, eps=norm_eps, **kw)
         self.mlp = MLP(width, mlp_dim, approximate_gelu=approximate_gelu, **kw)
         self.scale1 = LayerScale(width, param_dtype=param_dtype, rngs=rngs) if layer_scale else None
@@ -134,7 +137,8 @@ class ViT(nnx.Module):
         self.image_size = int(cfg.image_size)
         self.patch_size = int(cfg.patch_size)
         self.width = int(cfg.width)
-        self.remat = bool(cfg.remat)
+        self.remat = check_remat(str(cfg.remat), "model.vision.remat")
+        self.scan_layers = bool(cfg.scan_layers)
         self.encode_chunk = int(cfg.encode_chunk)
         self.dtype = dtype
         if self.image_size % self.patch_size:
@@ -161,11 +165,14 @@ class ViT(nnx.Module):
         self.registers = (make_param(zeros, (None, "embed"), (self.num_registers, self.width),
                                      param_dtype, rngs) if self.num_registers else None)
         norm_eps = float(cfg.norm_eps)
-        self.blocks = nnx.List([
-            EncoderBlock(self.width, int(cfg.heads), int(cfg.mlp_dim), norm_eps=norm_eps,
-                         layer_scale=bool(cfg.layer_scale),
-                         approximate_gelu=bool(cfg.gelu_approximate), **kw)
-            for _ in range(int(cfg.depth))])
+        implementation = check_implementation(str(cfg.attention), "model.vision.attention")
+        blocks = [EncoderBlock(self.width, int(cfg.heads), int(cfg.mlp_dim), norm_eps=norm_eps,
+                               layer_scale=bool(cfg.layer_scale),
+                               approximate_gelu=bool(cfg.gelu_approximate),
+                               attention_implementation=implementation, **kw)
+                  for _ in range(int(cfg.depth))]
+        # Stacked and scanned (one block compiled) or unrolled; the same init either way.
+        self.blocks = stack_modules(blocks) if self.scan_layers else nnx.List(blocks)
         self.final_norm = LayerNorm(self.width, eps=norm_eps, **kw)
 
     @property
@@ -194,8 +201,12 @@ class ViT(nnx.Module):
         if prefix:
             x = jnp.concatenate(prefix + [x], axis=1)
         x = sharding.constrain(x, ("batch", "tokens", "embed"))
-        for block in self.blocks:
-            x = remat_call(block, x) if self.remat else block(x)
+        if self.scan_layers:
+            x, _ = scan_layers(self.blocks, lambda block, x, _: (block(x), None), x,
+                               remat=self.remat)
+        else:
+            for block in self.blocks:
+                x = remat_call(block, x, policy=self.remat)
         return self.final_norm(x[:, extra:])
 
     def __call__(self, frames: jax.Array) -> jax.Array:
