@@ -53,6 +53,21 @@ def loss_and_metrics(logits: jax.Array, batch: dict) -> tuple[jax.Array, dict]:
                       answer_tokens=weights.sum())
 
 
+def split_micro_batches(batch: dict, accum: int) -> dict:
+    """``(B, ...)`` -> ``(accum, B / accum, ...)``, micro-batch ``j`` = rows ``j, j + accum, ...``.
+
+    Strided, not contiguous: each device holds a contiguous block of the batch, so
+    every micro-batch takes ``1 / accum`` of every device's rows and stays sharded
+    over the whole batch axis; the split is a local reshape, with no all-gather.
+    Needs ``B / accum`` divisible by the batch shards (checked with the config).
+    """
+    def split(x):
+        x = x.reshape((x.shape[0] // accum, accum) + x.shape[1:]).swapaxes(0, 1)
+        return sharding.constrain(x, (None, "batch") + (None,) * (x.ndim - 2))
+
+    return jax.tree.map(split, batch)
+
+
 def make_train_step(setup: TrainSetup, config: ml_collections.ConfigDict, batch_shardings: Any):
     """Returns ``step(state, batch) -> (state, metrics)``, jitted, donating the state."""
     graphdef, tx = setup.graphdef, setup.tx
@@ -78,11 +93,10 @@ def make_train_step(setup: TrainSetup, config: ml_collections.ConfigDict, batch_
         if accum == 1:
             grads, metrics = grads_of(params, batch)
         else:
-            # Micro-batches along the batch axis, summed in a scan: memory of one
-            # micro-batch, the same update as the full batch (equal weights per
-            # micro-batch, i.e. the mean of per-micro-batch mean losses).
-            micro = jax.tree.map(
-                lambda x: x.reshape((accum, x.shape[0] // accum) + x.shape[1:]), batch)
+            # Micro-batches summed in a scan: memory of one micro-batch, the same update
+            # as the full batch (equal weights per micro-batch, i.e. the mean of
+            # per-micro-batch mean losses). See ``split_micro_batches`` for the layout.
+            micro = split_micro_batches(batch, accum)
 
             def body(carry, mb):
                 g, m = grads_of(params, mb)
