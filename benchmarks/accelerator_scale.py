@@ -52,8 +52,11 @@ def load(out: str) -> dict:
     return {}
 
 
-def save(out: str, report: dict) -> None:
+def save(out: str, report: dict, parts: tuple[str, ...] | None = None) -> None:
+    """Writes ``report``'s ``parts`` over what the file holds now (other parts kept)."""
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    if parts is not None:
+        report = dict(load(out), **{k: report[k] for k in parts if k in report})
     with open(out + ".json", "w") as f:
         json.dump(report, f, indent=2, sort_keys=True)
     with open(out + ".md", "w") as f:
@@ -135,11 +138,12 @@ def run_pod(args, report: dict) -> None:
                        command=command_line(args),
                        date=datetime.date.today().isoformat())
             print(json.dumps(row), flush=True)
+            report = load(args.out)  # rows other runs wrote meanwhile are kept
             rows = [r for r in report.setdefault("pod", [])
                     if not (r["label"] == label and r["topology"] == topology
                             and r.get("overrides", []) == row["overrides"])]
             report["pod"] = rows + [row]
-            save(args.out, report)
+            save(args.out, report, ("pod",))
 
 
 # ----------------------------------------------------------------------------
@@ -217,6 +221,12 @@ def parse_args(argv=None):
     p.add_argument("--topologies", default=",".join(TOPOLOGIES))
     p.add_argument("--override", action="append",
                    help="extra frejax.aot flag, e.g. --config.train.batch_size=64")
+    p.add_argument("--max_run_gib", type=float, default=6.0,
+                   help="attention: run programs whose temporaries fit this")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--tpu_topology", default="v5e:1x1",
+                   help="attention: compile-only TPU chip for the TPU rows")
+    p.add_argument("--steps", type=int, default=120, help="cpu_step: train steps per run")
     return p.parse_args(argv)
 
 
@@ -229,7 +239,7 @@ def main(argv=None) -> None:
         from benchmarks import accelerator_parts  # noqa: PLC0415  (imports JAX)
 
         accelerator_parts.run(args.part, args, report)
-        save(args.out, report)
+        save(args.out, report, (args.part,))
 
 
 if __name__ == "__main__":

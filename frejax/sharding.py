@@ -166,9 +166,16 @@ def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None)
     """Builds a ``(data, fsdp, tensor)`` mesh; one entry may be -1 ("the rest")."""
     devices = list(jax.devices() if devices is None else devices)
     shape = resolve_mesh_shape(shape, len(devices))
-    return jax.make_mesh(
-        shape, MESH_AXES, devices=devices,
-        axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+    axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+    try:
+        return jax.make_mesh(shape, MESH_AXES, devices=devices, axis_types=axis_types)
+    except NotImplementedError:
+        # A TPU topology whose physical axes do not factor into the logical ones
+        # (fsdp=16 on v5p 8x8x4): split physical axes rather than refuse the mesh.
+        from jax.experimental import mesh_utils  # noqa: PLC0415
+
+        grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+        return jax.sharding.Mesh(grid, MESH_AXES, axis_types=axis_types)
 
 
 def check_mesh_shape(shape: Sequence[int]) -> list[int]:

@@ -161,19 +161,49 @@ def make_setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
         full_visual_tokens=abstract_model.full_visual_tokens)
 
 
+def pretrained_groups(config: ml_collections.ConfigDict) -> frozenset[str]:
+    """Top-level param groups read from pretrained folders (``encoder``, ``llm``)."""
+    return frozenset(g for g, section in (("encoder", config.model.vision),
+                                          ("llm", config.model.llm)) if section.pretrained)
+
+
 def init_state(config: ml_collections.ConfigDict, setup: TrainSetup, tokenizer: Any) -> dict:
-    """Initialises params and optimiser state directly into their shardings."""
+    """Initialises params and optimiser state directly into their shardings.
+
+    Params of pretrained groups are never drawn: the jitted init does not return
+    them (XLA drops their random init), and they are read from disk shard by shard
+    into place. Peak memory is one copy of the state. LoRA adapters, which no
+    checkpoint holds, keep their init.
+    """
+    loaded = pretrained_groups(config)
+
+    def from_disk(path: tuple) -> bool:
+        return path[0] in loaded and not str(path[-1]).startswith("lora_")
+
+    flat_shardings = nnx.traversals.flatten_mapping(setup.state_shardings["params"])
+    drawn_shardings = {p: s for p, s in flat_shardings.items() if not from_disk(p)}
 
     def init():
         model = create_model(config, tokenizer, seed=config.seed)
         params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-        return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=setup.tx.init(params))
+        flat = nnx.traversals.flatten_mapping(params)
+        return dict(step=jnp.zeros((), jnp.int32), opt_state=setup.tx.init(params),
+                    params={p: v for p, v in flat.items() if not from_disk(p)})
 
-    state = jax.jit(init, out_shardings=setup.state_shardings)()
-    if config.model.vision.pretrained or config.model.llm.pretrained:
-        # Pretrained towers replace their random init, read shard by shard into place.
-        state["params"] = hf_import.load_pretrained(config, state["params"])
-    return state
+    shardings = dict(step=setup.state_shardings["step"],
+                     opt_state=setup.state_shardings["opt_state"], params=drawn_shardings)
+    state = jax.jit(init, out_shardings=shardings)()
+    if loaded:
+        abstract = nnx.traversals.flatten_mapping(setup.abstract_state["params"])
+        # Pretrained leaves enter as their abstract shapes and shardings; the reader
+        # allocates each shard once.
+        state["params"] = {**{p: a for p, a in abstract.items() if from_disk(p)},
+                           **state["params"]}
+        params = nnx.traversals.unflatten_mapping(state["params"])
+        state["params"] = hf_import.load_pretrained(config, params)
+    else:
+        state["params"] = nnx.traversals.unflatten_mapping(state["params"])
+    return dict(step=state["step"], params=state["params"], opt_state=state["opt_state"])
 
 
 def build_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:

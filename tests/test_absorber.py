@@ -42,6 +42,40 @@ def test_absorber_is_identity_at_init_and_gate_opens_it():
     np.testing.assert_allclose(none, anchors, atol=1e-6)
 
 
+def _gathered_reference(absorber, anchors, coeffs, slot_mask, freq):
+    """The absorber written the plain way: every query's neighbourhood gathered, 7-D."""
+    index, valid = neighbour_table(absorber.grid, absorber.pool, absorber.window)
+    q = jnp.einsum("bsnd,dhk->bsnhk", absorber.query_norm(anchors), absorber.query[...])
+    k_in = absorber.key_norm(coeffs) + freq[None, None, :, None, :]
+    k = jnp.einsum("bscpd,dhk->bscphk", k_in, absorber.key[...])
+    v = jnp.einsum("bscpd,dhk->bscphk", k_in, absorber.value[...])
+    off = absorber.offset_embedding[...]
+    k = k[:, :, :, index] + jnp.einsum("wd,dhk->whk", off, absorber.key[...])
+    v = v[:, :, :, index] + jnp.einsum("wd,dhk->whk", off, absorber.value[...])
+    logits = jnp.einsum("bsnhk,bscnwhk->bsnhcw", q, k) / np.sqrt(absorber.head_dim)
+    allowed = slot_mask[:, :, None, None, :, None] & valid[None, None, :, None, None, :]
+    b, s, n, h = logits.shape[:4]
+    probs = jax.nn.softmax(jnp.where(allowed, logits, -1e30).reshape(b, s, n, h, -1), -1)
+    probs = jnp.where(allowed.reshape(*allowed.shape[:4], -1), probs, 0.0).reshape(logits.shape)
+    update = jnp.einsum("bsnhk,hkd->bsnd", jnp.einsum("bsnhcw,bscnwhk->bsnhk", probs, v),
+                        absorber.out[...])
+    return anchors + jnp.tanh(absorber.gate[...]) * update
+
+
+@pytest.mark.parametrize("grid,pool,window", [((5, 6), 1, 3), ((5, 6), 2, 3), ((4, 4), 2, 1),
+                                              ((5, 6), 2, 5)])
+def test_shifted_windows_equal_the_gathered_neighbourhoods(grid, pool, window):
+    anchors, coeffs, slot_mask, freq = _absorber_inputs(grid, pool, slots=3)
+    slot_mask = slot_mask.copy()
+    slot_mask[0, 1, 1:] = False
+    absorber = SpatialGuidedAbsorber(8, grid=grid, pool=pool, window=window, heads=2,
+                                     rngs=nnx.Rngs(3))
+    absorber.gate[...] = jnp.full((8,), 0.7)
+    got = _jit_apply(absorber)(anchors, coeffs, slot_mask, freq)
+    want = _gathered_reference(absorber, anchors, coeffs, jnp.asarray(slot_mask), freq)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("pool,window", [(1, 3), (2, 1), (2, 3)])
 def test_absorber_window_is_local(pool, window):
     grid = (5, 6)

@@ -130,6 +130,26 @@ def test_gradient_accumulation_keeps_micro_batches_sharded_and_saves_memory():
     assert temps[1] > temps[2] > temps[4], temps
 
 
+def test_bfloat16_training_follows_the_float32_loss_curve():
+    """40 steps of the smoke run in each dtype from the same init and batches: every bf16
+    loss within 5% (relative) of the float32 one, and both learn."""
+    config = short_video.get_config("smoke")
+    config.train.num_steps = 40
+    config.mesh.shape = (1, 1, 1)
+    tok = data_lib.make_tokenizer(config)
+    mesh1 = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+    with jax.set_mesh(mesh1), sharding.axis_rules(config.sharding.rules):
+        it = data_lib.make_train_iterator(config, tok, mesh1)
+        batches = [next(it) for _ in range(40)]
+    curves = {}
+    for dtype in ("float32", "bfloat16"):
+        config.train.dtype = dtype
+        curves[dtype] = _losses(config, jax.devices()[:1], batches)
+    f32, bf16 = curves["float32"], curves["bfloat16"]
+    assert np.all(np.abs(bf16 - f32) <= 0.05 * f32), np.stack([f32, bf16])
+    assert f32[-5:].mean() < 0.8 * f32[:5].mean() and bf16[-5:].mean() < 0.8 * bf16[:5].mean()
+
+
 def test_non_finite_loss_stops_before_any_checkpoint(tmp_path):
     config = short_video.get_config("smoke")
     config.train.checkpoint_every = 1

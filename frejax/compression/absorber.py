@@ -4,8 +4,9 @@ Each anchor token (segment ``s``, grid cell ``(i, j)``) attends, multi-head, to
 the residual-frequency tokens of the same segment at its own pooled cell
 ``(i // p, j // p)`` and the ``window x window`` pooled cells around it, every
 coefficient slot of each: ``C * window**2`` keys per query, never global
-attention. A static numpy table lists the neighbours; out-of-grid neighbours
-and invalid slots are masked.
+attention. Each window offset reads the pooled key grid shifted by that offset
+(a slice of the zero-padded grid), so keys are never gathered per query;
+out-of-grid neighbours (``neighbour_table``) and invalid slots are masked.
 
 Keys and values are ``LayerNorm(residual) + freq_embedding[k] + offset_embedding[w]``
 (which coefficient, which relative cell); queries are ``LayerNorm(anchor)``.
@@ -103,8 +104,12 @@ class SpatialGuidedAbsorber(nnx.Module):
         Returns:
           ``(batch, S, N, D)`` in the dtype of ``anchors``.
         """
-        index, valid = neighbour_table(self.grid, self.pool, self.window)
+        _, valid = neighbour_table(self.grid, self.pool, self.window)
         cdt = self.dtype
+        (h, w), p, r = self.grid, self.pool, self.window // 2
+        hp, wp = pooled_grid(self.grid, p)
+        b, s, n, d = anchors.shape
+        c = residual_tokens.shape[2]
         q_in = self.query_norm(anchors).astype(cdt)
         k_in = (self.key_norm(residual_tokens)
                 + freq_embedding.astype(jnp.float32)[None, None, :, None, :]).astype(cdt)
@@ -114,18 +119,40 @@ class SpatialGuidedAbsorber(nnx.Module):
         offset = self.offset_embedding[...].astype(cdt)
         k_off = jnp.einsum("wd,dhk->whk", offset, self.key[...].astype(cdt))
         v_off = jnp.einsum("wd,dhk->whk", offset, self.value[...].astype(cdt))
-        # Static gather of the neighbourhood: (B, S, C, N, W, heads, head_dim).
-        k = k[:, :, :, index] + k_off
-        v = v[:, :, :, index] + v_off
-        logits = jnp.einsum("bsnhk,bscnwhk->bsnhcw", q, k).astype(jnp.float32)
+        # Queries on the pooled grid: (b, s, hp, p, wp, p, heads, head_dim), the border
+        # cells padded. Keys of each window offset are the pooled grid shifted by it:
+        # a slice of the zero-padded grid, so no (.., C, N, window^2, ..) gather exists.
+        qg = jnp.pad(q.reshape(b, s, h, w, *q.shape[-2:]),
+                     ((0, 0), (0, 0), (0, hp * p - h), (0, wp * p - w), (0, 0), (0, 0)))
+        qg = qg.reshape(b, s, hp, p, wp, p, *q.shape[-2:])
+        pad = ((0, 0), (0, 0), (0, 0), (r, r), (r, r), (0, 0), (0, 0))
+        kg = jnp.pad(k.reshape(b, s, c, hp, wp, *k.shape[-2:]), pad)
+        vg = jnp.pad(v.reshape(b, s, c, hp, wp, *v.shape[-2:]), pad)
+        offsets = [divmod(o, self.window) for o in range(self.window ** 2)]
+        logits = jnp.stack([
+            jnp.einsum("bsyixjhk,bscyxhk->bsyixjhc", qg, kg[:, :, :, di:di + hp, dj:dj + wp],
+                       preferred_element_type=jnp.float32)
+            for di, dj in offsets], axis=-1)                   # (.., heads, C, W)
+        logits = logits + jnp.einsum("bsyixjhk,whk->bsyixjhw", qg, k_off,
+                                     preferred_element_type=jnp.float32)[..., None, :]
         logits = logits / math.sqrt(self.head_dim)
-        allowed = (slot_mask.astype(bool)[:, :, None, None, :, None]
-                   & jnp.asarray(valid)[None, None, :, None, None, :])
+        cell_valid = jnp.asarray(valid.reshape(h, w, -1))       # (h, w, W), static
+        cell_valid = jnp.pad(cell_valid, ((0, hp * p - h), (0, wp * p - w), (0, 0)))
+        cell_valid = cell_valid.reshape(hp, p, wp, p, 1, 1, -1)
+        allowed = (slot_mask.astype(bool)[:, :, None, None, None, None, None, :, None]
+                   & cell_valid[None, None])
         logits = jnp.where(allowed, logits, -1e30)
         logits = logits - jax.lax.stop_gradient(jnp.max(logits, axis=(-2, -1), keepdims=True))
         weights = jnp.where(allowed, jnp.exp(logits), 0.0)
         weights = weights / jnp.maximum(jnp.sum(weights, axis=(-2, -1), keepdims=True), 1e-30)
-        attended = jnp.einsum("bsnhcw,bscnwhk->bsnhk", weights.astype(cdt), v)
+        weights = weights.astype(cdt)
+        attended = sum(
+            jnp.einsum("bsyixjhc,bscyxhk->bsyixjhk", weights[..., o],
+                       vg[:, :, :, di:di + hp, dj:dj + wp])
+            for o, (di, dj) in enumerate(offsets))
+        attended = attended + jnp.einsum("bsyixjhw,whk->bsyixjhk", weights.sum(-2), v_off)
+        attended = attended.reshape(b, s, hp * p, wp * p, *q.shape[-2:])[:, :, :h, :w]
+        attended = attended.reshape(b, s, n, *q.shape[-2:])
         update = jnp.einsum("bsnhk,hkd->bsnd", attended, self.out[...].astype(cdt))
         gate = jnp.tanh(self.gate[...].astype(jnp.float32))
         out = anchors.astype(jnp.float32) + gate * update.astype(jnp.float32)

@@ -102,8 +102,9 @@ class Compressor(nnx.Module):
         return options_lib.resolve(f"compressor.{cls.section}", cls.OPTIONS, options)
 
     def __init__(self, geometry: VideoGeometry, budget: int, options: Any = None, *,
-                 rngs: nnx.Rngs | None = None):
+                 rngs: nnx.Rngs | None = None, dtype: Any = jnp.float32):
         self.geometry = geometry
+        self.dtype = dtype  # compute dtype of learned parts (the absorber); tokens leave in it
         self.budget = int(budget)
         if not 1 <= self.budget <= geometry.full_tokens:
             raise ValueError(
@@ -188,9 +189,10 @@ def get(name: str) -> type[Compressor]:
 
 
 def build(name: str, geometry: VideoGeometry, budget: int, options: Any = None, *,
-          rngs: nnx.Rngs) -> Compressor:
-    """``options``: the method's own section (``compressor.<section>``)."""
-    return get(name)(geometry, budget, options, rngs=rngs)
+          rngs: nnx.Rngs, dtype: Any = jnp.float32) -> Compressor:
+    """``options``: the method's own section (``compressor.<section>``); ``dtype``: the
+    model's compute dtype."""
+    return get(name)(geometry, budget, options, rngs=rngs, dtype=dtype)
 
 
 def sections() -> dict[str, options_lib.Schema]:

@@ -89,8 +89,8 @@ class Full(Compressor):
     name = "full"
 
     def __init__(self, geometry: VideoGeometry, budget: int, options: Any = None, *,
-                 rngs: nnx.Rngs | None = None):
-        super().__init__(geometry, budget, options, rngs=rngs)
+                 rngs: nnx.Rngs | None = None, dtype=jnp.float32):
+        super().__init__(geometry, budget, options, rngs=rngs, dtype=dtype)
         if self.budget != geometry.full_tokens:
             raise ValueError(
                 f"compressor.budget: `full` needs budget T*N = {geometry.frames}*"
@@ -130,8 +130,8 @@ class UniformFrames(Compressor):
     name = "uniform_frames"
 
     def __init__(self, geometry: VideoGeometry, budget: int, options: Any = None, *,
-                 rngs: nnx.Rngs | None = None):
-        super().__init__(geometry, budget, options, rngs=rngs)
+                 rngs: nnx.Rngs | None = None, dtype=jnp.float32):
+        super().__init__(geometry, budget, options, rngs=rngs, dtype=dtype)
         if self.budget < geometry.tokens:
             raise ValueError(
                 f"compressor.budget: `uniform_frames` keeps whole frames and needs budget"
@@ -234,8 +234,8 @@ class SpatialPool(Compressor):
                                ("average", "bilinear")))
 
     def __init__(self, geometry: VideoGeometry, budget: int, options: Any = None, *,
-                 rngs: nnx.Rngs | None = None):
-        super().__init__(geometry, budget, options, rngs=rngs)
+                 rngs: nnx.Rngs | None = None, dtype=jnp.float32):
+        super().__init__(geometry, budget, options, rngs=rngs, dtype=dtype)
         self.pool_mode = self.resolve_options(options)["mode"]
         self.kept_frames, self.out_h, self.out_w = spatial_pool_layout(
             geometry.frames, tuple(geometry.grid), self.budget)
@@ -309,8 +309,8 @@ class Fourier2D(Compressor):
     name = "fourier_2d"
 
     def __init__(self, geometry: VideoGeometry, budget: int, options: Any = None, *,
-                 rngs: nnx.Rngs | None = None):
-        super().__init__(geometry, budget, options, rngs=rngs)
+                 rngs: nnx.Rngs | None = None, dtype=jnp.float32):
+        super().__init__(geometry, budget, options, rngs=rngs, dtype=dtype)
         self.kept_frames = min(geometry.frames, self.budget)
         self.coeffs_per_frame = min(geometry.tokens, self.budget // self.kept_frames)
 
@@ -428,8 +428,8 @@ class TemporalMerge(Compressor):
         check=lambda v: -1.0 <= v <= 1.0, requirement="a cosine similarity in [-1, 1]"))
 
     def __init__(self, geometry: VideoGeometry, budget: int, options: Any = None, *,
-                 rngs: nnx.Rngs | None = None):
-        super().__init__(geometry, budget, options, rngs=rngs)
+                 rngs: nnx.Rngs | None = None, dtype=jnp.float32):
+        super().__init__(geometry, budget, options, rngs=rngs, dtype=dtype)
         self.merge_threshold = self.resolve_options(options)["threshold"]
 
     @property
@@ -498,8 +498,8 @@ class TemporalDct(Compressor):
     name = "temporal_dct"
 
     def __init__(self, geometry: VideoGeometry, budget: int, options: Any = None, *,
-                 rngs: nnx.Rngs | None = None):
-        super().__init__(geometry, budget, options, rngs=rngs)
+                 rngs: nnx.Rngs | None = None, dtype=jnp.float32):
+        super().__init__(geometry, budget, options, rngs=rngs, dtype=dtype)
         self.num_coeffs = max(1, min(geometry.frames, self.budget // geometry.tokens))
         if self.budget >= geometry.tokens:
             self.out_h, self.out_w = geometry.grid

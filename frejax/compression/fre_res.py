@@ -140,7 +140,9 @@ class FreRes(Compressor):
         ``time_windows``, ``pool``, ``residual``, ``anchor``, ``allocation``,
         ``output``, ``dct_method``, ``absorber.{window, heads, enabled}``.
       rngs: parameter RNGs (``nnx.Rngs(0)`` when omitted).
-      dtype: compute dtype of the absorber (the split runs in float32).
+      dtype: compute dtype of the absorber and of the tokens it returns. The
+        parameter-free split (residuals, DCT, energy ranking) stays float32: it is
+        elementwise-cheap, and bf16 would round away small residual coefficients.
       param_dtype: parameter dtype.
     """
 
@@ -151,7 +153,7 @@ class FreRes(Compressor):
 
     def __init__(self, geometry: VideoGeometry, budget: int, options: Any = None, *,
                  rngs: nnx.Rngs | None = None, dtype=jnp.float32, param_dtype=jnp.float32):
-        super().__init__(geometry, budget, options, rngs=rngs)
+        super().__init__(geometry, budget, options, rngs=rngs, dtype=dtype)
         opts = self.resolve_options(options)
         self.plan = make_plan(geometry, self.budget, opts, variant=self.variant)
         self.residual, self.anchor = opts["residual"], opts["anchor"]
@@ -211,7 +213,7 @@ class FreRes(Compressor):
             tokens, mask = self._residual_tokens(parts)
             pieces.append(tokens)
             masks.append(mask)
-        tokens = jnp.concatenate(pieces, axis=1).astype(latents.dtype)
+        tokens = jnp.concatenate(pieces, axis=1).astype(self.dtype)
         tokens = sharding.constrain(tokens, ("batch", "length", "embed"))
         return CompressedTokens(tokens, jnp.concatenate(masks, axis=1))
 

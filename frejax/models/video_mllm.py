@@ -73,7 +73,7 @@ class VideoMLLM(nnx.Module):
                                 float(compressor_cfg.ratio))
         self.compressor = compression.build(
             compressor_cfg["name"], self.geometry, budget,
-            compression.section_options(compressor_cfg), rngs=rngs)
+            compression.section_options(compressor_cfg), rngs=rngs, dtype=dtype)
         self.llm = LLM(model_cfg.llm, vocab_size=vocab_size, **kw)
         self.projector = Projector(self.encoder.width, self.llm.width,
                                    int(model_cfg.projector.hidden), **kw)
