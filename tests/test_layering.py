@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
                                 "data_pipelines.natural_footage")),
     ("grain chain", ("data_pipelines.input_pipeline",)),
     ("global batches", ("data_pipelines.datasets",)),
-    ("core", ("frejax", "frejax.sharding", "frejax.layers", "frejax.distributed",
+    ("core", ("frejax", "frejax.sharding", "frejax.attention", "frejax.layers", "frejax.distributed",
               "frejax.metric_logging", "frejax.kept_information")),
     ("compression", ("frejax.compression",)),
     ("models", ("frejax.models",)),

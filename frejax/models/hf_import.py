@@ -717,7 +717,8 @@ def load_vision(folder: str, image_size: int) -> Any:
 
     hf = SafetensorsFolder(folder)
     cfg = ml_collections.ConfigDict(dict(vision_config_from_hf(hf.config),
-                                         image_size=image_size, remat=False, encode_chunk=0))
+                                         image_size=image_size, remat="none", scan_layers=True,
+                                         attention="auto", encode_chunk=0))
     model = ViT(cfg, rngs=nnx.Rngs(0))
     side = image_size // cfg.patch_size
     state = nnx.state(model, nnx.Param)
