@@ -415,3 +415,12 @@ def test_params_only_restore_equals_the_params_of_a_full_restore(reference):
     jax.tree.map(lambda p, w: (p.shape, p.sharding) == (w.shape, w.sharding) or
                  pytest.fail(f"{p.shape} {p.sharding} != {w.shape} {w.sharding}"), params, wanted)
     _assert_identical(jax.device_get(params), _restore(reference, NUM_STEPS)["params"])
+
+
+def test_a_checkpoint_of_unstacked_layers_is_refused_with_the_flags_that_restore_it():
+    shape = ((2, 3), "float32")
+    old = {"params/llm/layers/0/attn/query/kernel": shape}
+    new = {"params/llm/layers/attn/query/kernel": shape}
+    assert "--config.model.llm.scan_layers=False" in checkpointing._layer_layout_hint(old, new)
+    assert "--config.model.llm.scan_layers=True" in checkpointing._layer_layout_hint(new, old)
+    assert checkpointing._layer_layout_hint(new, new) == ""
