@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -35,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from benchmarks.dct_and_compressor import median_seconds
+from benchmarks.dct_and_compressor import median_seconds, median_step_seconds
 from configs import long_video
 from frejax import config_lib
 from data_pipelines import datasets as data_lib
@@ -79,15 +77,7 @@ def measure(config, repeats: int) -> dict:
         out["ttft_s"] = median_seconds(ttft, params, batch, repeats=repeats)
         step = train.make_train_step(setup, config, batch_sharding)
         out["train_flops"], out["train_temp"] = compiled_figures(step, state, batch)
-        state, metrics = step(state, batch)  # compile and warm up
-        jax.block_until_ready(metrics)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            state, metrics = step(state, batch)
-            jax.block_until_ready(metrics)
-            times.append(time.perf_counter() - start)
-        out["train_s"] = statistics.median(times)
+        out["train_s"] = median_step_seconds(step, state, batch, repeats=repeats)
     return out
 
 

@@ -455,10 +455,7 @@ def _plots(out: str, summary: dict, meta: dict) -> list[str]:
         ax.set(yscale="log", xlabel="temporal DCT coefficient", ylabel="share of energy",
                title=f"{kind} residuals")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    spectra = out + "_spectra.png"
-    fig.savefig(spectra, dpi=90)
-    plt.close(fig)
+    spectra = _save_figure(fig, out + "_spectra.png")
     fig, axes = plt.subplots(1, len(strides), figsize=(5 * len(strides), 4), squeeze=False)
     for ax, s in zip(axes[0], strides):
         e = summary[str(s)]["errors"]
@@ -473,11 +470,16 @@ def _plots(out: str, summary: dict, meta: dict) -> list[str]:
         ax.set(xlabel="compression ratio", ylabel="relative error (median)",
                title=f"every {s}-th frame")
         ax.legend(fontsize=6)
+    return [spectra, _save_figure(fig, out + "_errors.png")]
+
+
+def _save_figure(fig, path: str) -> str:
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
     fig.tight_layout()
-    errors = out + "_errors.png"
-    fig.savefig(errors, dpi=90)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
-    return [spectra, errors]
+    return path
 
 
 # ----------------------------------------------------------------------------- main

@@ -260,8 +260,7 @@ def _splash_kernel(length: int, groups: int, causal: bool, block: int, interpret
         block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
         block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
     return kernel_lib.make_splash_mqa_single_device(
-        mask_lib.MultiHeadMask([one] * groups), block_sizes=sizes, interpret=interpret), \
-        kernel_lib.SegmentIds
+        mask_lib.MultiHeadMask([one] * groups), block_sizes=sizes, interpret=interpret)
 
 
 def _splash(q, k, v, key_valid, causal) -> jax.Array:
@@ -271,7 +270,10 @@ def _splash(q, k, v, key_valid, causal) -> jax.Array:
     block = min(SPLASH_BLOCK, 128 * -(-l // 128))
     lp = block * -(-l // block)
     interpret = jax.default_backend() != "tpu"
-    kernel, segment_ids = _splash_kernel(lp, g, bool(causal), block, interpret)
+    from jax.experimental.pallas.ops.tpu.splash_attention.splash_attention_kernel import (  # noqa: PLC0415
+        SegmentIds)
+
+    kernel = _splash_kernel(lp, g, bool(causal), block, interpret)
     valid = jnp.ones((b, l), bool) if key_valid is None else key_valid.astype(bool)
     # Queries are segment 1 and see keys of segment 1: padding (0) is never read.
     kv_seg = _pad_to(valid.astype(jnp.int32), 1, lp)
@@ -282,7 +284,7 @@ def _splash(q, k, v, key_valid, causal) -> jax.Array:
 
     def per_device(qs, ks, vs, q_seg, kv_seg):
         def one(qe, ke, ve, qseg, kvseg):  # one example: (K, g, lp, d), (K, lp, d)
-            ids = segment_ids(qseg, kvseg)
+            ids = SegmentIds(qseg, kvseg)
             return jax.vmap(lambda a, b_, c: kernel(a, b_, c, segment_ids=ids))(qe, ke, ve)
         return jax.vmap(one)(qs, ks, vs, q_seg, kv_seg)
 

@@ -19,6 +19,7 @@ from frejax import sharding
 Initializer = Any
 Shape = tuple[int, ...]
 
+
 def make_param(init: Initializer, names: Sequence[str | None], shape: Shape,
                param_dtype: Any, rngs: nnx.Rngs) -> nnx.Param:
     """An ``nnx.Param`` of ``shape`` whose metadata names its logical axes."""
@@ -147,8 +148,12 @@ def remat_call(module: nnx.Module, *args: Any, policy: str = "full") -> Any:
 # ----------------------------------------------------------------------------
 
 
-def _variables(state: Any) -> list[nnx.Variable]:
-    return jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+def _rename_axes(state: Any, rename: Any) -> None:
+    """Rewrites every param's logical axis names (``out_sharding``) in place."""
+    for v in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, nnx.Variable)):
+        names = v.get_metadata().get("out_sharding")
+        if names is not None:
+            v.set_metadata(out_sharding=rename(tuple(names)))
 
 
 def stack_modules(modules: Sequence[nnx.Module]) -> nnx.Module:
@@ -159,10 +164,7 @@ def stack_modules(modules: Sequence[nnx.Module]) -> nnx.Module:
     """
     graphdef, _ = nnx.split(modules[0])
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *(nnx.state(m) for m in modules))
-    for v in _variables(stacked):
-        names = v.get_metadata().get("out_sharding")
-        if names is not None:
-            v.set_metadata(out_sharding=("layers",) + tuple(names))
+    _rename_axes(stacked, lambda names: ("layers",) + names)
     return nnx.merge(graphdef, stacked)
 
 
@@ -175,14 +177,11 @@ def _take_layer(x: Any, i: int) -> Any:
 def unstack_module(module: nnx.Module) -> list[nnx.Module]:
     """The inverse of ``stack_modules``."""
     graphdef, state = nnx.split(module)
-    depth = _variables(state)[0].shape[0]
+    depth = jax.tree.leaves(state)[0].shape[0]
     out = []
     for i in range(depth):
         layer = jax.tree.map(lambda x, i=i: _take_layer(x, i), state)
-        for v in _variables(layer):
-            names = v.get_metadata().get("out_sharding")
-            if names is not None:
-                v.set_metadata(out_sharding=tuple(names)[1:])
+        _rename_axes(layer, lambda names: names[1:])
         out.append(nnx.merge(graphdef, layer))
     return out
 

@@ -193,17 +193,16 @@ def init_state(config: ml_collections.ConfigDict, setup: TrainSetup, tokenizer: 
     shardings = dict(step=setup.state_shardings["step"],
                      opt_state=setup.state_shardings["opt_state"], params=drawn_shardings)
     state = jax.jit(init, out_shardings=shardings)()
+    params = state.pop("params")
     if loaded:
-        abstract = nnx.traversals.flatten_mapping(setup.abstract_state["params"])
         # Pretrained leaves enter as their abstract shapes and shardings; the reader
         # allocates each shard once.
-        state["params"] = {**{p: a for p, a in abstract.items() if from_disk(p)},
-                           **state["params"]}
-        params = nnx.traversals.unflatten_mapping(state["params"])
-        state["params"] = hf_import.load_pretrained(config, params)
-    else:
-        state["params"] = nnx.traversals.unflatten_mapping(state["params"])
-    return dict(step=state["step"], params=state["params"], opt_state=state["opt_state"])
+        abstract = nnx.traversals.flatten_mapping(setup.abstract_state["params"])
+        params = {**{p: a for p, a in abstract.items() if from_disk(p)}, **params}
+    params = nnx.traversals.unflatten_mapping(params)
+    if loaded:
+        params = hf_import.load_pretrained(config, params)
+    return dict(step=state["step"], params=params, opt_state=state["opt_state"])
 
 
 def build_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:

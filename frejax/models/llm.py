@@ -9,7 +9,8 @@ unrolled in Python; both draw the same random init and compute the same thing.
 
 Cache contract. ``init_cache(batch, max_len)`` returns ``{"k", "v": (layers,
 batch, max_len, kv_heads, head_dim), "mask": (batch, max_len) bool}``: keys and
-values of every layer and which slots hold a valid key. A call with ``cache`` writes its ``L`` new tokens of example ``b`` at
+values of every layer and which slots hold a valid key. A call with ``cache``
+writes its ``L`` new tokens of example ``b`` at
 slots ``cache_index[b] + arange(L)`` (each example at its own slot), marks them
 valid per ``attn_mask`` and lets the query at slot ``s`` attend to valid slots
 ``<= s``. Slots are sequence places; RoPE angles come only from ``positions``.
@@ -287,14 +288,12 @@ class LLM(nnx.Module):
 
         if self.scan_layers:
             return scan_layers(self.layers, step, x, kv, remat=remat)
+        if kv is None:
+            for layer in self.layers:
+                x = remat_call(layer, x, positions, mask, policy=remat)[0]
+            return x, None
         new_kv = []
         for i, layer in enumerate(self.layers):
-            kv_layer = None if kv is None else (kv[0][i], kv[1][i])
-            if kv_layer is None and remat != "none":
-                x = remat_call(layer, x, positions, mask, policy=remat)[0]
-                continue
-            x, out = step(layer, x, kv_layer)
+            x, out = step(layer, x, (kv[0][i], kv[1][i]))
             new_kv.append(out)
-        if kv is None:
-            return x, None
         return x, (jnp.stack([k for k, _ in new_kv]), jnp.stack([v for _, v in new_kv]))
