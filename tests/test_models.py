@@ -425,3 +425,29 @@ def test_params_have_logical_names_and_shard_on_a_mesh():
         sharded = jax.device_put(state, shardings)
         logits = _jitted(graphdef, "__call__")(sharded, batch)
     np.testing.assert_allclose(logits, jit_method(model, "__call__")(batch), **TOL)
+
+
+def test_bfloat16_model_compresses_in_bf16_and_returns_float32_logits_from_the_matmul():
+    from configs import long_video  # noqa: PLC0415
+    from data_pipelines import datasets as data_lib  # noqa: PLC0415
+    from frejax import train_state  # noqa: PLC0415
+
+    config = long_video.get_config("smoke,ratio=4")  # room for residuals: an absorber
+    config.train.dtype = "bfloat16"
+    tokenizer = data_lib.make_tokenizer(config)
+    model = train_state.create_model(config, tokenizer, seed=0)
+    assert model.compressor.dtype == jnp.bfloat16
+    assert model.compressor.absorber.dtype == jnp.bfloat16
+    frames = jnp.zeros((2, config.data.num_frames, 32, 32, 3), jnp.uint8)
+    visual = jit_method(model, "encode_video")(dict(frames=frames, frame_mask=jnp.ones(
+        (2, config.data.num_frames), bool)))
+    assert visual.tokens.dtype == jnp.bfloat16
+    untied = LLM(llm_cfg(tie_embeddings=False), rngs=nnx.Rngs(0), dtype=jnp.bfloat16)
+    for llm in (model.llm, untied):  # tied and untied heads
+        hidden = jax.random.normal(jax.random.key(0), (2, 5, llm.width)).astype(jnp.bfloat16)
+        logits = jit_method(llm, "logits")(hidden)
+        assert logits.dtype == jnp.float32
+        # Accumulated in float32, not rounded to bf16 first: most values fall between
+        # bf16 steps.
+        rounded = logits.astype(jnp.bfloat16).astype(jnp.float32)
+        assert float(jnp.mean(logits != rounded)) > 0.5
