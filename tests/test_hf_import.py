@@ -355,8 +355,9 @@ def test_llama3_rope_scaling_logits_match_transformers(tmp_path):
     assert np.abs(plain[1] - theirs[1]).max() > 100 * ATOL
 
 
-def test_config_args_point_a_run_at_pretrained_folders(tmp_path):
-    """``vision=`` / ``llm=`` set the architecture; the run's initial state holds the weights."""
+def test_config_args_point_a_run_at_pretrained_folders(tmp_path, monkeypatch):
+    """``vision=`` / ``llm=`` set the architecture; the run's initial state holds the weights,
+    read into place: no random copy of the pretrained towers is ever materialised."""
     torch = _torch()
     from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
@@ -379,10 +380,17 @@ def test_config_args_point_a_run_at_pretrained_folders(tmp_path):
     assert config.model.llm.qkv_bias and config.optim.freeze == "encoder,llm"
     config.mesh.shape = (1, 2, 2)
     mesh = sharding.make_mesh(config.mesh.shape, jax.devices()[:4])
+    received = []
+    load = hf_import.load_pretrained
+    monkeypatch.setattr(hf_import, "load_pretrained",
+                        lambda config, params: received.append(params) or load(config, params))
     with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
         tok = data_lib.make_tokenizer(config)
         setup = train_state.make_setup(config, mesh, tok)
         params = train_state.init_state(config, setup, tok)["params"]
+    towers = jax.tree.leaves({k: received[0][k] for k in ("encoder", "llm")})
+    assert towers and all(type(x) is jax.ShapeDtypeStruct for x in towers)
+    assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(received[0]["projector"]))
     with torch.no_grad():
         conv = vision.embeddings.patch_embedding.weight.numpy()
         embedding = llm.model.embed_tokens.weight.numpy()
