@@ -96,3 +96,28 @@ def test_stacked_params_carry_the_layers_axis_and_unstack_back():
 def test_remat_policy_is_checked_by_name():
     with pytest.raises(ValueError, match="must be one of"):
         layers.rematerialize(lambda x: x, "everything")
+
+
+@pytest.mark.parametrize("scan", [True, False])
+@pytest.mark.parametrize("remat,policy", [("none", None), ("full", "nothing_saveable"),
+                                          ("save_dots", "DotsSaveable(")])
+def test_the_remat_policy_reaches_every_layout(scan, remat, policy):
+    """The named policy wraps the layers in the traced backward pass (values cannot show it)."""
+    import re  # noqa: PLC0415
+
+    from frejax import config_lib  # noqa: PLC0415
+    from frejax.models.llm import LLM  # noqa: PLC0415
+
+    cfg = config_lib.base_config().model.llm
+    cfg.update(vocab_size=20, width=16, depth=2, heads=4, kv_heads=2, mlp_dim=32, remat=remat,
+               scan_layers=scan)
+    graphdef, state = nnx.split(LLM(cfg, rngs=nnx.Rngs(0)))
+    tokens, positions = jnp.zeros((1, 4), jnp.int32), jnp.arange(4)[None]
+
+    def loss(state):
+        llm = nnx.merge(graphdef, state)
+        return llm(llm.embed(tokens), positions)[0].sum()
+
+    policies = re.findall(r"policy=(?:<function )?(\w+\(|\w+)", str(jax.make_jaxpr(
+        jax.grad(loss))(state)))
+    assert set(policies) == ({policy} if policy else set())
