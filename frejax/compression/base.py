@@ -104,7 +104,7 @@ class Compressor(nnx.Module):
     def __init__(self, geometry: VideoGeometry, budget: int, options: Any = None, *,
                  rngs: nnx.Rngs | None = None, dtype: Any = jnp.float32):
         self.geometry = geometry
-        self.dtype = dtype  # compute dtype of learned parts (the absorber); tokens leave in it
+        self.dtype = dtype  # the model's compute dtype, for learned parts (the absorber)
         self.budget = int(budget)
         if not 1 <= self.budget <= geometry.full_tokens:
             raise ValueError(
