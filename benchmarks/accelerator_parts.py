@@ -49,7 +49,8 @@ def _attention_program(backend: str, length: int):
 
 def run_attention(args) -> dict:
     import jax  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
+
+    from benchmarks.accelerator_scale import command_line  # noqa: PLC0415
 
     rows = []
     for length in LENGTHS:
@@ -87,8 +88,7 @@ def run_attention(args) -> dict:
         secs = "–" if r.get("seconds") is None else r["seconds"]
         lines.append(f"| {r['platform']} | {r['length']} | {r['backend']} |"
                      f" {r['temp_bytes'] / GIB:.3f} | {r['compile_s']} | {secs} |")
-    lines += ["", f"Command: `python -m benchmarks.accelerator_scale --part=attention`"
-              f" ({np.__name__} {np.__version__}, jax {jax.__version__})."]
+    lines += ["", f"Command: `{command_line(args)}` (jax {jax.__version__})."]
     return dict(rows=rows, markdown=lines)
 
 
@@ -151,7 +151,7 @@ def _steps_per_second(source: str, flags: list[str], steps: int) -> dict:
 
 
 def run_cpu_step(args) -> dict:
-    from benchmarks.accelerator_scale import checkout, git_rev  # noqa: PLC0415
+    from benchmarks.accelerator_scale import checkout, command_line, git_rev  # noqa: PLC0415
 
     rows = []
     variants = [("after (scanned layers)", None, []),
@@ -173,10 +173,7 @@ def run_cpu_step(args) -> dict:
     for r in rows:
         lines.append(f"| {r['label']} | {r['revision']} |"
                      f" {r.get('steps_per_sec', 'error: ' + r.get('error', '?'))} |")
-    command = "python -m benchmarks.accelerator_scale --part=cpu_step"
-    if args.baseline:
-        command += f" --baseline={args.baseline}"
-    lines += ["", f"Command: `{command}`."]
+    lines += ["", f"Command: `{command_line(args)}`."]
     return dict(rows=rows, markdown=lines)
 
 

@@ -209,19 +209,18 @@ def markdown(report: dict) -> str:
 
 
 def command_line(args) -> str:
+    """The command that reproduces ``args``: every flag that differs from its default."""
+    defaults = vars(_parser().parse_args([f"--part={args.part}"]))
     parts = ["python -m benchmarks.accelerator_scale", f"--part={args.part}"]
-    if args.baseline:
-        parts.append(f"--baseline={args.baseline}")
-    if args.topologies != ",".join(TOPOLOGIES):
-        parts.append(f"--topologies={args.topologies}")
-    for o in args.override or []:
-        parts.append(f"--override={o}")
-    if args.label:
-        parts.append(f"--label={args.label}")
+    for key, value in vars(args).items():
+        if key in ("part", "out") or value == defaults[key]:
+            continue
+        for v in value if isinstance(value, list) else [value]:
+            parts.append(f"--{key}={v}")
     return " ".join(parts)
 
 
-def parse_args(argv=None):
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--part", required=True, choices=("pod", "attention", "cpu_step"))
     p.add_argument("--out", default=DEFAULT_OUT, help="report path without extension")
@@ -237,7 +236,11 @@ def parse_args(argv=None):
     p.add_argument("--tpu_topology", default="v5e:1x1",
                    help="attention: compile-only TPU chip for the TPU rows")
     p.add_argument("--steps", type=int, default=120, help="cpu_step: train steps per run")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    return _parser().parse_args(argv)
 
 
 def main(argv=None) -> None:
