@@ -233,8 +233,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max_run_gib", type=float, default=6.0,
                    help="attention: run programs whose temporaries fit this")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--tpu_topology", default="v5e:1x1",
-                   help="attention: compile-only TPU chip for the TPU rows")
+    p.add_argument("--tpu_topology", default="v5e:2x2",
+                   help="attention: compile-only TPU topology whose first chip gives the TPU rows")
     p.add_argument("--steps", type=int, default=120, help="cpu_step: train steps per run")
     return p
 
