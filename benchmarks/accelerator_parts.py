@@ -86,8 +86,10 @@ def run_attention(args) -> dict:
              "|---|---|---|---|---|---|"]
     for r in rows:
         secs = "–" if r.get("seconds") is None else r["seconds"]
-        lines.append(f"| {r['platform']} | {r['length']} | {r['backend']} |"
-                     f" {r['temp_bytes'] / GIB:.3f} | {r['compile_s']} | {secs} |")
+        temp = (f"{r['temp_bytes'] / GIB:.3f}" if r["temp_bytes"] >= 0
+                 else "refused: " + r.get("refused", "does not fit the chip"))
+        lines.append(f"| {r['platform']} | {r['length']} | {r['backend']} | {temp} |"
+                     f" {r['compile_s']} | {secs} |")
     lines += ["", f"Command: `{command_line(args)}` (jax {jax.__version__})."]
     return dict(rows=rows, markdown=lines)
 
@@ -110,15 +112,19 @@ def _tpu_attention_rows(args) -> list[dict]:
             fn, shapes = _attention_program(backend, length)
             shapes = [jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding) for s in shapes]
             start = time.perf_counter()
+            refused = None
             try:
                 compiled = fn.lower(*shapes).compile()
                 temp = int(compiled.memory_analysis().temp_size_in_bytes)
             except Exception as e:  # noqa: BLE001  (the TPU compiler refuses oversize programs)
-                print(f"tpu {backend} {length}: {str(e).splitlines()[0][:200]}", flush=True)
+                refused = str(e).splitlines()[0][:200]
+                print(f"tpu {backend} {length}: {refused}", flush=True)
                 temp = -1
             row = dict(platform=f"tpu {device.device_kind} (compile only)", length=length,
                        backend=backend, temp_bytes=temp,
                        compile_s=round(time.perf_counter() - start, 2), seconds=None)
+            if refused:
+                row["refused"] = refused
             print(json.dumps(row), flush=True)
             rows.append(row)
     return rows
