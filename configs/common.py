@@ -103,6 +103,37 @@ def apply_pretrained(c: ml_collections.ConfigDict, vision: str = "", llm: str = 
             c.data.update(tokenizer="huggingface", tokenizer_path=llm)
 
 
+# lmms-eval's LLaVA-OneVision prompt (conversation template "qwen_1_5", the visual
+# placeholder then a newline then the question); the answer follows the last line.
+LLAVA_PROMPT = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+                "<|im_start|>user\n<video>\n{question}<|im_end|>\n<|im_start|>assistant\n")
+
+
+def apply_llava(c: ml_collections.ConfigDict, folder: str) -> None:
+    """Points the whole model at a LLaVA-OneVision / LLaVA-Video folder (Hugging Face
+    ``llava_onevision`` layout): SigLIP tower up to the feature layer, projector, video
+    pooling and newline, Qwen2 LLM, tokenizer and chat template, all from its files."""
+    if not folder:
+        return
+    from frejax.models import hf_import  # noqa: PLC0415  (imports JAX: only when asked)
+
+    path = os.path.join(folder, "config.json")
+    if not os.path.isfile(path):
+        raise ValueError(f"config arg llava={folder}: no config.json in that folder")
+    with open(path) as f:
+        keys = hf_import.llava_model_config(json.load(f))
+    c.model.vision.update(keys["vision"], pretrained=folder)
+    llm_cfg = keys["llm"]
+    c.model.llm.rope_scaling.update(llm_cfg.pop("rope_scaling"))
+    c.model.llm.update(llm_cfg, pretrained=folder)
+    c.model.projector.update(keys["projector"], pretrained=folder)
+    c.model.newline = keys["newline"]
+    c.data.image_size = c.model.vision.image_size
+    c.data.prompt_template = LLAVA_PROMPT
+    if os.path.isfile(os.path.join(folder, "tokenizer.json")):
+        c.data.update(tokenizer="huggingface", tokenizer_path=folder)
+
+
 def apply_stage(c: ml_collections.ConfigDict, stage: int, lora_rank: int = 0) -> None:
     """Training recipes for a pretrained encoder and LLM.
 
@@ -129,7 +160,7 @@ def apply_stage(c: ml_collections.ConfigDict, stage: int, lora_rank: int = 0) ->
 def parse_video_arg(arg: str | None, *, frames: int, ratio: float) -> ml_collections.ConfigDict:
     """The arg keys of the video configs, with the file's own frames and ratio as defaults."""
     return parse_arg(arg, scale="cpu", smoke=False, ratio=ratio, compressor="fre_res",
-                     frames=frames, stage=0, lora=0, vision="", llm="")
+                     frames=frames, stage=0, lora=0, vision="", llm="", llava="")
 
 
 def apply_variants(c: ml_collections.ConfigDict, args: ml_collections.ConfigDict) -> None:
@@ -141,4 +172,5 @@ def apply_variants(c: ml_collections.ConfigDict, args: ml_collections.ConfigDict
     if args.smoke:
         apply_smoke(c)
     apply_pretrained(c, args.vision, args.llm)
+    apply_llava(c, args.llava)
     apply_stage(c, args.stage, args.lora)

@@ -187,7 +187,11 @@ def word_tokenizer_for(texts: Iterable[str], template: str = DEFAULT_TEMPLATE) -
 
 
 class _SpecialIds:
-    """Splits text on ``<video>`` so the placeholder is always exactly one id."""
+    """Splits text on ``<video>`` so the placeholder is always exactly one id.
+
+    The text between placeholders is encoded as written, whitespace included (as
+    LLaVA's ``tokenizer_image_token`` does): chat templates put newlines around it.
+    """
 
     video_id: int
 
@@ -199,8 +203,8 @@ class _SpecialIds:
         for i, part in enumerate(text.split(VIDEO)):
             if i:
                 ids.append(self.video_id)
-            if part.strip():
-                ids.extend(self._encode_plain(part.strip()))
+            if part:
+                ids.extend(self._encode_plain(part))
         return ids
 
 

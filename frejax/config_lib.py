@@ -102,9 +102,21 @@ def base_config() -> ml_collections.ConfigDict:
                     # SigLIP layout by default; DINOv2 sets the next five from its config.json.
                     cls_token=False, registers=0, layer_scale=False, gelu_approximate=True,
                     pixel_norm="symmetric",  # symmetric ([-1, 1]) | imagenet
+                    # False: latents are the last block's output without the final norm
+                    # (LLaVA's vision_feature_layer=-1 reads hidden_states[-1]).
+                    final_norm=True,
                     # a SigLIP(2) or DINOv2 safetensors folder; "" = random init
                     pretrained=""),
-        projector=dict(hidden=0),
+        # The vision -> LLM projector (2-layer GELU MLP; hidden 0 = the LLM width).
+        # order: compress_then_project (compressor on encoder latents, frejax's default)
+        # | project_then_compress (LLaVA-OneVision / LLaVA-Video: the projector per frame,
+        # then `pool`, then the compressor on LLM-width tokens; training-free methods
+        # then hand the pretrained LLM tokens it was trained to read).
+        # pool: 1, or 2 = LLaVA-OneVision's per-frame bilinear resize to ceil(h/2) x ceil(w/2).
+        # pretrained: a LLaVA-OneVision folder (its multi_modal_projector and newline).
+        projector=dict(hidden=0, order="compress_then_project", pool=1, pretrained=""),
+        # A learned embedding appended after the visual tokens (LLaVA-OneVision's video newline).
+        newline=False,
         llm=dict(vocab_size=0,  # 0: from the tokenizer
                  width=128, depth=2, heads=4, kv_heads=2, head_dim=0, mlp_dim=256,
                  rope_theta=10_000.0, qkv_bias=True, tie_embeddings=True,
@@ -159,6 +171,8 @@ _CHOICES = {
     "data.resize": ("crop", "pad"),
     "data.tokenizer": ("auto", "sentencepiece", "huggingface"),
     "model.vision.pixel_norm": ("symmetric", "imagenet"),
+    "model.projector.order": ("compress_then_project", "project_then_compress"),
+    "model.projector.pool": (1, 2),
     "model.vision.remat": tuple(REMAT_POLICIES),
     "model.vision.attention": attention.IMPLEMENTATIONS,
     "model.llm.remat": tuple(REMAT_POLICIES),
@@ -290,10 +304,13 @@ def _validate_compressor(config: ml_collections.ConfigDict, v: dict) -> None:
                 f"{stale[0]}: an option of {', '.join(users)}, but config.compressor.name is"
                 f" {name!r}, which does not read it; remove the setting or choose one of"
                 f" those compressors")
-    if chosen == "fre_res" and v["model.vision.width"] % opts["absorber"]["heads"]:
+    # The compressor reads LLM-width tokens when the projector runs first.
+    width_key = ("model.llm.width" if v["model.projector.order"] == "project_then_compress"
+                 else "model.vision.width")
+    if chosen == "fre_res" and v[width_key] % opts["absorber"]["heads"]:
         raise ValueError(
             f"config.compressor.fre_res.absorber.heads ({opts['absorber']['heads']}) must divide"
-            f" config.model.vision.width ({v['model.vision.width']})")
+            f" config.{width_key} ({v[width_key]})")
 
 
 _REAL_VIDEO_KEYS = ("data.root", "data.train_annotations", "data.eval_annotations",

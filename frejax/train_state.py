@@ -162,9 +162,11 @@ def make_setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
 
 
 def pretrained_groups(config: ml_collections.ConfigDict) -> frozenset[str]:
-    """Top-level param groups read from pretrained folders (``encoder``, ``llm``)."""
+    """Top-level param groups read from pretrained folders (``encoder``, ``llm``, ``projector``)."""
     return frozenset(g for g, section in (("encoder", config.model.vision),
-                                          ("llm", config.model.llm)) if section.pretrained)
+                                          ("llm", config.model.llm),
+                                          ("projector", config.model.projector))
+                     if section.get("pretrained"))
 
 
 def init_state(config: ml_collections.ConfigDict, setup: TrainSetup, tokenizer: Any) -> dict:

@@ -394,6 +394,34 @@ def vision_config_from_hf(config: dict) -> dict:
     c = _vision_hf_config(config)
     if c.get("model_type") in DINOV2_TYPES:
         return _dinov2_config(c)
+    keys = _siglip_config(c)
+    if is_llava(config):
+        keys.update(_llava_vision_layers(config, keys["depth"]))
+    return keys
+
+
+def is_llava(config: dict) -> bool:
+    """A LLaVA-OneVision / LLaVA-Video ``config.json`` (vision tower + projector + LLM)."""
+    return config.get("model_type") == "llava_onevision"
+
+
+def _llava_vision_layers(config: dict, depth: int) -> dict:
+    """LLaVA reads ``hidden_states[vision_feature_layer]``: the output of a block, before the
+    tower's final norm. The ViT runs the blocks up to that one only."""
+    layer = config.get("vision_feature_layer", -1)
+    if not isinstance(layer, int):
+        raise ValueError(f"llava config: vision_feature_layer {layer!r}; one layer is supported")
+    strategy = config.get("vision_feature_select_strategy", "full")
+    if strategy != "full":
+        raise ValueError(f"llava config: vision_feature_select_strategy {strategy!r}; SigLIP has no"
+                         " class token to drop, 'full' is supported")
+    used = depth + 1 + layer if layer < 0 else layer
+    if not 1 <= used <= depth:
+        raise ValueError(f"llava config: vision_feature_layer {layer} outside 1..{depth} blocks")
+    return dict(depth=used, final_norm=False)
+
+
+def _siglip_config(c: dict) -> dict:
     act = c.get("hidden_act", "gelu_pytorch_tanh")
     if act != "gelu_pytorch_tanh":
         raise ValueError(f"vision config: hidden_act {act!r}; the ViT implements gelu_pytorch_tanh")
@@ -408,7 +436,8 @@ def vision_config_from_hf(config: dict) -> dict:
                 heads=int(c.get("num_attention_heads", 12)),
                 mlp_dim=int(c.get("intermediate_size", 3072)),
                 norm_eps=float(c.get("layer_norm_eps", 1e-6)), cls_token=False, registers=0,
-                layer_scale=False, gelu_approximate=True, pixel_norm="symmetric")
+                layer_scale=False, gelu_approximate=True, pixel_norm="symmetric",
+                final_norm=True)
 
 
 def _dinov2_config(c: dict) -> dict:
@@ -426,11 +455,14 @@ def _dinov2_config(c: dict) -> dict:
                 mlp_dim=int(width * float(c.get("mlp_ratio", 4))),
                 norm_eps=float(c.get("layer_norm_eps", 1e-6)), cls_token=True,
                 registers=int(c.get("num_register_tokens", 0)), layer_scale=True,
-                gelu_approximate=False, pixel_norm="imagenet")
+                gelu_approximate=False, pixel_norm="imagenet", final_norm=True)
 
 
 def llm_config_from_hf(config: dict) -> dict:
-    """``config.json`` of a Qwen2 / Qwen2.5 / Llama(-3) decoder -> ``model.llm`` keys."""
+    """``config.json`` of a Qwen2 / Qwen2.5 / Llama(-3) decoder (or a LLaVA model's
+    ``text_config``) -> ``model.llm`` keys."""
+    if is_llava(config):
+        config = config["text_config"]
     kind = config.get("model_type")
     if kind not in ("qwen2", "llama"):
         raise ValueError(f"llm config: model_type {kind!r}; supported: 'qwen2', 'llama'")
@@ -485,9 +517,10 @@ def vision_param_map(folder: SafetensorsFolder, grid: tuple[int, int] | None = N
         ("patch_embed", "bias"): Tensor(emb + "patch_embedding.bias", (d,)),
         ("pos_embed",): Tensor(emb + "position_embedding.weight",
                                ((c["image_size"] // p) ** 2, d)),
-        ("final_norm", "scale"): Tensor(prefix + "post_layernorm.weight", (d,)),
-        ("final_norm", "bias"): Tensor(prefix + "post_layernorm.bias", (d,)),
     }
+    if c["final_norm"]:
+        m[("final_norm", "scale")] = Tensor(prefix + "post_layernorm.weight", (d,))
+        m[("final_norm", "bias")] = Tensor(prefix + "post_layernorm.bias", (d,))
     hd = (heads, d // heads)
     for i in range(c["depth"]):
         hf, fj = f"{prefix}encoder.layers.{i}.", ("blocks", i)
@@ -564,7 +597,8 @@ def llm_param_map(folder: SafetensorsFolder) -> ParamMap:
         ("final_norm", "scale"): Tensor(prefix + "norm.weight", (d,)),
     }
     if not c["tie_embeddings"]:
-        m[("lm_head", "kernel")] = Linear("lm_head.weight", (d,), (c["vocab_size"],))
+        m[("lm_head", "kernel")] = Linear(folder.prefix_of("lm_head.weight") + "lm_head.weight",
+                                          (d,), (c["vocab_size"],))
     for i in range(c["depth"]):
         hf, fj = f"{prefix}layers.{i}.", ("layers", i)
         m[fj + ("attn_norm", "scale")] = Tensor(hf + "input_layernorm.weight", (d,))
@@ -583,6 +617,39 @@ def llm_param_map(folder: SafetensorsFolder) -> ParamMap:
         m[fj + ("mlp", "down", "kernel")] = Linear(hf + "mlp.down_proj.weight",
                                                    (c["mlp_dim"],), (d,))
     return m
+
+
+def projector_param_map(folder: SafetensorsFolder) -> ParamMap:
+    """frejax ``Projector`` param paths -> a LLaVA-OneVision ``multi_modal_projector`` and its
+    ``image_newline`` (the video newline)."""
+    config = folder.config
+    if not is_llava(config):
+        raise ValueError(f"{folder.path}: model_type {config.get('model_type')!r} has no projector;"
+                         " a LLaVA-OneVision folder ('llava_onevision') has")
+    act = config.get("projector_hidden_act", "gelu")
+    if act != "gelu":
+        raise ValueError(f"llava config: projector_hidden_act {act!r}; the projector implements"
+                         " 'gelu'")
+    if not config.get("multimodal_projector_bias", True):
+        raise ValueError("llava config: multimodal_projector_bias false is not supported")
+    vision, llm = vision_config_from_hf(config)["width"], llm_config_from_hf(config)["width"]
+    prefix = folder.prefix_of("multi_modal_projector.linear_1.weight") + "multi_modal_projector."
+    return {
+        ("fc1", "kernel"): Linear(prefix + "linear_1.weight", (vision,), (llm,)),
+        ("fc1", "bias"): Tensor(prefix + "linear_1.bias", (llm,)),
+        ("fc2", "kernel"): Linear(prefix + "linear_2.weight", (llm,), (llm,)),
+        ("fc2", "bias"): Tensor(prefix + "linear_2.bias", (llm,)),
+        ("newline",): Tensor(folder.prefix_of("image_newline") + "image_newline", (llm,)),
+    }
+
+
+def llava_model_config(config: dict) -> dict:
+    """A LLaVA-OneVision ``config.json`` -> ``model`` keys: tower, projector (projector first,
+    2x2 bilinear pooling, the newline) and LLM, as ``transformers`` runs videos."""
+    if not is_llava(config):
+        raise ValueError(f"model_type {config.get('model_type')!r}; expected 'llava_onevision'")
+    return dict(vision=vision_config_from_hf(config), llm=llm_config_from_hf(config),
+                projector=dict(hidden=0, order="project_then_compress", pool=2), newline=True)
 
 
 # ----------------------------------------------------------------------------
@@ -682,7 +749,7 @@ def check_config(expected: dict, config: Any, key: str, folder: str) -> None:
 
 
 def load_pretrained(config: Any, params: dict) -> dict:
-    """Loads ``model.vision.pretrained`` / ``model.llm.pretrained`` folders into ``params``.
+    """Loads ``model.{vision,llm,projector}.pretrained`` folders into ``params``.
 
     ``params`` is the pure-dict ``VideoMLLM`` params (``encoder``, ``llm``, ...),
     sharded or not; an empty path leaves that part as it is.
@@ -701,6 +768,11 @@ def load_pretrained(config: Any, params: dict) -> dict:
         folder = SafetensorsFolder(llm_path)
         check_config(llm_config_from_hf(folder.config), config.model.llm, "model.llm", llm_path)
         params["llm"] = load_params(folder, llm_param_map(folder), params["llm"], "llm")
+    projector_path = config.model.projector.get("pretrained", "")
+    if projector_path:
+        folder = SafetensorsFolder(projector_path)
+        params["projector"] = load_params(folder, projector_param_map(folder),
+                                          params["projector"], "projector")
     return params
 
 

@@ -18,14 +18,17 @@ plain next-token cross-entropy of ``logits[:, i]`` against ``tokens[:, i + 1]``.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from frejax import compression, sharding
 from frejax.compression import CompressedTokens, VideoGeometry, resolve_budget
+from frejax.compression.baselines import resample_grid
 from frejax.models.llm import LLM
 from frejax.models.projector import Projector
 from frejax.models.vit import ViT
@@ -52,6 +55,20 @@ def splice_indices(tokens: jax.Array, video_token_id: int,
     return source.astype(jnp.int32), text_to_seq.astype(jnp.int32)
 
 
+@functools.lru_cache(maxsize=32)
+def bilinear_matrix(size: int, out: int) -> np.ndarray:
+    """``(out, size)`` weights of ``torch.nn.functional.interpolate(mode="bilinear")`` along one
+    axis (``align_corners=False``, no antialiasing): LLaVA-OneVision's video pooling."""
+    src = np.maximum((np.arange(out) + 0.5) * (size / out) - 0.5, 0.0)
+    lo = np.minimum(np.floor(src).astype(int), size - 1)
+    hi = np.minimum(lo + 1, size - 1)
+    frac = src - lo
+    m = np.zeros((out, size))
+    np.add.at(m, (np.arange(out), lo), 1 - frac)
+    np.add.at(m, (np.arange(out), hi), frac)
+    return m
+
+
 def _gather(x: jax.Array, index: jax.Array) -> jax.Array:
     """``x (B, S, ...)``, ``index (B, S')`` -> ``(B, S', ...)``."""
     index = index.reshape(index.shape + (1,) * (x.ndim - 2))
@@ -68,7 +85,20 @@ class VideoMLLM(nnx.Module):
         self.video_token_id = int(video_token_id)
         self.dtype = dtype
         self.encoder = ViT(model_cfg.vision, **kw)
-        self.geometry = VideoGeometry(int(num_frames), self.encoder.grid, self.encoder.width)
+        projector_cfg = model_cfg.projector
+        self.project_first = (
+            str(projector_cfg.get("order", "compress_then_project")) == "project_then_compress")
+        self.pool = int(projector_cfg.get("pool", 1))
+        if self.pool not in (1, 2):
+            raise ValueError(f"model.projector.pool must be 1 or 2, got {self.pool}")
+        grid, width = self.encoder.grid, self.encoder.width
+        if self.project_first:  # the compressor reads pooled LLM-width tokens
+            grid = tuple(-(-n // self.pool) for n in grid)
+            width = int(model_cfg.llm.width)
+        elif self.pool != 1:
+            raise ValueError("model.projector.pool needs model.projector.order="
+                             "'project_then_compress' (it pools projected tokens)")
+        self.geometry = VideoGeometry(int(num_frames), grid, width)
         budget = resolve_budget(self.geometry, int(compressor_cfg.budget),
                                 float(compressor_cfg.ratio))
         self.compressor = compression.build(
@@ -76,38 +106,68 @@ class VideoMLLM(nnx.Module):
             compression.section_options(compressor_cfg), rngs=rngs, dtype=dtype)
         self.llm = LLM(model_cfg.llm, vocab_size=vocab_size, **kw)
         self.projector = Projector(self.encoder.width, self.llm.width,
-                                   int(model_cfg.projector.hidden), **kw)
+                                   int(projector_cfg.hidden),
+                                   newline=bool(model_cfg.get("newline", False)), **kw)
+        self._extra = 0 if self.projector.newline is None else 1
 
     @property
     def num_visual_tokens(self) -> int:
-        """Static M: visual places in the LLM sequence."""
-        return self.compressor.num_tokens
+        """Static M: visual places in the LLM sequence (the newline included)."""
+        return self.compressor.num_tokens + self._extra
 
     @property
     def full_visual_tokens(self) -> int:
-        """T * N: visual tokens without compression."""
-        return self.geometry.full_tokens
+        """T * N (+ the newline): visual places without compression."""
+        return self.geometry.full_tokens + self._extra
 
     @property
     def visual_tokens_used(self) -> int:
-        return self.compressor.num_valid_tokens
+        return self.compressor.num_valid_tokens + self._extra
+
+    def frame_tokens(self, frames: jax.Array) -> jax.Array:
+        """Frames -> what the compressor reads ``(batch, T, N, D)``: encoder latents, or with
+        ``project_then_compress`` projected (and pooled) LLM-width tokens."""
+        latents = self.encoder(frames)
+        if not self.project_first:
+            return latents
+        b, t, n, d = latents.shape
+        x = self.projector(latents.reshape(b, t * n, d)).reshape(b, t, n, -1)
+        if self.pool != 1:
+            (h, w), (h2, w2) = self.encoder.grid, self.geometry.grid
+            x = resample_grid(x.reshape(b, t, h, w, -1), bilinear_matrix(h, h2),
+                              bilinear_matrix(w, w2)).reshape(b, t, h2 * w2, -1)
+        return sharding.constrain(x, ("batch", "frames", "tokens", "embed"))
 
     def encode_video(self, batch: dict[str, jax.Array]) -> CompressedTokens:
-        """Frames -> compressed vision tokens ``(batch, M, vision_width)``, mask ``(batch, M)``."""
-        latents = self.encoder(batch["frames"])
+        """Frames -> compressed tokens ``(batch, M', D)`` and mask ``(batch, M')``: vision
+        width, or LLM width with ``project_then_compress``; the newline is not among them."""
+        latents = self.frame_tokens(batch["frames"])
         frame_mask = batch.get("frame_mask")
         out = self.compressor(latents, frame_mask)
         return CompressedTokens(sharding.constrain(out.tokens, ("batch", "tokens", "embed")),
                                 out.mask.astype(bool))
 
+    def visual_embeds(self, visual: CompressedTokens) -> tuple[jax.Array, jax.Array]:
+        """Compressed tokens -> the LLM's visual places ``(batch, M, E)`` and mask ``(batch, M)``."""
+        m = visual.tokens.shape[1]
+        if m != self.compressor.num_tokens:
+            raise ValueError(f"video_mllm: {m} visual tokens, expected {self.compressor.num_tokens}")
+        mask = visual.mask.astype(bool)
+        x = visual.tokens if self.project_first else self.projector(visual.tokens)
+        x = x.astype(self.dtype) * mask[..., None].astype(self.dtype)
+        if self.projector.newline is not None:
+            b = x.shape[0]
+            line = jnp.broadcast_to(self.projector.newline[...].astype(self.dtype),
+                                    (b, 1, x.shape[-1]))
+            x = jnp.concatenate([x, line], axis=1)
+            mask = jnp.concatenate([mask, jnp.ones((b, 1), bool)], axis=1)
+        return x, mask
+
     def _splice(self, tokens: jax.Array, text_mask: jax.Array, visual: CompressedTokens):
         """Embeds and splices. Returns embeds ``(B, S, E)``, valid ``(B, S)``,
         positions ``(B, S)`` and text_to_seq ``(B, L)`` (placeholder -> last valid visual place)."""
-        m = visual.tokens.shape[1]
-        if m != self.num_visual_tokens:
-            raise ValueError(f"video_mllm: {m} visual tokens, expected {self.num_visual_tokens}")
-        vis_mask = visual.mask.astype(bool)
-        vis = self.projector(visual.tokens) * vis_mask[..., None].astype(self.dtype)
+        vis, vis_mask = self.visual_embeds(visual)
+        m = vis.shape[1]
         text = self.llm.embed(tokens)
         source, text_to_seq = splice_indices(tokens, self.video_token_id, m)
         embeds = _gather(jnp.concatenate([text, vis.astype(text.dtype)], axis=1), source)
@@ -147,8 +207,7 @@ class VideoMLLM(nnx.Module):
         The same embedding, masking and positions as the training splice: masked
         visual padding takes no position. The cache has ``cache_len`` slots.
         """
-        vis_mask = visual.mask.astype(bool)
-        vis = self.projector(visual.tokens) * vis_mask[..., None].astype(self.dtype)
+        vis, vis_mask = self.visual_embeds(visual)
         text = self.llm.embed(prefix_tokens)
         embeds = jnp.concatenate([text, vis.astype(text.dtype)], axis=1)
         valid = jnp.concatenate([jnp.ones(prefix_tokens.shape, bool), vis_mask], axis=1)

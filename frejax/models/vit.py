@@ -173,7 +173,9 @@ class ViT(nnx.Module):
                   for _ in range(int(cfg.depth))]
         # Stacked and scanned (one block compiled) or unrolled; the same init either way.
         self.blocks = stack_modules(blocks) if self.scan_layers else nnx.List(blocks)
-        self.final_norm = LayerNorm(self.width, eps=norm_eps, **kw)
+        # LLaVA reads the last block's output before the tower's final norm.
+        self.final_norm = (LayerNorm(self.width, eps=norm_eps, **kw)
+                           if cfg.get("final_norm", True) else None)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -207,7 +209,8 @@ class ViT(nnx.Module):
         else:
             for block in self.blocks:
                 x = remat_call(block, x, policy=self.remat)
-        return self.final_norm(x[:, extra:])
+        x = x[:, extra:]
+        return x if self.final_norm is None else self.final_norm(x)
 
     def __call__(self, frames: jax.Array) -> jax.Array:
         """``(batch, frames T, H, W, 3)`` -> latents ``(batch, T, N, D)``."""

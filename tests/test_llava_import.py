@@ -1,0 +1,129 @@
+"""LLaVA-OneVision import: video logits equal ``transformers``' ``LlavaOnevisionForConditionalGeneration``
+on a tiny random model saved here (float32), through the ``llava=<folder>`` config arg.
+
+The tiny tower has a 5 x 5 patch grid, so the 2x2 bilinear pooling (to 3 x 3) reads
+edge cells the way ``torch.nn.functional.interpolate`` does for LLaVA's odd 27 x 27 grid.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import common, short_video
+from frejax import config_lib
+from frejax.models import hf_import
+from frejax.models.video_mllm import VideoMLLM, bilinear_matrix
+
+VOCAB, VIDEO_ID, FRAMES = 96, 95, 3
+
+
+def _torch():
+    import torch  # noqa: PLC0415  (a test requirement: missing, the test fails)
+
+    torch.manual_seed(0)
+    return torch
+
+
+def _tiny_llava(tmp_path, feature_layer):
+    torch = _torch()
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+
+    cfg = LlavaOnevisionConfig(
+        vision_config=dict(model_type="siglip_vision_model", hidden_size=48,
+                           intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+                           image_size=70, patch_size=14, vision_use_head=False),
+        text_config=dict(model_type="qwen2", vocab_size=VOCAB, hidden_size=32,
+                         intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, rms_norm_eps=1e-6, rope_theta=1e6,
+                         tie_word_embeddings=False),
+        vision_feature_layer=feature_layer, vision_feature_select_strategy="full",
+        video_token_index=VIDEO_ID, image_token_index=94)
+    model = LlavaOnevisionForConditionalGeneration(cfg).eval()
+    with torch.no_grad():  # weights at unit gain: the default init's near-constant logits
+        for name, p in model.named_parameters():  # (|logit| < 0.3) would hide mistakes
+            if p.ndim == 2:
+                p.normal_(0, 1.5 * p.shape[1] ** -0.5)
+            elif p.ndim == 4:  # the patch conv
+                p.normal_(0, p[0].numel() ** -0.5)
+            elif name.endswith("bias") or "image_newline" in name:
+                p.normal_(0, 0.5)
+            else:  # norm scales
+                p.normal_(1.0, 0.1)
+    model.save_pretrained(str(tmp_path / "llava"))
+    return torch, model, str(tmp_path / "llava")
+
+
+def _frejax_model(folder, compressor="full", ratio=1.0):
+    config = short_video.get_config(f"smoke,llava={folder},compressor={compressor},"
+                                    f"frames={FRAMES},ratio={ratio}")
+    config_lib.validate(config)
+    model = VideoMLLM(config.model, config.compressor, num_frames=FRAMES, vocab_size=VOCAB,
+                      video_token_id=VIDEO_ID, rngs=nnx.Rngs(0))
+    state = nnx.state(model, nnx.Param)
+    params = hf_import.load_pretrained(config, nnx.to_pure_dict(state))
+    nnx.replace_by_pure_dict(state, params)
+    nnx.update(model, state)
+    return config, model
+
+
+@pytest.mark.parametrize("feature_layer", [-1, -2])
+def test_video_logits_match_transformers(tmp_path, feature_layer):
+    torch, hf, folder = _tiny_llava(tmp_path, feature_layer)
+    config, model = _frejax_model(folder)
+    assert config.model.vision.depth == 3 + 1 + feature_layer
+    assert not config.model.vision.final_norm and config.model.newline
+    assert model.num_visual_tokens == FRAMES * 3 * 3 + 1  # pooled 3 x 3 per frame, the newline
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (1, FRAMES, 70, 70, 3), dtype=np.uint8)
+    before, after = [3, 17, 42], [7, 60, 5, 11]
+    tokens = np.asarray([before + [VIDEO_ID] + after])
+    batch = dict(frames=jnp.asarray(frames), frame_mask=jnp.ones((1, FRAMES), bool),
+                 tokens=jnp.asarray(tokens), text_mask=jnp.ones(tokens.shape, bool))
+    graphdef, state = nnx.split(model)
+    ours = np.asarray(jax.jit(lambda s, b: nnx.merge(graphdef, s)(b))(state, batch))[0]
+
+    m = model.num_visual_tokens
+    ids = torch.tensor([before + [VIDEO_ID] * m + after])
+    pixels = torch.from_numpy((frames.astype(np.float32) / 255 - 0.5) / 0.5).permute(0, 1, 4, 2, 3)
+    with torch.no_grad():
+        theirs = hf(input_ids=ids, pixel_values_videos=pixels).logits[0].numpy()
+    p = len(before)
+    places = list(range(p)) + [p + m - 1] + [p + m + i for i in range(len(after))]
+    np.testing.assert_allclose(ours, theirs[places], atol=1e-4, rtol=1e-4)
+
+
+def test_bilinear_matrix_is_torch_interpolate():
+    torch = _torch()
+    for size, out in ((27, 14), (5, 3), (4, 2), (6, 6)):
+        x = torch.randn(1, 1, size, 1)
+        want = torch.nn.functional.interpolate(x, size=(out, 1), mode="bilinear")[0, 0, :, 0]
+        np.testing.assert_allclose(bilinear_matrix(size, out) @ x[0, 0, :, 0].numpy(),
+                                   want.numpy(), atol=1e-5)  # float32 rounding
+
+
+def test_training_free_compressors_read_projected_tokens(tmp_path):
+    """With the projector first, every compressor sees LLM-width pooled tokens and the
+    newline stays one place after them."""
+    _, _, folder = _tiny_llava(tmp_path, -1)
+    _, model = _frejax_model(folder, compressor="spatial_pool", ratio=3.0)
+    assert model.geometry.embed == 32 and model.geometry.grid == (3, 3)
+    assert model.num_visual_tokens == model.compressor.num_tokens + 1
+    frames = jnp.zeros((2, FRAMES, 70, 70, 3), jnp.uint8)
+    visual = model.encode_video(dict(frames=frames, frame_mask=jnp.ones((2, FRAMES), bool)))
+    assert visual.tokens.shape == (2, model.compressor.num_tokens, 32)
+    embeds, mask = model.visual_embeds(visual)
+    assert embeds.shape == (2, model.num_visual_tokens, 32) and bool(mask[:, -1].all())
+    np.testing.assert_allclose(np.asarray(embeds[0, -1]), np.asarray(model.projector.newline[...]))
+
+
+def test_llava_arg_refuses_other_folders(tmp_path):
+    (tmp_path / "x").mkdir()
+    with pytest.raises(ValueError, match="llava=.*no config.json"):
+        short_video.get_config(f"smoke,llava={tmp_path / 'x'}")
+    (tmp_path / "x" / "config.json").write_text('{"model_type": "qwen2"}')
+    with pytest.raises(ValueError, match="expected 'llava_onevision'"):
+        short_video.get_config(f"smoke,llava={tmp_path / 'x'}")
+    assert "<video>\n{question}" in common.LLAVA_PROMPT
