@@ -23,6 +23,7 @@ callers can count them by cause.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import io
 from collections.abc import Iterator
@@ -39,8 +40,8 @@ DECODE_ERRORS: tuple[str, ...] = (
     "no_frames",        # a valid container without a single decodable frame
 )
 
-SAMPLING_MODES = ("uniform", "fps", "dense")
-RESIZE_MODES = ("crop", "pad")
+SAMPLING_MODES = ("uniform", "fps", "dense", "linspace")
+RESIZE_MODES = ("crop", "pad", "stretch")
 
 
 class VideoDecodeError(ValueError):
@@ -74,13 +75,17 @@ class FrameSampling:
 
 def sample_indices(num_available: int, num_frames: int, mode: str,
                    window_seed: int | None = None) -> np.ndarray:
-    """Frame indices (ascending, at most ``num_frames``) for ``uniform`` or ``dense``.
+    """Frame indices (ascending, at most ``num_frames``) for ``uniform``, ``dense`` or ``linspace``.
 
     uniform: the centres of ``num_frames`` equal bins over the clip; a clip shorter
     than ``num_frames`` gives all its frames (padding is the caller's job).
     dense: ``num_frames`` consecutive frames, the window start drawn from
     ``window_seed`` or centred when it is None.
+    linspace: ``np.linspace(0, n - 1, num_frames, dtype=int)`` as lmms-eval samples for
+    LLaVA-OneVision; a clip shorter than ``num_frames`` repeats frames.
     """
+    if mode == "linspace":  # lmms-eval's video loaders: always num_frames, repeats if short
+        return np.linspace(0, num_available - 1, num_frames, dtype=int)
     if num_available <= num_frames:
         return np.arange(num_available)
     if mode == "uniform":
@@ -94,7 +99,11 @@ def sample_indices(num_available: int, num_frames: int, mode: str,
 
 
 def resize_frame(frame: av.VideoFrame, size: int, resize: str) -> np.ndarray:
-    """One decoded frame -> ``(size, size, 3)`` uint8 RGB (short-side crop or long-side pad)."""
+    """One decoded frame -> ``(size, size, 3)`` uint8 RGB (short-side crop, long-side pad, or
+    ``stretch``: both sides to ``size`` with bicubic resampling, as LLaVA-OneVision's
+    processor resizes video frames)."""
+    if resize == "stretch":
+        return frame.to_ndarray(width=size, height=size, format="rgb24", interpolation="BICUBIC")
     w, h = frame.width, frame.height
     scale = size / (min(w, h) if resize == "crop" else max(w, h))
     # Round, then clamp so crop never falls below and pad never exceeds `size`.
@@ -206,14 +215,15 @@ def _decode_indices(data: bytes, wanted: np.ndarray,
     when it ended before the last wanted one).
     """
     container, stream = _open(data)
-    wanted_set, last = set(wanted.tolist()), int(wanted[-1])
+    times = collections.Counter(wanted.tolist())  # linspace may want a frame twice
+    last = int(wanted[-1])
     picked, decoded = [], 0
     try:
         with container:
             for i, frame in enumerate(container.decode(stream)):
                 decoded = i + 1
-                if i in wanted_set:
-                    picked.append(resize_frame(frame, sampling.image_size, sampling.resize))
+                if i in times:
+                    picked += [resize_frame(frame, sampling.image_size, sampling.resize)] * times[i]
                 if i >= last:
                     break
     except av.error.FFmpegError as e:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from data_pipelines import video_qa_synthetic
+from data_pipelines import video_decode, video_qa_synthetic
 from frejax import attention, compression, sharding
 from frejax.layers import REMAT_POLICIES
 from frejax.compression import options as options_lib
@@ -167,8 +167,8 @@ def base_config() -> ml_collections.ConfigDict:
 
 _CHOICES = {
     "data.name": ("synthetic_video_qa", "video_folder", "array_record", "tfds"),
-    "data.sampling": ("uniform", "fps", "dense"),
-    "data.resize": ("crop", "pad"),
+    "data.sampling": video_decode.SAMPLING_MODES,
+    "data.resize": video_decode.RESIZE_MODES,
     "data.tokenizer": ("auto", "sentencepiece", "huggingface"),
     "model.vision.pixel_norm": ("symmetric", "imagenet"),
     "model.projector.order": ("compress_then_project", "project_then_compress"),

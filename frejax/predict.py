@@ -76,8 +76,8 @@ DEFAULT_QUESTION_LEN = 64
 
 
 def _encode(graphdef, params, frames):
-    """``(1, T, H, W, 3)`` uint8 -> latents ``(1, T, N, D)``."""
-    return nnx.merge(graphdef, params).encoder(frames)
+    """``(1, T, H, W, 3)`` uint8 -> what the compressor reads ``(1, T, N, D)``."""
+    return nnx.merge(graphdef, params).frame_tokens(frames)
 
 
 def _compress(graphdef, params, latents, frame_mask):

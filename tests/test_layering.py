@@ -18,7 +18,7 @@ PACKAGES = ("frejax", "data_pipelines", "configs", "benchmarks")
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("text and decoding", ("data_pipelines", "data_pipelines.tokenizer",
                            "data_pipelines.video_decode", "data_pipelines.package_assets")),
-    ("annotation files", ("data_pipelines.annotations",)),
+    ("annotation files", ("data_pipelines.annotations", "data_pipelines.video_benchmarks")),
     ("sources and converters", ("data_pipelines.video_qa_synthetic", "data_pipelines.video_folder",
                                 "data_pipelines.array_record_shards",
                                 "data_pipelines.tfds_video_folder",
