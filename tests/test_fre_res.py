@@ -176,3 +176,35 @@ def test_error_messages():
     model = _build("fre_res", g, 64, paper(absorber=dict(heads=2)))
     with pytest.raises(ValueError, match=r"latents must be \(batch, 16, 16, 8\)"):
         model(jnp.zeros((1, 16, 15, 8)))
+
+
+def test_fre_res_frames_is_parameter_free_and_emits_the_split_it_keeps():
+    """Training-free Fre-Res: frames of the low-pass video that anchors + K coefficients give."""
+    from flax import nnx  # noqa: PLC0415
+
+    from frejax import compression  # noqa: PLC0415
+    from frejax.compression import VideoGeometry  # noqa: PLC0415
+
+    g = VideoGeometry(12, (2, 3), 5)
+    x = jax.random.normal(jax.random.key(3), (2, 12, 6, 5))
+    full = jnp.ones((2, 12), bool)
+    # Every coefficient kept (budget = T*N): the frames come back exactly.
+    exact = compression.build("fre_res_frames", g, g.full_tokens, {}, rngs=nnx.Rngs(0))
+    out = exact(x, full)
+    np.testing.assert_allclose(np.asarray(out.tokens).reshape(2, 12, 6, 5),
+                               np.asarray(x)[:, list(exact.frame_indices)], atol=1e-5)
+    # 4 frames of budget: 2 segments of 6 frames, mean anchor + 1 coefficient each.
+    c = compression.build("fre_res_frames", g, 4 * 6, {}, rngs=nnx.Rngs(0))
+    assert (c.segments, c.num_coeffs, c.frame_indices) == (2, 1, (1, 4, 7, 10))
+    assert not jax.tree.leaves(nnx.state(c, nnx.Param))
+    mean = x.reshape(2, 2, 6, 6, 5).mean(axis=2)
+    dev = x.reshape(2, 2, 6, 6, 5) - mean[:, :, None]
+    basis = np.cos(np.pi * (np.arange(6) + 0.5) / 6) * np.sqrt(2 / 6)  # DCT-II k=1, orthonormal
+    coeff = jnp.einsum("l,bslnd->bsnd", basis, dev)
+    want = mean[:, :, None] + basis[None, None, :, None, None] * coeff[:, :, None]
+    want = np.asarray(want).reshape(2, 12, 6, 5)[:, [1, 4, 7, 10]]
+    got = np.asarray(c(x, full).tokens).reshape(2, 4, 6, 5)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    # A masked-off frame's tokens are invalid.
+    mask = full.at[1, 7].set(False)
+    assert not bool(c(x, mask).mask[1, 2 * 6:3 * 6].any())

@@ -285,3 +285,86 @@ class AnchorsOnly(FreRes):
 
     name = "anchors_only"
     variant = "anchors_only"
+
+
+@register
+class FreResFrames(Compressor):
+    """Training-free Fre-Res: what the split keeps, handed back as latent frames.
+
+    A pretrained projector and LLM read frame tokens, not DCT coefficients or a learned
+    absorber's output. This variant keeps exactly what a Fre-Res split of the same budget
+    keeps (``S`` anchors of ``N`` tokens and ``K`` unpooled residual coefficients per
+    position and segment, ``S * (1 + K) * N <= budget``), inverts the split
+    (``anchors.reconstruct``: the low-pass latent video) and emits ``F = S * (1 + K)``
+    frames of it at the centres of equal time bins, ``1 + K`` per segment. Within a
+    segment the ``1 + K`` frames are a linear, generally invertible image of the anchor
+    and its ``K`` coefficients, so the LLM receives the kept information and nothing
+    else, as tokens of the kind it was trained on. No parameters.
+
+    Half the frames buy anchors (``S = max(1, F // 2)``, ``K = F // S - 1``); the anchor
+    and residual kinds and the DCT path come from ``compressor.fre_res``
+    (``anchor``, ``residual``, ``dct_method``); the segment-mean anchor with its
+    deviations is the latents' own low-pass DCT per segment.
+    """
+
+    name = "fre_res_frames"
+    section = budget_lib.SECTION
+    OPTIONS = budget_lib.OPTIONS
+
+    def __init__(self, geometry: VideoGeometry, budget: int, options: Any = None, *,
+                 rngs: nnx.Rngs | None = None, dtype=jnp.float32, param_dtype=jnp.float32):
+        super().__init__(geometry, budget, options, rngs=rngs, dtype=dtype)
+        del param_dtype
+        n, t = geometry.tokens, geometry.frames
+        frames = self.budget // n
+        if frames < 1:
+            raise ValueError(f"compressor.budget: {self.name} emits whole frames and needs budget"
+                             f" >= N = {n} tokens per frame, got {budget}")
+        opts = self.resolve_options(options)
+        segments = max(1, min(t, frames // 2))
+        seg_len = -(-t // segments)
+        segments = -(-t // seg_len)
+        k = min(frames // segments - 1, seg_len - 1)
+        split = dict(opts, segment_len=seg_len, num_coeffs=k, time_windows=1 if k else 0,
+                     pool=1 if k else 0, coding="single", allocation="uniform", output="dual",
+                     absorber=dict(opts["absorber"], enabled=False))
+        kept = segments * n * (1 + k)
+        self.plan = make_plan(geometry, kept, split, variant="fre_res" if k else "anchors_only")
+        self.residual, self.anchor = opts["residual"], opts["anchor"]
+        self.dct_method = opts["dct_method"]
+        self.segments, self.num_coeffs = segments, k
+        # 1 + K frames per segment at the centres of equal bins of its frames.
+        idx = []
+        for s in range(segments):
+            start, stop = s * seg_len, min(t, (s + 1) * seg_len)
+            idx += [start + int((i + 0.5) * (stop - start) / (1 + k)) for i in range(1 + k)]
+        self.frame_indices = tuple(idx)
+
+    @property
+    def num_valid_tokens(self) -> int:
+        return len(self.frame_indices) * self.geometry.tokens
+
+    def compress(self, latents: jax.Array, frame_mask: jax.Array) -> CompressedTokens:
+        plan, n = self.plan, self.geometry.tokens
+        fn = functools.partial(fre_res_parts, plan=plan, residual=self.residual,
+                               anchor=self.anchor, method=self.dct_method)
+        parts = sharding.batch_local(fn)(latents, frame_mask.astype(bool))
+        coeffs = None
+        if parts.coeffs is not None:
+            coeffs = jnp.where(parts.slot_mask[..., None, None], parts.coeffs, 0.0)
+        video = reconstruct(parts.anchors, parts.anchor_index, coeffs, frames=latents.shape[1],
+                            segment_len=plan.segment_len, residual=self.residual,
+                            method=self.dct_method, frame_mask=frame_mask.astype(bool),
+                            time_windows=plan.time_windows, mean_anchors=plan.mean_anchors)
+        idx = jnp.asarray(self.frame_indices)
+        b, d = latents.shape[0], latents.shape[-1]
+        tokens = video[:, idx].reshape(b, -1, d).astype(self.dtype)
+        mask = jnp.repeat(frame_mask.astype(bool)[:, idx], n, axis=1)
+        return CompressedTokens(sharding.constrain(tokens, ("batch", "length", "embed")), mask)
+
+    def reconstruct(self, latents: jax.Array) -> jax.Array:
+        b, t = latents.shape[:2]
+        tokens = self.compress(latents, jnp.ones((b, t), bool)).tokens
+        kept = tokens.reshape(b, len(self.frame_indices), *latents.shape[2:])
+        from frejax.compression.baselines import interpolate_frames  # noqa: PLC0415
+        return interpolate_frames(kept.astype(jnp.float32), t, self.frame_indices)
