@@ -289,6 +289,7 @@ class HuggingFaceTokenizer(_SpecialIds):
         if spec is not None:  # a saved tokenizer: its JSON and special ids, no files
             self._tok = tokenizers.Tokenizer.from_str(spec["json"])
             self._ids = {k: int(v) for k, v in spec["ids"].items()}
+            self.add_bos = bool(spec.get("add_bos", self._ids["bos"] != self._ids["eos"]))
             return
         file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
         if not os.path.isfile(file):
@@ -314,10 +315,14 @@ class HuggingFaceTokenizer(_SpecialIds):
         pad = pad or PAD
         self._ids = {k: self._tok.token_to_id(v)
                      for k, v in (("bos", bos), ("eos", eos), ("pad", pad), ("video", VIDEO))}
+        # Whether a prompt starts with bos: tokenizer_config.json's add_bos_token, else only
+        # when bos is a token of its own (Qwen has none: it reuses eos).
+        add_bos = names.get("add_bos_token")
+        self.add_bos = bool(self._ids["bos"] != self._ids["eos"] if add_bos is None else add_bos)
 
     def to_spec(self) -> dict:
         return dict(kind="huggingface", path=self._path, json=self._tok.to_str(),
-                    ids=dict(self._ids))
+                    ids=dict(self._ids), add_bos=self.add_bos)
 
     vocab_size = property(lambda self: self._tok.get_vocab_size(with_added_tokens=True))
     pad_id = property(lambda self: self._ids["pad"])
@@ -355,6 +360,8 @@ def _hf_special_names(folder: str) -> dict:
     for key in ("bos_token", "eos_token", "pad_token"):
         value = cfg.get(key)
         out[key] = value.get("content") if isinstance(value, dict) else value
+    if "add_bos_token" in cfg:
+        out["add_bos_token"] = cfg["add_bos_token"]
     return out
 
 

@@ -471,3 +471,16 @@ class PreemptionWatcher:
         if jax.process_count() > 1:
             return multihost_utils.reached_preemption_sync_point(step)
         return self._received.is_set()
+
+
+def resolve_checkpoint(path: str) -> tuple[str, int | None]:
+    """A workdir, a ``checkpoints/`` folder or a step folder -> (checkpoints folder, step or None)."""
+    path = os.path.abspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"--checkpoint {path}: no such folder")
+    if os.path.isdir(os.path.join(path, "checkpoints")):
+        return os.path.join(path, "checkpoints"), None
+    name = os.path.basename(path)
+    if name.isdigit():
+        return os.path.dirname(path), int(name)
+    return path, None

@@ -242,19 +242,6 @@ class VideoQA:
 # ----------------------------------------------------------------------------
 
 
-def resolve_checkpoint(path: str) -> tuple[str, int | None]:
-    """A workdir, a ``checkpoints/`` folder or a step folder -> (checkpoints folder, step or None)."""
-    path = os.path.abspath(path)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"--checkpoint {path}: no such folder")
-    if os.path.isdir(os.path.join(path, "checkpoints")):
-        return os.path.join(path, "checkpoints"), None
-    name = os.path.basename(path)
-    if name.isdigit():
-        return os.path.dirname(path), int(name)
-    return path, None
-
-
 def predict_mesh(config: Any) -> Any:
     """The training mesh with ``data`` of size 1: params keep their fsdp/tensor layout."""
     _, fsdp, tensor = (int(s) for s in config.mesh.shape)
@@ -266,7 +253,7 @@ def predict_mesh(config: Any) -> Any:
 def load_video_qa(config: Any, checkpoint: str, **kwargs) -> tuple[VideoQA, int]:
     """Restores ``checkpoint`` for ``config`` -> (``VideoQA``, step)."""
     config_lib.validate(config)
-    directory, step = resolve_checkpoint(checkpoint)
+    directory, step = checkpointing.resolve_checkpoint(checkpoint)
     mesh = predict_mesh(config)
     with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
         ckpt = checkpointing.Checkpointer(directory, keep=config.train.keep_checkpoints)

@@ -177,6 +177,16 @@ def init_state(config: ml_collections.ConfigDict, setup: TrainSetup, tokenizer: 
     into place. Peak memory is one copy of the state. LoRA adapters, which no
     checkpoint holds, keep their init.
     """
+    return _init(config, setup, tokenizer, with_optimizer=True)
+
+
+def init_params(config: ml_collections.ConfigDict, setup: TrainSetup, tokenizer: Any) -> Any:
+    """The params alone, as ``init_state`` places them (inference: no optimiser state)."""
+    return _init(config, setup, tokenizer, with_optimizer=False)["params"]
+
+
+def _init(config: ml_collections.ConfigDict, setup: TrainSetup, tokenizer: Any, *,
+          with_optimizer: bool) -> dict:
     loaded = pretrained_groups(config)
 
     def from_disk(path: tuple) -> bool:
@@ -189,11 +199,15 @@ def init_state(config: ml_collections.ConfigDict, setup: TrainSetup, tokenizer: 
         model = create_model(config, tokenizer, seed=config.seed)
         params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
         flat = nnx.traversals.flatten_mapping(params)
-        return dict(step=jnp.zeros((), jnp.int32), opt_state=setup.tx.init(params),
-                    params={p: v for p, v in flat.items() if not from_disk(p)})
+        out = dict(step=jnp.zeros((), jnp.int32),
+                   params={p: v for p, v in flat.items() if not from_disk(p)})
+        if with_optimizer:
+            out["opt_state"] = setup.tx.init(params)
+        return out
 
-    shardings = dict(step=setup.state_shardings["step"],
-                     opt_state=setup.state_shardings["opt_state"], params=drawn_shardings)
+    shardings = dict(step=setup.state_shardings["step"], params=drawn_shardings)
+    if with_optimizer:
+        shardings["opt_state"] = setup.state_shardings["opt_state"]
     state = jax.jit(init, out_shardings=shardings)()
     params = state.pop("params")
     if loaded:
@@ -204,7 +218,7 @@ def init_state(config: ml_collections.ConfigDict, setup: TrainSetup, tokenizer: 
     params = nnx.traversals.unflatten_mapping(params)
     if loaded:
         params = hf_import.load_pretrained(config, params)
-    return dict(step=state["step"], params=params, opt_state=state["opt_state"])
+    return dict(state, params=params)
 
 
 def build_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:

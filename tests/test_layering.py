@@ -33,7 +33,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("state", ("frejax.train_state", "frejax.checkpointing", "frejax.evaluate")),
     ("inference", ("frejax.streaming", "frejax.token_cache", "frejax.predict", "frejax.export")),
     ("training loop", ("frejax.train",)),
-    ("entry points", ("frejax.main", "frejax.aot", "frejax.analyze", "benchmarks")),
+    ("entry points", ("frejax.main", "frejax.aot", "frejax.analyze", "frejax.benchmark_eval",
+                      "benchmarks")),
 )
 
 

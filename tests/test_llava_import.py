@@ -16,43 +16,21 @@ from frejax import config_lib
 from frejax.models import hf_import
 from frejax.models.video_mllm import VideoMLLM, bilinear_matrix
 
+import llava_fixtures
+
 VOCAB, VIDEO_ID, FRAMES = 96, 95, 3
 
 
 def _torch():
     import torch  # noqa: PLC0415  (a test requirement: missing, the test fails)
 
-    torch.manual_seed(0)
     return torch
 
 
 def _tiny_llava(tmp_path, feature_layer):
-    torch = _torch()
-    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
-
-    cfg = LlavaOnevisionConfig(
-        vision_config=dict(model_type="siglip_vision_model", hidden_size=48,
-                           intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-                           image_size=70, patch_size=14, vision_use_head=False),
-        text_config=dict(model_type="qwen2", vocab_size=VOCAB, hidden_size=32,
-                         intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, rms_norm_eps=1e-6, rope_theta=1e6,
-                         tie_word_embeddings=False),
-        vision_feature_layer=feature_layer, vision_feature_select_strategy="full",
-        video_token_index=VIDEO_ID, image_token_index=94)
-    model = LlavaOnevisionForConditionalGeneration(cfg).eval()
-    with torch.no_grad():  # weights at unit gain: the default init's near-constant logits
-        for name, p in model.named_parameters():  # (|logit| < 0.3) would hide mistakes
-            if p.ndim == 2:
-                p.normal_(0, 1.5 * p.shape[1] ** -0.5)
-            elif p.ndim == 4:  # the patch conv
-                p.normal_(0, p[0].numel() ** -0.5)
-            elif name.endswith("bias") or "image_newline" in name:
-                p.normal_(0, 0.5)
-            else:  # norm scales
-                p.normal_(1.0, 0.1)
-    model.save_pretrained(str(tmp_path / "llava"))
-    return torch, model, str(tmp_path / "llava")
+    folder = str(tmp_path / "llava")
+    torch, model = llava_fixtures.tiny_llava(folder, feature_layer, vocab=VOCAB)
+    return torch, model, folder
 
 
 def _frejax_model(folder, compressor="full", ratio=1.0):

@@ -152,12 +152,12 @@ def test_cached_answers_equal_generate_on_the_decoded_clip(trained, qa):
 def test_bad_inputs_name_the_file(trained, tmp_path):
     root, workdir, _ = trained
     with pytest.raises(FileNotFoundError, match="no such folder"):
-        predict.resolve_checkpoint(str(tmp_path / "nope"))
+        checkpointing.resolve_checkpoint(str(tmp_path / "nope"))
     bad = tmp_path / "qa.jsonl"
     bad.write_text('{"video": "clip0.mp4", "question": "q"}\n{"video": 3}\n')
     with pytest.raises(ValueError, match=r"qa.jsonl:2: needs string fields"):
         list(predict.read_questions(str(bad), str(root)))
-    assert predict.resolve_checkpoint(str(workdir / "checkpoints" / "2")) == (
+    assert checkpointing.resolve_checkpoint(str(workdir / "checkpoints" / "2")) == (
         str(workdir / "checkpoints"), 2)
 
 
