@@ -42,6 +42,10 @@ def create_model(config: ml_collections.ConfigDict, tokenizer: Any, *, seed: int
     model_cfg = ml_collections.ConfigDict(config.model.to_dict())
     if not model_cfg.llm.vocab_size:
         model_cfg.llm.vocab_size = tokenizer.vocab_size
+    elif model_cfg.llm.vocab_size < tokenizer.vocab_size and model_cfg.llm.pretrained:
+        # Tokens the tokenizer adds to a pretrained vocabulary (<video>, <pad>) get rows of
+        # their own, zero at import (hf_import.Extended).
+        model_cfg.llm.vocab_size = tokenizer.vocab_size
     elif model_cfg.llm.vocab_size < tokenizer.vocab_size:
         raise ValueError(
             f"config.model.llm.vocab_size ({model_cfg.llm.vocab_size}) is smaller than the"

@@ -365,7 +365,46 @@ class Stacked:
         return np.stack([self.layers[i].read(folder, index[1:]) for i in which])
 
 
-Source = Linear | Tensor | SplitBias | PatchConv | Reshaped | PositionTable | Stacked
+@dataclasses.dataclass(frozen=True)
+class Extended:
+    """A vocabulary axis grown past the checkpoint's: tokens the tokenizer adds (the ``<video>``
+    placeholder, ``<pad>``) get zero rows (no logit of their own, an embedding the splice
+    replaces); the checkpoint's rows keep their ids."""
+
+    source: Any
+    axis: int
+    size: int
+
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+    def hf_shape(self) -> tuple[int, ...]:
+        return tuple(self.source.hf_shape())
+
+    def shape(self) -> tuple[int, ...]:
+        shape = list(self.source.shape())
+        shape[self.axis] = self.size
+        return tuple(shape)
+
+    def read(self, folder: SafetensorsFolder, index: Index) -> np.ndarray:
+        shape = self.shape()
+        ranges = _as_ranges(index, shape)
+        have = self.source.shape()[self.axis]
+        want = ranges[self.axis]
+        out = np.zeros([len(r) for r in ranges], np.float32)
+        inside = [i for i in want if i < have]
+        if inside:
+            sub = list(index)
+            sub[self.axis] = slice(inside[0], inside[-1] + 1, want.step)
+            part = self.source.read(folder, tuple(sub))
+            where = [slice(None)] * len(shape)
+            where[self.axis] = slice(0, len(inside))
+            out[tuple(where)] = part
+        return out
+
+
+Source = Linear | Tensor | SplitBias | PatchConv | Reshaped | PositionTable | Stacked | Extended
 ParamMap = dict[Path, Source]
 
 
@@ -586,8 +625,11 @@ def _dinov2_param_map(folder: SafetensorsFolder, grid: tuple[int, int] | None) -
     return m
 
 
-def llm_param_map(folder: SafetensorsFolder) -> ParamMap:
-    """frejax ``LLM`` param paths -> sources in a Qwen2 / Llama checkpoint."""
+def llm_param_map(folder: SafetensorsFolder, vocab_size: int = 0) -> ParamMap:
+    """frejax ``LLM`` param paths -> sources in a Qwen2 / Llama checkpoint.
+
+    ``vocab_size`` above the checkpoint's: the rows of tokens the tokenizer added are zero.
+    """
     c = llm_config_from_hf(folder.config)
     d, heads, kv = c["width"], c["heads"], c["kv_heads"]
     hd = c["head_dim"] or d // heads
@@ -599,6 +641,13 @@ def llm_param_map(folder: SafetensorsFolder) -> ParamMap:
     if not c["tie_embeddings"]:
         m[("lm_head", "kernel")] = Linear(folder.prefix_of("lm_head.weight") + "lm_head.weight",
                                           (d,), (c["vocab_size"],))
+    if vocab_size > c["vocab_size"]:
+        m[("embedding",)] = Extended(m[("embedding",)], 0, vocab_size)
+        if ("lm_head", "kernel") in m:
+            m[("lm_head", "kernel")] = Extended(m[("lm_head", "kernel")], 1, vocab_size)
+    elif vocab_size and vocab_size < c["vocab_size"]:
+        raise ValueError(f"{folder.path}: vocab_size {vocab_size} below the checkpoint's"
+                         f" {c['vocab_size']}")
     for i in range(c["depth"]):
         hf, fj = f"{prefix}layers.{i}.", ("layers", i)
         m[fj + ("attn_norm", "scale")] = Tensor(hf + "input_layernorm.weight", (d,))
@@ -767,7 +816,8 @@ def load_pretrained(config: Any, params: dict) -> dict:
     if llm_path:
         folder = SafetensorsFolder(llm_path)
         check_config(llm_config_from_hf(folder.config), config.model.llm, "model.llm", llm_path)
-        params["llm"] = load_params(folder, llm_param_map(folder), params["llm"], "llm")
+        vocab = int(params["llm"]["embedding"].shape[0])  # grown when the tokenizer adds tokens
+        params["llm"] = load_params(folder, llm_param_map(folder, vocab), params["llm"], "llm")
     projector_path = config.model.projector.get("pretrained", "")
     if projector_path:
         folder = SafetensorsFolder(projector_path)
