@@ -1,10 +1,12 @@
 """EgoSchema, the 500-question subset with public answers, as lmms-eval's ``egoschema_subset``.
 
-Follows lmms-eval ``lmms_eval/tasks/egoschema/utils.py``: prompt = question, each option
-on its own line, then ``"\\nAnswer with the option's letter from the given choices
-directly."``; 16 new tokens; ``egoschema_process_results_generation``'s exact matching
-(the whole option string, then the option sentence, then the letter; anything else is
-no answer, index -1); accuracy over all 500 (``egoschema_aggregate_score``, a fraction).
+Follows lmms-eval 0.7.3's ``lmms_eval/tasks/egoschema/utils.py``: prompt = question, each
+option on its own line, then ``"\\nAnswer with the option's letter from the given choices
+directly."``; 16 new tokens; ``egoschema_process_results_generation`` with that file's own
+``parse_multi_choice_response`` (letters in ``(X)``, ``X `` or ``X.`` form, the first in the
+reply wins; option texts for longer replies; a random letter when nothing is found, here
+from the run's seeded ``random.Random``); accuracy over all 500
+(``egoschema_aggregate_score``, a fraction).
 
 Released layouts read: lmms-eval's ``lmms-eval/egoschema`` (``Subset/test-*.parquet`` with
 ``video_idx``, ``question``, ``option`` as ``"A. ..."``, ``answer``) or the original
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import json
 import os
+
+import numpy as np
 
 from data_pipelines.video_benchmarks.base import (Doc, find_annotations, find_video, read_records,
                                                   require)
@@ -65,29 +69,39 @@ def doc_to_text(doc: Doc) -> str:
     return question + POST_PROMPT
 
 
-def pred_index(options: list[str], pred: str) -> int:
-    """lmms-eval's matching: complete option, option sentence, option letter; else -1."""
-    strs = [o if o.endswith(".") else o + "." for o in options]
-    sents = [o.split(". ")[1] if ". " in o else o for o in strs]
-    inds = [o.split(". ")[0] if ". " in o else o for o in strs]
-    for i, s in enumerate(strs):
-        if pred == s:
-            return i
-    for i, s in enumerate(sents):
-        if pred == s:
-            return i
-    for i, s in enumerate(inds):
-        if pred == s or pred == s.replace(".", ""):
-            return i
-    return -1
+def parse(response: str, options: list[str], rng) -> str:
+    """lmms-eval 0.7.3's EgoSchema parser: every ``(X)``, ``X `` and ``X.`` found is a candidate
+    (then, for replies of more than 5 words, the option texts); the first one in the reply
+    wins; none: a random letter."""
+    for char in [",", ".", "!", "?", ";", ":", "'"]:
+        response = response.strip(char)
+    response = " " + response + " "
+    index2ans = {LETTERS[i]: options[i].strip() for i in range(5)}
+    found = [f"({c})" for c in LETTERS if f"({c})" in response]
+    found += [f"{c} " for c in LETTERS if f"{c} " in response]
+    found += [f"{c}." for c in LETTERS if f"{c}." in response]
+    by_text = False
+    if not found and len(response.split()) > 5:
+        found = [c for c, ans in index2ans.items() if ans.lower() in response.lower()]
+        by_text = True
+    if not found:
+        return rng.choice(list(LETTERS))
+    if len(found) > 1:
+        starts = [response.lower().rfind(index2ans[c].lower()) if by_text else response.rfind(c)
+                  for c in found]
+        pick = found[int(np.argmin(starts))]
+    else:
+        pick = found[0]
+    return pick.replace("(", "").replace(")", "").replace(".", "").strip()
 
 
 def process(doc: Doc, pred: str, rng) -> dict:
-    del rng
-    return {"pred": pred_index(list(doc["option"]), pred), "ground_truth": doc["answer"]}
+    parsed = parse(pred, list(doc["option"]), rng)
+    return {"pred": LETTERS.find(parsed) if parsed in LETTERS else -1,
+            "ground_truth": doc["answer"], "parsed": parsed}
 
 
 def aggregate(values: list[dict]) -> dict:
     yes = sum(str(v["ground_truth"]) == str(v["pred"]) for v in values)
     return {"score": yes / len(values) if values else 0,
-            "unparsed": sum(v["pred"] == -1 for v in values)}
+            "per_category": {}}

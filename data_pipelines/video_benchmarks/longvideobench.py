@@ -1,6 +1,6 @@
 """LongVideoBench validation, video only, as lmms-eval's ``longvideobench_val_v``.
 
-Follows lmms-eval ``lmms_eval/tasks/longvideobench/utils.py`` and
+Follows lmms-eval 0.7.3's ``lmms_eval/tasks/longvideobench/utils.py`` and
 ``longvideobench_val_v.yaml``: prompt = question, the options that are not ``"N/A"`` as
 ``"A. ..."`` lines, then ``"\\nAnswer with the option's letter from the given choices
 directly.\\n"``; 32 new tokens; extraction strips the answer prefixes, and a reply of

@@ -1,6 +1,6 @@
 """MVBench (20 temporal tasks, 200 questions each) as lmms-eval's ``mvbench_*`` tasks.
 
-Follows lmms-eval ``lmms_eval/tasks/mvbench/utils.py`` and the per-task yamls: prompt
+Follows lmms-eval 0.7.3's ``lmms_eval/tasks/mvbench/utils.py`` and per-task yamls: prompt
 ``"Question:" + question + "\\nOption:\\n" + "(A) ...\\n" ... + post_prompt``, 16 new
 tokens, ``mcq_acc`` extraction (its punctuation rules and its ``re.UNICODE`` passed as
 the ``count`` of ``periodStrip.sub`` included), and a task score over the predictions
@@ -23,7 +23,7 @@ import string
 from data_pipelines.video_benchmarks.base import Doc, find_annotations, read_records, require
 
 NAME, METRIC, MAX_NEW_TOKENS = "mvbench", "mvbench_accuracy", 16
-POST_PROMPT = "Answer with the option's letter from the given choices directly."
+POST_PROMPT = "Only give the best option.\n"
 
 DATA_LIST = {
     "object_interaction": "star/Charades_segment",

@@ -1,6 +1,6 @@
 """NExT-QA multiple choice (test, 8,564 questions) as lmms-eval's ``nextqa_mc_test``.
 
-Follows lmms-eval ``lmms_eval/tasks/nextqa/utils.py`` (``nextqa_doc_to_text_mc``,
+Follows lmms-eval 0.7.3's ``lmms_eval/tasks/nextqa/utils.py`` (``nextqa_doc_to_text_mc``,
 ``nextqa_mc_process_results``, MMMU's ``parse_multi_choice_response``) and
 ``nextqa_mc_test.yaml``: prompt = the stripped question, then ``"A. <a0>"`` ..
 ``"E. <a4>"`` on their own lines (no post-prompt), 16 new tokens (lmms-eval's default

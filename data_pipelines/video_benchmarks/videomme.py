@@ -1,12 +1,12 @@
 """Video-MME (900 videos, 2,700 questions; short, medium, long) as lmms-eval's ``videomme`` task
 (frames only, no subtitles).
 
-Follows lmms-eval ``lmms_eval/tasks/videomme/utils.py`` (``videomme_doc_to_text``,
-``extract_characters_regex``, ``videomme_aggregate_results``) with ``videomme.yaml``'s
-default ``post_prompt`` and 16 new tokens. Extraction strips the answer prefixes (the
-list as written there, two pairs joined by Python's string concatenation), returns no
-answer for more than 10 words without a letter, else the first of A-D. The score is
-over every question (an unparsed answer counts as wrong).
+Follows lmms-eval 0.7.3's ``lmms_eval/tasks/videomme/utils.py`` (``videomme_doc_to_text``,
+``extract_characters_regex`` = ``_task_utils/mcq_extract.extract_mcq_answer`` over A-D,
+``videomme_aggregate_results``) with ``videomme.yaml``'s default ``post_prompt`` and 16 new
+tokens. (Earlier lmms-eval releases stripped "The best answer is"-style prefixes and took
+the first capital A-D; 0.7.3 ranks every letter it finds by the format it appears in.) The
+score is over every question (no letter found counts as wrong).
 
 Released layout (``lmms-lab/Video-MME``): ``videomme/test-*.parquet`` (or a JSON / JSONL
 export with the same fields) and ``data/<videoID>.mp4``.
@@ -45,24 +45,50 @@ def doc_to_text(doc: Doc) -> str:
     return OPTION_PROMPT + "\n" + question + "\n" + POST_PROMPT
 
 
-_PREFIXES = [
-    "The best answer is",
-    "The correct answer is",
-    "The answer is",
-    "The answer",
-    "The best option is" "The correct option is",  # noqa: ISC001  (lmms-eval's list, as is)
-    "Best answer:" "Best option:",  # noqa: ISC001
-]
+# lmms-eval's shared multiple-choice extractor (``_task_utils/mcq_extract.py``): every
+# occurrence of a choice letter in a known format is a candidate; the highest-priority
+# format wins, and within it the last position.
+_PHRASES = ("the answer is", "answer is", "the correct answer is", "correct answer is",
+            "the best answer is", "best answer is", "the correct option is", "correct option is",
+            "the best option is", "best option is", "the choice is", "choice is",
+            "the correct choice is", "correct choice is", "i choose", "i select", "i pick",
+            "my answer is", "my choice is", "옵션", "정답은", "답은", "답:", "答案是", "答案为", "选",
+            "答えは")
+_PRIORITY = dict(start=10, end=9, phrase=7, parentheses=6, period=5, colon=4, right_paren=3,
+                 space=2, fallback=0)
+CHOICES = ("A", "B", "C", "D")
 
 
-def extract(s: str) -> str:
-    s = s.strip()
-    for prefix in _PREFIXES:
-        s = s.replace(prefix, "")
-    if len(s.split()) > 10 and not re.search("[ABCD]", s):
+def extract(response: str, choices=CHOICES) -> str:
+    """The choice letter of a free-form reply, or "" (lmms-eval's ``extract_mcq_answer``)."""
+    if not response or not response.strip():
         return ""
-    match = re.search(r"[ABCD]", s)
-    return "" if match is None else match[0]
+    text = response.strip()
+    for char in [",", ".", "!", "?", ";", ":", "'", '"']:
+        text = text.strip(char)
+    text = " " + text + " "
+    found = []  # (letter, position, format)
+    for fmt, pattern in (("parentheses", "({})"), ("period", "{}."), ("colon", "{}:"),
+                         ("right_paren", "{})"), ("space", "{} ")):
+        found += [(c, text.rfind(pattern.format(c)), fmt) for c in choices
+                  if pattern.format(c) in text]
+    lower = text.lower()
+    for phrase in _PHRASES:
+        at = lower.find(phrase)
+        if at != -1:
+            found += [(c, text.find(c, at + len(phrase)), "phrase") for c in choices
+                      if text.find(c, at + len(phrase)) != -1]
+    core = text.strip()
+    found += [(c, 0, "start") for c in choices
+              if core.startswith(c) and (len(core) == 1 or not core[1].isalpha())]
+    found += [(c, len(text) - 1, "end") for c in choices
+              if core.endswith(c) and (len(core) == 1 or not core[-2].isalpha())]
+    if not found:
+        found = [(c, text.rfind(c), "fallback") for c in choices if c in text]
+    if not found:
+        return ""
+    found.sort(key=lambda f: (_PRIORITY[f[2]], f[1]), reverse=True)
+    return found[0][0]
 
 
 def process(doc: Doc, pred: str, rng) -> dict:
