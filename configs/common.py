@@ -101,6 +101,8 @@ def apply_pretrained(c: ml_collections.ConfigDict, vision: str = "", llm: str = 
         c.model.llm.update(llm_cfg, pretrained=llm)
         if os.path.isfile(os.path.join(llm, "tokenizer.json")):
             c.data.update(tokenizer="huggingface", tokenizer_path=llm)
+            # A subword tokenizer spells one-word answers in a few tokens.
+            c.eval.max_new_tokens = max(c.eval.max_new_tokens, 4)
 
 
 # lmms-eval's LLaVA-OneVision prompt (conversation template "qwen_1_5", the visual

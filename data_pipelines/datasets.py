@@ -188,7 +188,8 @@ def _check_bad_records(config, where: str, bad: dict[str, int], num_entries: int
 def text_lengths(config: ml_collections.ConfigDict, tokenizer) -> tuple[int, int]:
     """``(max_text_len, max_answer_len)``: the config's when set (> 0), else sized from the data.
 
-    The synthetic benchmark's text is fixed; a video folder's is measured over
+    The synthetic benchmark's text is fixed (measured over all of it for a tokenizer other
+    than its word vocabulary); a video folder's is measured over
     every record of its annotation files with the run's tokenizer, so nothing
     usable is dropped as too long. ArrayRecord and TFDS sets hold their text
     inside the shards: set both keys for them.
@@ -196,8 +197,11 @@ def text_lengths(config: ml_collections.ConfigDict, tokenizer) -> tuple[int, int
     d = config.data
     text, answer = d.max_text_len, d.max_answer_len
     if not (text and answer):
-        if d.name == "synthetic_video_qa":
+        if d.name == "synthetic_video_qa" and isinstance(tokenizer, tokenizer_lib.WordTokenizer):
             auto = (video_qa_synthetic.MAX_TEXT_LEN, video_qa_synthetic.MAX_ANSWER_LEN)
+        elif d.name == "synthetic_video_qa":  # a pretrained LLM's tokenizer: measure
+            auto = input_pipeline.text_lengths(tokenizer, video_qa_synthetic.all_texts(),
+                                               d.prompt_template)
         elif d.name == "video_folder":
             auto = _folder_text_lengths(
                 tokenizer, d.prompt_template, d.root,

@@ -103,6 +103,18 @@ def vocabulary() -> list[str]:
     return sorted(words)
 
 
+def all_texts():
+    """Every question-and-answer text an example can hold (each family's question and
+    answers with every follow-up answer): what a tokenizer other than ``tokenizer()``
+    is measured over to size ``data.max_text_len`` / ``data.max_answer_len``."""
+    for family, question in QUESTIONS.items():
+        for answer in ANSWERS[family]:
+            for followup in FOLLOWUPS[family]:
+                for followup_answer in (*COLOR_NAMES, *BANDS):
+                    yield dict(question=question, answer=answer,
+                               followups=((followup, followup_answer),))
+
+
 # ----------------------------------------------------------------------------
 # Drawing helpers (vectorised over frames).
 # ----------------------------------------------------------------------------

@@ -290,3 +290,21 @@ def test_frame_background_is_the_default_rendering():
     # Pinned: the runs reported in docs/results.md used this exact rendering.
     frames = vqa.VideoQASource(16, 32, 10, "eval")[3]["frames"]
     assert hashlib.sha256(frames.tobytes()).hexdigest()[:16] == "782b1c6865eabed5"
+
+
+def test_text_lengths_are_measured_for_a_subword_tokenizer(tmp_path):
+    """A pretrained LLM's tokenizer spells the benchmark's words in more tokens than its word
+    vocabulary: the lengths are measured over every text the benchmark can produce."""
+    import llava_fixtures  # noqa: PLC0415
+    from configs import short_video  # noqa: PLC0415
+    from data_pipelines import datasets as data_lib  # noqa: PLC0415
+
+    llava_fixtures.write_byte_tokenizer(str(tmp_path))
+    config = short_video.get_config()
+    config.data.update(tokenizer="huggingface", tokenizer_path=str(tmp_path))
+    config.eval.max_new_tokens = 16
+    tok = data_lib.make_tokenizer(config)
+    text, answer = data_lib.text_lengths(config, tok)
+    longest = max(len(a) for answers in vqa.ANSWERS.values() for a in answers)
+    assert answer == longest  # one token per byte
+    assert text > vqa.MAX_TEXT_LEN
