@@ -47,23 +47,6 @@ from data_pipelines import video_benchmarks, video_decode
 from frejax import checkpointing, config_lib, sharding, train_state
 from frejax.compression import CompressedTokens
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Model config (e.g. configs/llava_onevision.py:llava=<folder>,...).",
-    lock_config=True)
-_BENCHMARK = flags.DEFINE_enum("benchmark", None, sorted(video_benchmarks.BENCHMARKS),
-                               "The benchmark.")
-_DATA = flags.DEFINE_string("data", None, "The benchmark's released files on local disk.")
-_OUT = flags.DEFINE_string("out", "eval_results", "Folder for the report and the samples log.")
-_CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", None, "A frejax workdir / checkpoint whose params replace the config's.")
-_BATCH = flags.DEFINE_integer("batch_size", 0, "Prompts per step; 0: config.eval.batch_size.")
-_LIMIT = flags.DEFINE_integer("limit", 0, "Only the first N questions (0: all).")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the random-option fallbacks of the scorers.")
-_SAMPLING = flags.DEFINE_enum("sampling", "linspace", video_decode.SAMPLING_MODES,
-                              "Frame sampling (lmms-eval: linspace).")
-_RESIZE = flags.DEFINE_enum("resize", "stretch", video_decode.RESIZE_MODES,
-                            "Frame resizing (LLaVA-OneVision's processor: stretch).")
-flags.mark_flags_as_required(["config", "benchmark", "data"])
 
 PAD_TO = 16  # prompt lengths round up to a multiple: few compiled shapes
 
@@ -294,12 +277,34 @@ def run(config: Any, benchmark: str, data: str, out: str, *, checkpoint: str | N
     return dict(row=row, samples=result["samples"], report=stem + ".json")
 
 
+def define_flags() -> None:
+    """The command's flags; defined when it runs, so importing this module defines none
+    (``frejax.predict`` and this module both take ``--config``)."""
+    config_flags.DEFINE_config_file(
+        "config", None, "Model config (e.g. configs/llava_onevision.py:llava=<folder>,...).",
+        lock_config=True)
+    flags.DEFINE_enum("benchmark", None, sorted(video_benchmarks.BENCHMARKS), "The benchmark.")
+    flags.DEFINE_string("data", None, "The benchmark's released files on local disk.")
+    flags.DEFINE_string("out", "eval_results", "Folder for the report and the samples log.")
+    flags.DEFINE_string("checkpoint", None,
+                        "A frejax workdir / checkpoint whose params replace the config's.")
+    flags.DEFINE_integer("batch_size", 0, "Prompts per step; 0: config.eval.batch_size.")
+    flags.DEFINE_integer("limit", 0, "Only the first N questions (0: all).")
+    flags.DEFINE_integer("seed", 0, "Seed of the random-option fallbacks of the scorers.")
+    flags.DEFINE_enum("sampling", "linspace", video_decode.SAMPLING_MODES,
+                      "Frame sampling (lmms-eval: linspace).")
+    flags.DEFINE_enum("resize", "stretch", video_decode.RESIZE_MODES,
+                      "Frame resizing (LLaVA-OneVision's processor: stretch).")
+    flags.mark_flags_as_required(["config", "benchmark", "data"])
+
+
 def main(argv):
     del argv
     command = "python -m frejax.benchmark_eval " + " ".join(sys.argv[1:])
-    out = run(_CONFIG.value, _BENCHMARK.value, _DATA.value, _OUT.value,
-              checkpoint=_CHECKPOINT.value, batch_size=_BATCH.value, limit=_LIMIT.value,
-              seed=_SEED.value, sampling=_SAMPLING.value, resize=_RESIZE.value, command=command)
+    f = flags.FLAGS
+    out = run(f.config, f.benchmark, f.data, f.out, checkpoint=f.checkpoint,
+              batch_size=f.batch_size, limit=f.limit, seed=f.seed, sampling=f.sampling,
+              resize=f.resize, command=command)
     row = out["row"]
     print(f"{row['benchmark']} {row['metric']}: {row['score']:.4g} on {row['answered']} of"
           f" {row['questions']} questions; {row['compressor']} {row['visual_tokens_used_per_video']}"
@@ -309,4 +314,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -77,3 +77,30 @@ def test_learned_compressor_needs_a_checkpoint(tmp_path, llava):
     with pytest.raises(ValueError, match="compressor 'fre_res' has learned parameters"):
         benchmark_eval.run(_config(llava, compressor="fre_res", ratio=1.5), "videomme", data,
                            str(tmp_path / "out"))
+
+
+def test_cli_with_a_frejax_checkpoint(tmp_path):
+    """The command line end to end on a frejax-trained checkpoint (its own tokenizer and
+    template), with a learned compressor (fre_res) that the checkpoint holds."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    from configs import short_video  # noqa: PLC0415
+    from test_predict import _save_checkpoint  # noqa: PLC0415
+
+    config = short_video.get_config("smoke")
+    _save_checkpoint(str(tmp_path / "run"), config, step=2)
+    data, _ = fx.videomme_folder(str(tmp_path / "data"))
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    out = subprocess.run(
+        [sys.executable, "-m", "frejax.benchmark_eval", "--config=configs/short_video.py:smoke",
+         f"--checkpoint={tmp_path / 'run'}", "--benchmark=videomme", f"--data={data}",
+         f"--out={tmp_path / 'out'}", "--batch_size=2", "--sampling=uniform", "--resize=crop"],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "videomme videomme_perception_score:" in out.stdout
+    with open(tmp_path / "out" / "videomme__fre_res__r8.json") as f:
+        row = json.load(f)
+    assert row["answered"] == 5 and row["compressor"] == "fre_res"
+    assert row["command"].startswith("python -m frejax.benchmark_eval --config=")
