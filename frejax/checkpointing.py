@@ -7,7 +7,11 @@ Each step directory holds three items, committed atomically by Orbax:
   the shardings of the current mesh, which may differ from the saving one;
 * ``data_iter``: the Grain iterator position of this process, so a resumed run
   neither repeats nor skips an example;
-* ``config``: the resolved config as JSON, for humans and for drift checks.
+* ``config``: the resolved config as JSON, for humans and for drift checks;
+* ``tokenizer``: the tokenizer as JSON;
+* ``checksums``: one checksum per saved array (``state_checksums``), verified when the
+  step is restored: a bit flip inside an array file, which Orbax would read back as a
+  different value, makes the step damaged.
 
 The state holds no RNG: training draws no random numbers (no dropout), and the
 data order is a function of ``config.seed`` and the iterator position.
@@ -17,9 +21,10 @@ the next train step overlaps with the write.
 
 Resuming (``Checkpointer.restore_newest_intact``) walks the steps newest first
 and takes the first one that is whole: a step with a missing commit marker or
-metadata file, or whose arrays cannot be read back (truncated or deleted
-files), is reported, renamed to ``<step>.unusable`` (kept, never deleted) and
-skipped. A step saved with a different model shape is not "damaged": that
+metadata file, whose arrays cannot be read back (truncated or deleted files), or
+whose arrays read back with another checksum than the one saved (a flipped bit),
+is reported, renamed to ``<step>.unusable`` (kept, never deleted) and skipped. Steps
+saved before checksums existed restore unverified. A step saved with a different model shape is not "damaged": that
 stops the run with ``ConfigDriftError`` or ``CheckpointMismatchError``.
 """
 
@@ -35,6 +40,7 @@ from typing import Any, Self
 
 import grain
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -46,7 +52,7 @@ from data_pipelines import tokenizer as tokenizer_lib
 # Orbax writes these last, when a step is committed.
 _COMMIT_MARKER = "commit_success.txt"
 _STEP_METADATA = "_CHECKPOINT_METADATA"
-_ITEMS = ("state", "data_iter", "config", "tokenizer")
+_ITEMS = ("state", "data_iter", "config", "tokenizer")  # required; "checksums" is newer
 # Orbax names an unfinished save `<step>.orbax-checkpoint-tmp`.
 _UNFINISHED_SUFFIX = ".orbax-checkpoint-tmp"
 _SET_ASIDE_SUFFIX = ".unusable"
@@ -82,7 +88,8 @@ class Checkpointer:
                 state=ocp.StandardCheckpointHandler(),
                 data_iter=grain.checkpoint.CheckpointHandler(),
                 config=ocp.JsonCheckpointHandler(),
-                tokenizer=ocp.JsonCheckpointHandler()))
+                tokenizer=ocp.JsonCheckpointHandler(),
+                checksums=ocp.JsonCheckpointHandler()))
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -100,7 +107,8 @@ class Checkpointer:
             state=ocp.args.StandardSave(state),
             data_iter=grain.checkpoint.CheckpointSave(data_iter),
             config=ocp.args.JsonSave(config.to_dict()),
-            tokenizer=ocp.args.JsonSave(tokenizer_lib.to_spec(tokenizer)))
+            tokenizer=ocp.args.JsonSave(tokenizer_lib.to_spec(tokenizer)),
+            checksums=ocp.args.JsonSave(state_checksums(state)))
         saved = self._manager.save(step, args=args, force=force)
         if saved:
             logging.info("Checkpoint of step %d started in %s", step, self.directory)
@@ -130,6 +138,7 @@ class Checkpointer:
                 args=ocp.args.PyTreeRestore(
                     target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
                     partial_restore=True))
+        self.verify(step, dict(params=restored["params"]))
         return restored["params"]
 
     def restore_tokenizer(self, step: int) -> Any:
@@ -187,8 +196,11 @@ class Checkpointer:
                                        where=f"step {step} in {self.directory}")
                     self._check_structure(step, abstract_state)
                     state = self.restore(step, abstract_state, data_iter)
+                    self.verify(step, state)
                 except (ConfigDriftError, CheckpointMismatchError):
                     raise
+                except ChecksumMismatchError as e:
+                    reason = str(e)
                 except Exception as e:  # noqa: BLE001  (TensorStore raises bare Exception)
                     reason = f"cannot be read back: {type(e).__name__}: {_first_line(e)}"
             reason = _agreed_reason(reason)
@@ -208,6 +220,28 @@ class Checkpointer:
                 f"no intact checkpoint in {self.directory} ({listing}). Nothing was renamed"
                 " or deleted; move the directory away to start over.")
         return None, None
+
+    def verify(self, step: int, state: Any) -> None:
+        """Raises ``ChecksumMismatchError`` naming the arrays of ``state`` (as restored from
+        ``step``: the whole state, or ``{"params": ...}``) whose checksum differs from the
+        one saved with them. Resuming falls back to an older step; inference stops."""
+        path = os.path.join(self.step_dir(step), "checksums", "metadata")  # JsonSave's file
+        if not os.path.isfile(path):
+            logging.warning("Checkpoint step %d in %s has no checksums (saved by an older"
+                            " version): restored unverified", step, self.directory)
+            return
+        try:
+            with open(path) as f:
+                saved = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ChecksumMismatchError(f"checksums/metadata is unreadable ({_first_line(e)})") \
+                from None
+        now = state_checksums(state)  # what was restored: all of the state, or its params
+        bad = sorted(k for k in now if saved.get(k) != now[k])
+        if bad:
+            raise ChecksumMismatchError(
+                f"{len(bad)} array(s) read back with another checksum than saved (flipped bits"
+                f" on disk?): {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
 
     def wait(self) -> None:
         """Blocks until every started save is committed."""
@@ -256,6 +290,54 @@ class Checkpointer:
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices("frejax_checkpoint_set_aside")
         self._manager.reload()
+
+
+# ----------------------------------------------------------------------------
+# Checksums: one 32-bit sum per array, the same on any mesh and device count.
+# ----------------------------------------------------------------------------
+
+
+class ChecksumMismatchError(ValueError):
+    """An array read back differs from the one saved."""
+
+
+_ODD = np.uint32(2654435761)  # Knuth's multiplicative hash constant (odd)
+
+
+def _array_checksum(x: jax.Array) -> jax.Array:
+    """``sum(bits[i] * w(i)) mod 2**32`` with ``w(i)`` odd for every flat index ``i``.
+
+    Integer addition is associative, so sharding and reduction order do not change it;
+    flipping bit ``k`` of one element moves the sum by ``2**k * w(i)``, never a multiple
+    of ``2**32`` (``w`` odd, ``k < 32``): every single flipped bit is detected.
+    """
+    x = jnp.asarray(x)
+    if x.dtype == jnp.bool_:
+        x = x.astype(jnp.uint8)
+    size = x.dtype.itemsize
+    if size not in (1, 2, 4, 8):
+        raise ValueError(f"checksum: unsupported dtype {x.dtype}")
+    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[size]
+    if size == 8:  # two 32-bit words per element
+        bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    else:
+        bits = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+    index = jnp.zeros(bits.shape, jnp.uint32)
+    stride = 1
+    for axis in reversed(range(bits.ndim)):
+        index = index + jax.lax.broadcasted_iota(jnp.uint32, bits.shape, axis) * np.uint32(stride)
+        stride = (stride * bits.shape[axis]) % (1 << 32)
+    weight = index * _ODD + np.uint32(0x9E3779B9) | np.uint32(1)
+    return jnp.sum(bits * weight, dtype=jnp.uint32)
+
+
+def state_checksums(state: Any) -> dict[str, int]:
+    """``{"params/llm/embedding": checksum, ...}`` over every array leaf of ``state``."""
+    leaves = jax.tree_util.tree_leaves_with_path(state)
+    arrays = [(jax.tree_util.keystr(p, simple=True, separator="/"), x) for p, x in leaves
+              if hasattr(x, "dtype") and hasattr(x, "shape")]
+    sums = jax.jit(lambda xs: [_array_checksum(x) for x in xs])([x for _, x in arrays])
+    return {name: int(v) for (name, _), v in zip(arrays, jax.device_get(sums))}
 
 
 def find_damage(step_dir: str, data_iter_file: str | None = None) -> str | None:
