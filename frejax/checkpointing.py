@@ -30,6 +30,8 @@ stops the run with ``ConfigDriftError`` or ``CheckpointMismatchError``.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import re
@@ -70,6 +72,31 @@ class NoIntactCheckpointError(RuntimeError):
     """Every checkpoint in the directory is damaged."""
 
 
+class CheckpointSaveError(OSError):
+    """A save could not be written (a full disk, a read-only directory, ...)."""
+
+
+def _save_failure(directory: str, step: int | None, error: BaseException) -> str:
+    text = str(error)
+    if "No space left" in text or "RESOURCE_EXHAUSTED" in text or \
+            getattr(error, "errno", None) == errno.ENOSPC:
+        cause = "the disk is full"
+    elif "Read-only file system" in text or getattr(error, "errno", None) == errno.EROFS:
+        cause = "the directory is read-only"
+    elif "Permission denied" in text or getattr(error, "errno", None) == errno.EACCES:
+        cause = "writing is not permitted"
+    else:
+        cause = "the write failed"
+    intact = sorted(int(n) for n in (os.listdir(directory) if os.path.isdir(directory) else ())
+                    if n.isdigit())
+    which = f"step {step}" if step is not None else "a step"
+    return (f"saving checkpoint {which} in {directory} failed: {cause} ({_first_line(error)})."
+            f" Committed steps, intact: {intact or 'none'}; the unfinished save is left as"
+            f" '<step>{_UNFINISHED_SUFFIX}' and is never resumed from. Free space or make the"
+            " directory writable, then rerun the same command to resume"
+            + (f" from step {intact[-1]}." if intact else "."))
+
+
 class Checkpointer:
     """Saves and restores ``(state, data iterator, config, tokenizer)`` under ``directory``.
 
@@ -80,6 +107,7 @@ class Checkpointer:
 
     def __init__(self, directory: str, *, keep: int = 2, async_save: bool = True):
         self.directory = os.path.abspath(directory)
+        self._in_flight: int | None = None  # the step whose async write may still fail
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
         self._manager = ocp.CheckpointManager(
@@ -102,17 +130,46 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, data_iter: Any,
              config: ml_collections.ConfigDict, tokenizer: Any, *, force: bool = False) -> bool:
-        """Starts an async save of ``step``; the iterator position is captured now."""
+        """Starts an async save of ``step``; the iterator position is captured now.
+
+        A failure of this save or of the one still in flight (a full disk, a read-only
+        directory) raises ``CheckpointSaveError``, here or in ``wait`` / ``close``.
+        """
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             data_iter=grain.checkpoint.CheckpointSave(data_iter),
             config=ocp.args.JsonSave(config.to_dict()),
             tokenizer=ocp.args.JsonSave(tokenizer_lib.to_spec(tokenizer)),
             checksums=ocp.args.JsonSave(state_checksums(state)))
-        saved = self._manager.save(step, args=args, force=force)
+        self._probe_writable(step)
+        with self._save_errors(step):
+            saved = self._manager.save(step, args=args, force=force)
         if saved:
+            self._in_flight = step
             logging.info("Checkpoint of step %d started in %s", step, self.directory)
         return saved
+
+    def _probe_writable(self, step: int) -> None:
+        """Fails at once when the directory cannot take a file: Orbax's own directory
+        creation fails in a background thread, which its other threads wait on for
+        minutes (a read-only directory stalled a save for 300 s)."""
+        probe = os.path.join(self.directory, f".write_probe.{jax.process_index()}")
+        try:
+            with open(probe, "wb") as f:
+                f.write(b"\0")
+            os.remove(probe)
+        except OSError as e:
+            raise CheckpointSaveError(_save_failure(self.directory, step, e)) from e
+
+    @contextlib.contextmanager
+    def _save_errors(self, step: int | None = None):
+        """Turns a failed write into ``CheckpointSaveError``: which step, why, what is intact."""
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001  (TensorStore and Orbax raise bare errors)
+            failed = getattr(self, "_in_flight", None) or step
+            self._in_flight = None
+            raise CheckpointSaveError(_save_failure(self.directory, failed, e)) from e
 
     def restore(self, step: int, abstract_state: Any, data_iter: Any | None = None) -> Any:
         """Restores ``step`` into ``abstract_state``'s shapes, dtypes and shardings.
@@ -245,11 +302,15 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Blocks until every started save is committed."""
-        self._manager.wait_until_finished()
+        with self._save_errors():
+            self._manager.wait_until_finished()
+        self._in_flight = None
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
 
     def _check_structure(self, step: int, abstract_state: Any) -> None:
         """Compares saved array paths and shapes with the state the code builds now."""

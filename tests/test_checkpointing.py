@@ -5,6 +5,7 @@ The subprocess runs share one uninterrupted reference run (a checkpoint at every
 step) and one persistent compilation cache, so only the reference compiles.
 """
 
+import contextlib
 import json
 import os
 import random
@@ -16,6 +17,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -507,3 +509,71 @@ def test_a_params_only_restore_refuses_flipped_bits(reference, tmp_path):
     with pytest.raises(checkpointing.ChecksumMismatchError, match="params/"):
         ckpt.restore_params(NUM_STEPS, setup.abstract_state)
     ckpt.close()
+
+
+# ----------------------------------------------------------------------------
+# Storage faults: a full disk and a read-only directory during a save.
+# ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _small_filesystem(path, size="3m"):
+    """A size-limited tmpfs at ``path`` (needs mount rights; the test says when it has none)."""
+    os.makedirs(path, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                             capture_output=True, text=True)
+    try:
+        yield mounted.returncode == 0
+    finally:
+        if mounted.returncode == 0:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def _tiny_state(n):
+    return dict(step=jnp.asarray(n, jnp.int32), params=dict(w=jnp.arange(n, dtype=jnp.float32)))
+
+
+def test_a_full_disk_or_read_only_directory_fails_clearly_and_keeps_earlier_steps(tmp_path):
+    config = _config()
+    tokenizer = data_lib.make_tokenizer(config)
+    mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+    with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
+        data_iter = data_lib.make_train_iterator(config, tokenizer, mesh)
+    with _small_filesystem(tmp_path / "fs") as real:
+        ckpts = tmp_path / "fs" / "checkpoints"
+        ckpt = checkpointing.Checkpointer(str(ckpts), keep=5)
+        ckpt.save(1, _tiny_state(16), data_iter, config, tokenizer)
+        ckpt.wait()
+        big = _tiny_state(2_000_000)  # 8 MB of float32: more than the 3 MB filesystem
+        if not real:  # no mount rights: the OS error TensorStore reports, injected
+            def full(*args, **kwargs):
+                raise ValueError("RESOURCE_EXHAUSTED: Failed writing: No space left on device"
+                                 " [os_error_code='28']")
+            ckpt._manager.wait_until_finished = full
+        ckpt.save(2, big, data_iter, config, tokenizer)
+        with pytest.raises(checkpointing.CheckpointSaveError) as failed:
+            ckpt.wait()
+        message = str(failed.value)
+        assert "saving checkpoint step 2" in message and "the disk is full" in message
+        assert "Committed steps, intact: [1]" in message and "resume from step 1" in message
+        if real:
+            ckpt.close()
+            assert checkpointing.find_damage(str(ckpts / "1")) is None
+            assert sorted(os.listdir(ckpts)) == ["1", "2.orbax-checkpoint-tmp"]
+            # Resuming takes step 1; the unfinished step 2 is never a candidate.
+            reader = checkpointing.Checkpointer(str(ckpts), keep=5)
+            abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                                    _tiny_state(16))
+            step, state = reader.restore_newest_intact(abstract, config)
+            reader.close()
+            assert step == 1
+            np.testing.assert_array_equal(state["params"]["w"], np.arange(16))
+            # A read-only directory: the next save fails, naming the cause.
+            subprocess.run(["mount", "-o", "remount,ro", str(tmp_path / "fs")], check=True)
+            ckpt = checkpointing.Checkpointer(str(ckpts), keep=5)
+            with pytest.raises(checkpointing.CheckpointSaveError,
+                               match="step 3 .* failed: the directory is read-only"):
+                ckpt.save(3, _tiny_state(16), data_iter, config, tokenizer)
+                ckpt.wait()
+            subprocess.run(["mount", "-o", "remount,rw", str(tmp_path / "fs")], check=True)
+            assert sorted(n for n in os.listdir(ckpts) if n.isdigit()) == ["1"]
