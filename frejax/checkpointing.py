@@ -151,8 +151,8 @@ class Checkpointer:
 
     def _probe_writable(self, step: int) -> None:
         """Fails at once when the directory cannot take a file: Orbax's own directory
-        creation fails in a background thread, which its other threads wait on for
-        minutes (a read-only directory stalled a save for 300 s)."""
+        creation fails in a background thread, which its other threads wait on until a
+        timeout of minutes."""
         probe = os.path.join(self.directory, f".write_probe.{jax.process_index()}")
         try:
             with open(probe, "wb") as f:
