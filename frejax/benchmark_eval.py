@@ -44,7 +44,7 @@ from ml_collections import config_flags
 from data_pipelines import datasets as data_lib
 from data_pipelines import tokenizer as tokenizer_lib
 from data_pipelines import video_benchmarks, video_decode
-from frejax import checkpointing, config_lib, sharding, train_state
+from frejax import config_lib, sharding, train_state
 from frejax.compression import CompressedTokens
 
 
@@ -224,23 +224,13 @@ def build(config: Any, checkpoint: str | None, batch_size: int, max_new_tokens: 
     shape = tuple(int(n) for n in config.mesh.shape)
     count = jax.device_count() if -1 in shape else int(np.prod(shape))
     mesh = sharding.make_mesh(sharding.resolve_mesh_shape(shape, count), jax.devices()[:count])
-    with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
-        if checkpoint:
-            directory, step = checkpointing.resolve_checkpoint(checkpoint)
-            ckpt = checkpointing.Checkpointer(directory, keep=config.train.keep_checkpoints)
-            step = ckpt.latest_step() if step is None else step
-            if step is None:
-                raise FileNotFoundError(f"--checkpoint: no checkpoint in {directory}")
-            tokenizer = ckpt.restore_tokenizer(step)
-            setup = train_state.make_setup(config, mesh, tokenizer)
-            params = ckpt.restore_params(step, setup.abstract_state)
-            ckpt.close()
-        else:
+    if checkpoint:
+        params, tokenizer, _, _ = train_state.restore_for_inference(config, mesh, checkpoint)
+    else:
+        with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
             tokenizer = data_lib.make_tokenizer(config)
             setup = train_state.make_setup(config, mesh, tokenizer)
-            model = nnx.eval_shape(lambda: train_state.create_model(config, tokenizer, seed=0))
-            learned = jax.tree.leaves(nnx.state(model.compressor, nnx.Param))
-            if learned:
+            if jax.tree.leaves(setup.abstract_state["params"].get("compressor", {})):
                 raise ValueError(
                     f"compressor {config.compressor.name!r} has learned parameters and no"
                     " --checkpoint trained them; pass one, or evaluate the pretrained model"

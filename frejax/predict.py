@@ -42,7 +42,6 @@ from ml_collections import config_flags
 
 from data_pipelines import annotations as annotations_lib
 from data_pipelines import video_decode
-from frejax import checkpointing
 from frejax import config_lib
 from frejax import sharding
 from frejax import token_cache
@@ -253,18 +252,9 @@ def predict_mesh(config: Any) -> Any:
 def load_video_qa(config: Any, checkpoint: str, **kwargs) -> tuple[VideoQA, int]:
     """Restores ``checkpoint`` for ``config`` -> (``VideoQA``, step)."""
     config_lib.validate(config)
-    directory, step = checkpointing.resolve_checkpoint(checkpoint)
     mesh = predict_mesh(config)
-    with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
-        ckpt = checkpointing.Checkpointer(directory, keep=config.train.keep_checkpoints)
-        step = ckpt.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"--checkpoint: no checkpoint in {directory}")
-        # The tokenizer saved with the weights: no training annotations are read.
-        tokenizer = ckpt.restore_tokenizer(step)
-        setup = train_state.make_setup(config, mesh, tokenizer)
-        params = ckpt.restore_params(step, setup.abstract_state)
-        ckpt.close()
+    params, tokenizer, directory, step = train_state.restore_for_inference(
+        config, mesh, checkpoint)
     qa = VideoQA(config, params, tokenizer, mesh, fingerprint=f"{directory}@{step}", **kwargs)
     return qa, step
 

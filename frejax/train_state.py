@@ -20,6 +20,7 @@ import ml_collections
 import optax
 from flax import nnx
 
+from frejax import checkpointing
 from frejax import config_lib
 from frejax import sharding
 from frejax.models import hf_import
@@ -227,3 +228,26 @@ def _init(config: ml_collections.ConfigDict, setup: TrainSetup, tokenizer: Any, 
 
 def build_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
     return sharding.make_mesh(config.mesh.shape)
+
+
+def restore_for_inference(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                          checkpoint: str) -> tuple[Any, Any, str, int]:
+    """A workdir / checkpoint folder / step folder -> ``(params, tokenizer, directory, step)``.
+
+    The tokenizer saved with the weights (no training annotations are read) and the params
+    alone (no optimiser state), placed on ``mesh``; the latest step unless a step folder
+    is named. A step whose arrays fail their checksums is refused.
+    """
+    directory, step = checkpointing.resolve_checkpoint(checkpoint)
+    with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
+        ckpt = checkpointing.Checkpointer(directory, keep=config.train.keep_checkpoints)
+        try:
+            step = ckpt.latest_step() if step is None else step
+            if step is None:
+                raise FileNotFoundError(f"--checkpoint: no checkpoint in {directory}")
+            tokenizer = ckpt.restore_tokenizer(step)
+            setup = make_setup(config, mesh, tokenizer)
+            params = ckpt.restore_params(step, setup.abstract_state)
+        finally:
+            ckpt.close()
+    return params, tokenizer, directory, step
