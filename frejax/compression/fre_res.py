@@ -340,15 +340,16 @@ class FreResFrames(Compressor):
             idx += [start + int((i + 0.5) * (stop - start) / (1 + k)) for i in range(1 + k)]
         self.frame_indices = tuple(idx)
 
+    # The same split as FreRes (it reads plan, residual, anchor and dct_method).
+    split = FreRes.split
+
     @property
     def num_valid_tokens(self) -> int:
         return len(self.frame_indices) * self.geometry.tokens
 
     def compress(self, latents: jax.Array, frame_mask: jax.Array) -> CompressedTokens:
         plan, n = self.plan, self.geometry.tokens
-        fn = functools.partial(fre_res_parts, plan=plan, residual=self.residual,
-                               anchor=self.anchor, method=self.dct_method)
-        parts = sharding.batch_local(fn)(latents, frame_mask.astype(bool))
+        parts = self.split(latents, frame_mask)
         coeffs = None
         if parts.coeffs is not None:
             coeffs = jnp.where(parts.slot_mask[..., None, None], parts.coeffs, 0.0)
