@@ -108,6 +108,15 @@ def _restore(workdir, step, config=None, mesh_shape=(1, 1, 1), num_devices=1):
     return jax.device_get(state)
 
 
+def _one_device(config):
+    """The tokenizer, train setup and data iterator of ``config`` on the runs' single device."""
+    mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+    with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
+        tokenizer = data_lib.make_tokenizer(config)
+        setup = train_state.make_setup(config, mesh, tokenizer)
+        return tokenizer, setup, data_lib.make_train_iterator(config, tokenizer, mesh)
+
+
 def _assert_identical(a, b):
     assert jax.tree.structure(a) == jax.tree.structure(b)
     jax.tree.map(np.testing.assert_array_equal, a, b)
@@ -200,11 +209,7 @@ def test_damaged_latest_checkpoints_fall_back_to_the_newest_intact_one(reference
     os.remove(ckpts / str(NUM_STEPS - 1) / "commit_success.txt")        # never committed
 
     config = _config()
-    mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])  # the runs' single device
-    with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
-        tokenizer = data_lib.make_tokenizer(config)
-        setup = train_state.make_setup(config, mesh, tokenizer)
-        data_iter = data_lib.make_train_iterator(config, tokenizer, mesh)
+    tokenizer, setup, data_iter = _one_device(config)
     ckpt = checkpointing.Checkpointer(str(ckpts), keep=NUM_STEPS)
     with caplog.at_level("WARNING"):
         step, state = ckpt.restore_newest_intact(setup.abstract_state, config, data_iter)
@@ -237,11 +242,7 @@ def test_resuming_with_another_number_of_processes_is_refused_not_set_aside(refe
     (data_iter_dir / "process_1-of-2.json").write_text("{}")  # written by a second host
 
     config = _config()
-    mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
-    with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
-        tokenizer = data_lib.make_tokenizer(config)
-        setup = train_state.make_setup(config, mesh, tokenizer)
-        data_iter = data_lib.make_train_iterator(config, tokenizer, mesh)
+    tokenizer, setup, data_iter = _one_device(config)
     ckpt = checkpointing.Checkpointer(str(ckpts), keep=NUM_STEPS)
     with pytest.raises(checkpointing.CheckpointMismatchError,
                        match=rf"step {NUM_STEPS} .* positions of 2 processes, this run has 1"):
@@ -469,11 +470,7 @@ def test_a_flipped_bit_in_an_array_file_is_found_by_its_checksum(reference, tmp_
         pytest.fail("no offset gave a silently different restore")
 
     config = _config()
-    mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
-    with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
-        tokenizer = data_lib.make_tokenizer(config)
-        setup = train_state.make_setup(config, mesh, tokenizer)
-        data_iter = data_lib.make_train_iterator(config, tokenizer, mesh)
+    tokenizer, setup, data_iter = _one_device(config)
     ckpt = checkpointing.Checkpointer(str(ckpts), keep=NUM_STEPS)
     with caplog.at_level("WARNING"):
         step, state = ckpt.restore_newest_intact(setup.abstract_state, config, data_iter)
@@ -510,16 +507,12 @@ def test_a_params_only_restore_refuses_flipped_bits(reference, tmp_path):
     packs the arrays; here one bit of one param is flipped for sure: the state is re-saved
     with it and the step keeps the checksums of the original."""
     config = _config()
-    tokenizer = data_lib.make_tokenizer(config)
+    tokenizer, setup, data_iter = _one_device(config)
     state = _restore(reference, NUM_STEPS)
     name = "params/llm/embedding"
     table = np.array(state["params"]["llm"]["embedding"])
     table.view(np.uint32)[1, 2] ^= np.uint32(1 << 9)
     state["params"]["llm"]["embedding"] = table
-    mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
-    with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
-        setup = train_state.make_setup(config, mesh, tokenizer)
-        data_iter = data_lib.make_train_iterator(config, tokenizer, mesh)
     ckpts = tmp_path / "checkpoints"
     ckpt = checkpointing.Checkpointer(str(ckpts), keep=NUM_STEPS)
     ckpt.save(NUM_STEPS, state, data_iter, config, tokenizer)
@@ -555,10 +548,7 @@ def _tiny_state(n):
 
 def test_a_full_disk_or_read_only_directory_fails_clearly_and_keeps_earlier_steps(tmp_path):
     config = _config()
-    tokenizer = data_lib.make_tokenizer(config)
-    mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
-    with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
-        data_iter = data_lib.make_train_iterator(config, tokenizer, mesh)
+    tokenizer, _, data_iter = _one_device(config)
     with _small_filesystem(tmp_path / "fs") as real:
         ckpts = tmp_path / "fs" / "checkpoints"
         ckpt = checkpointing.Checkpointer(str(ckpts), keep=5)
