@@ -200,7 +200,8 @@ def evaluate_benchmark(ev: Evaluator, task: Any, docs: list, sampling: Any, *, s
     row = dict(
         benchmark=task.NAME, metric=task.METRIC, score=result.pop("score"), **result,
         questions=len(docs), answered=len(values), skipped=dict(skipped),
-        videos=len(cache), visual_tokens_per_video=ev.num_visual,
+        videos=len(cache), videos_encoded=counts["videos_encoded"],
+        visual_tokens_per_video=ev.num_visual,
         visual_tokens_used_per_video=ev.tokens_used, full_visual_tokens_per_video=ev.full_visual,
         kept_fraction=ev.tokens_used / ev.full_visual, prompt_length=length,
         batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens, seed=seed,
