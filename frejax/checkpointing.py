@@ -50,6 +50,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from data_pipelines import tokenizer as tokenizer_lib
+from frejax import distributed
 
 # Orbax writes these last, when a step is committed.
 _COMMIT_MARKER = "commit_success.txt"
@@ -85,15 +86,18 @@ def _save_failure(directory: str, step: int | None, error: BaseException) -> str
         cause = "the directory is read-only"
     elif "Permission denied" in text or getattr(error, "errno", None) == errno.EACCES:
         cause = "writing is not permitted"
+    elif distributed.peer_lost(error):
+        cause = "another process of the run stopped"
     else:
         cause = "the write failed"
     intact = sorted(int(n) for n in (os.listdir(directory) if os.path.isdir(directory) else ())
                     if n.isdigit())
     which = f"step {step}" if step is not None else "a step"
+    fix = ("Rerun every process with the same command" if cause.startswith("another")
+           else "Free space or make the directory writable, then rerun the same command")
     return (f"saving checkpoint {which} in {directory} failed: {cause} ({_first_line(error)})."
             f" Committed steps, intact: {intact or 'none'}; the unfinished save is left as"
-            f" '<step>{_UNFINISHED_SUFFIX}' and is never resumed from. Free space or make the"
-            " directory writable, then rerun the same command to resume"
+            f" '<step>{_UNFINISHED_SUFFIX}' and is never resumed from. {fix} to resume"
             + (f" from step {intact[-1]}." if intact else "."))
 
 

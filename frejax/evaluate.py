@@ -38,7 +38,10 @@ class Evaluator:
             model = nnx.merge(graphdef, params)
             return model.generate(batch, max_new, prefix_len=prefix_len, eos_id=eos)
 
-        self._generate = jax.jit(generate, static_argnums=2)
+        # Rows come out sharded as they went in, so each process reads back exactly
+        # its own examples (``_local_rows``); left to jit, the output layout (and with
+        # it which rows a process holds) would depend on the compiler's choice.
+        self._generate = jax.jit(generate, static_argnums=2, out_shardings=self.batch_sharding)
 
     def evaluate(self, params: Any) -> dict:
         correct = np.zeros(len(self.families), np.int64)

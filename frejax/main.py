@@ -34,6 +34,10 @@ _NUM_PROCESSES = flags.DEFINE_integer(
     "num_processes", None, "Processes in the run (default: $JAX_NUM_PROCESSES).")
 _PROCESS_ID = flags.DEFINE_integer(
     "process_id", None, "This process's rank in [0, num_processes) (default: $JAX_PROCESS_ID).")
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    "heartbeat_timeout", 100,
+    "Several processes: seconds without a heartbeat after which a process counts as dead"
+    " and the others stop with an error naming it.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -53,7 +57,8 @@ def main(argv):
     import jax  # noqa: PLC0415  (after flags: JAX initialises here)
     from frejax import distributed  # noqa: PLC0415
 
-    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                           heartbeat_timeout=_HEARTBEAT_TIMEOUT.value)
     if jax.process_index() != 0:  # one voice per run; other hosts report only problems
         logging.set_verbosity(logging.WARNING)
     from frejax import train  # noqa: PLC0415
@@ -61,16 +66,25 @@ def main(argv):
     config = _CONFIG.value
     workdir = _WORKDIR.value or os.path.join("workdirs", config.name)
     logging.info("Config %s, workdir %s, mode %s", config.name, workdir, _MODE.value)
-    if _MODE.value == "train":
-        try:
+    try:
+        if _MODE.value == "train":
             results = train.train_and_evaluate(config, workdir)
-        except train.Preempted as e:  # saved and committed: exit 0, the rerun resumes
-            logging.warning("%s", e)
-            if jax.process_index() == 0:
-                print(e)
-            return
-    else:
-        results = train.evaluate_checkpoint(config, workdir)
+        else:
+            results = train.evaluate_checkpoint(config, workdir)
+    except train.Preempted as e:  # saved and committed: exit 0, the rerun resumes
+        logging.warning("%s", e)
+        if jax.process_index() == 0:
+            print(e)
+        return
+    except Exception as e:
+        if jax.process_count() > 1 and distributed.peer_lost(e):
+            # JAX's own report follows (or came first); this says what to do about it.
+            logging.error("process %d of %d: another process of the run stopped, so this one"
+                          " cannot go on. Rerun all %d processes with the same command: they"
+                          " resume from the newest intact checkpoint in %s.",
+                          jax.process_index(), jax.process_count(), jax.process_count(),
+                          workdir)
+        raise
     if jax.process_index() == 0:
         print(train.format_results(results))
 

@@ -1,83 +1,33 @@
-"""A real multi-controller run: two processes with two CPU devices each equal one with four.
+"""Multi-controller runs through the real entry point, ``python -m frejax.main``.
 
-Each process is this file run as a script (``_worker``). In the pair, each joins
-the cluster through ``frejax.distributed``, reads its own half of every batch
-from the Grain pipeline and trains a few steps of the smoke config on the
-global 2x2 mesh; then both write their shards of one Orbax checkpoint and
-restore it. The reference is the same script as one process with four devices.
+Two processes with two CPU devices each (gloo collectives, the README's command)
+train, checkpoint and evaluate exactly like one process with four devices; a
+SIGTERM to both saves one step and exits 0; a SIGKILL of one stops the other
+with an error within the heartbeat timeout; rerunning resumes bit for bit; and
+evaluating one checkpoint gives the same results on 1, 4 or 8 devices and 1 or 2
+processes. The runs are short (the smoke model) and share a module fixture.
 """
 
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 
-import jax
 import numpy as np
 import pytest
 
-from configs import short_video
-from frejax import checkpointing
-from data_pipelines import datasets as data_lib
 from frejax import distributed
-from frejax import sharding
-from frejax import train
-from frejax import train_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NUM_STEPS = 3
-MESH = (2, 2, 1)  # (data, fsdp, tensor) over 4 devices
-
-
-def _config():
-    config = short_video.get_config("smoke")
-    config.mesh.shape = MESH
-    return config
-
-
-def _run_steps(config, mesh, num_steps):
-    """Trains ``num_steps`` from a fresh state; returns ``(losses, state, setup, iterator)``."""
-    tok = data_lib.make_tokenizer(config)
-    setup = train_state.make_setup(config, mesh, tok)
-    state = train_state.init_state(config, setup, tok)
-    batch_sharding = sharding.batch_sharding(mesh)
-    step = train.make_train_step(setup, config, batch_sharding)
-    it = data_lib.make_train_iterator(config, tok, mesh)
-    losses = []
-    for _ in range(num_steps):
-        state, metrics = step(state, data_lib.next_global_batch(it, batch_sharding))
-        losses.append(float(metrics["loss"]))
-    return losses, state, setup, it
-
-
-def _worker(coordinator: str, num_processes: int, process_id: int, workdir: str) -> None:
-    """One process of the run; prints ``RESULT {json}`` for the test to read."""
-    jax.config.update("jax_threefry_partitionable", True)  # as tests/conftest.py
-    if num_processes > 1:
-        plan = distributed.initialize(coordinator, num_processes, process_id)
-        assert plan.how == "explicit", plan
-    assert jax.process_count() == num_processes and jax.device_count() == 4
-
-    config = _config()
-    mesh = train_state.build_mesh(config)
-    with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
-        losses, state, setup, it = _run_steps(config, mesh, NUM_STEPS)
-        ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
-        ckpt.save(NUM_STEPS, state, it, config, data_lib.make_tokenizer(config), force=True)
-        ckpt.wait()
-        restored = ckpt.restore(NUM_STEPS, setup.abstract_state)
-        ckpt.close()
-    same = jax.tree.map(
-        lambda a, b: all(np.array_equal(x.data, y.data)
-                         for x, y in zip(a.addressable_shards, b.addressable_shards)),
-        restored, state)
-    print("RESULT " + json.dumps(dict(
-        process=jax.process_index(), losses=losses,
-        restored_step=int(restored["step"].addressable_data(0)),
-        restored_equal=all(jax.tree.leaves(same)))), flush=True)
-    if num_processes > 1:
-        jax.distributed.shutdown()
+NUM_STEPS = 24
+TRAIN = ("--config=configs/short_video.py:smoke", f"--config.train.num_steps={NUM_STEPS}",
+         "--config.train.checkpoint_every=4", "--config.train.log_every=2",
+         "--config.eval.num_examples=64")
+HEARTBEAT_S = 10  # --heartbeat_timeout of the runs: how soon a lost process is noticed
 
 
 def _free_port() -> int:
@@ -86,51 +36,186 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(num_processes: int, workdir) -> list[subprocess.Popen]:
-    """Starts ``num_processes`` workers sharing 4 CPU devices between them."""
-    coordinator = f"localhost:{_free_port()}"
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
-    for key in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
-        env.pop(key, None)
-    # Optimisation level 0 halves the CPU compile time; it leaves the float math alone.
-    env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={4 // num_processes}"
-                        " --xla_backend_optimization_level=0")
-    return [subprocess.Popen(
-        [sys.executable, __file__, coordinator, str(num_processes), str(i), str(workdir)],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for i in range(num_processes)]
+class Run:
+    """``num_processes`` processes of ``python -m frejax.main`` sharing ``devices`` CPU devices."""
+
+    def __init__(self, workdir, num_processes: int, devices: int, *flags: str,
+                 mesh: str = "(2,2,1)", mode: str = "train"):
+        self.workdir = str(workdir)
+        os.makedirs(self.workdir, exist_ok=True)
+        env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+        for key in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+            env.pop(key, None)
+        # Optimisation level 0 halves the CPU compile time and leaves the float math alone.
+        env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices // num_processes}"
+                            " --xla_backend_optimization_level=0")
+        command = [sys.executable, "-m", "frejax.main", *TRAIN, *flags, f"--mode={mode}",
+                   f"--config.mesh.shape={mesh}", f"--workdir={self.workdir}"]
+        if num_processes > 1:
+            command += [f"--coordinator_address=localhost:{_free_port()}",
+                        f"--num_processes={num_processes}", f"--heartbeat_timeout={HEARTBEAT_S}"]
+        self.logs, self.procs = [], []
+        attempt = sum(n.endswith(".0.log") for n in os.listdir(self.workdir))
+        for i in range(num_processes):
+            log = os.path.join(self.workdir, f"{mode}.{attempt}.{i}.log")
+            self.logs.append(log)
+            with open(log, "w") as f:
+                rank = [f"--process_id={i}"] if num_processes > 1 else []
+                self.procs.append(subprocess.Popen(command + rank, cwd=REPO, env=env,
+                                                   stdout=f, stderr=subprocess.STDOUT))
+
+    def log(self, i: int = 0) -> str:
+        with open(self.logs[i]) as f:
+            return f.read()
+
+    def wait(self, timeout: float = 600) -> list[int]:
+        deadline = time.monotonic() + timeout
+        try:
+            return [p.wait(timeout=max(deadline - time.monotonic(), 1)) for p in self.procs]
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError("hung: " + self.log(0)[-3000:]) from None
+
+    def finish(self, timeout: float = 600) -> None:
+        codes = self.wait(timeout)
+        assert codes == [0] * len(codes), "\n".join(self.log(i)[-3000:] for i in range(len(codes)))
+
+    def kill(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+    def wait_for_checkpoint(self, at_least: int, timeout: float = 300) -> int:
+        """Waits for a committed checkpoint step >= ``at_least``; returns the newest."""
+        directory = os.path.join(self.workdir, "checkpoints")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            names = os.listdir(directory) if os.path.isdir(directory) else []
+            steps = [int(n) for n in names if n.isdigit()]
+            steps = [s for s in steps if s >= at_least]
+            if steps:
+                return max(steps)
+            assert all(p.poll() is None for p in self.procs), self.log(0)[-3000:]
+            time.sleep(0.2)
+        self.kill()
+        raise AssertionError(f"no checkpoint >= {at_least} in {timeout} s")
+
+    def results(self) -> dict:
+        with open(os.path.join(self.workdir, "results.json")) as f:
+            return json.load(f)
+
+    def losses(self) -> dict[int, float]:
+        """Step -> train loss; a step logged twice (run again after a kill) must agree."""
+        out = {}
+        with open(os.path.join(self.workdir, "metrics.jsonl")) as f:
+            for line in f:
+                row = json.loads(line)
+                if "train/loss" in row:
+                    assert out.setdefault(row["step"], row["train/loss"]) == row["train/loss"]
+        return out
+
+    def checksums(self, step: int = NUM_STEPS) -> dict:
+        """The per-array checksums saved with ``step``: equal means bit-identical state."""
+        path = os.path.join(self.workdir, "checkpoints", str(step), "checksums", "metadata")
+        with open(path) as f:
+            return json.load(f)
 
 
-def _results(procs: list[subprocess.Popen]) -> list[dict]:
-    results = []
-    for p in procs:
-        out, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err[-3000:]
-        line = [l for l in out.splitlines() if l.startswith("RESULT ")]
-        assert line, out[-2000:] + err[-2000:]
-        results.append(json.loads(line[-1][len("RESULT "):]))
-    return results
-
-
-def test_two_processes_of_two_devices_equal_one_process_of_four(tmp_path):
-    # All three processes at once: the single-process reference and the pair.
-    procs = _launch(1, tmp_path / "one") + _launch(2, tmp_path / "two")
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The reference runs, side by side: one process of four devices and two of two."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    runs = dict(one=Run(root / "one", 1, 4), two=Run(root / "two", 2, 4))
     try:
-        (reference,), pair = _results(procs[:1]), _results(procs[1:])
+        for run in runs.values():
+            run.finish()
     finally:
-        for p in procs:
-            p.kill()
+        for run in runs.values():
+            run.kill()
+    return runs
 
-    assert sorted(r["process"] for r in pair) == [0, 1]
-    for r in pair:
-        np.testing.assert_allclose(r["losses"], reference["losses"], atol=1e-5, rtol=0)
-    assert reference["losses"][-1] < reference["losses"][0]  # it trains
-    for r in [reference, *pair]:
-        assert r["restored_step"] == NUM_STEPS and r["restored_equal"], r
-    # Both processes wrote their own data-iterator position into the one checkpoint.
-    data_iter = tmp_path / "two" / "checkpoints" / str(NUM_STEPS) / "data_iter"
-    assert sorted(p.name for p in data_iter.glob("process_*")) == [
+
+def test_two_processes_through_main_equal_one_process_of_four(uninterrupted):
+    one, two = uninterrupted["one"], uninterrupted["two"]
+    assert two.results() == one.results()  # accuracy, per-family accuracy and counts
+    assert two.results()["num_examples"] == 64
+    # Gloo sums across processes in another order than XLA within one: the losses
+    # agree to float32 rounding, not bit for bit (a resume in the same layout is exact).
+    losses_one, losses_two = one.losses(), two.losses()
+    assert sorted(losses_two) == sorted(losses_one) and len(losses_one) >= NUM_STEPS // 2
+    np.testing.assert_allclose([losses_two[s] for s in sorted(losses_one)],
+                               [losses_one[s] for s in sorted(losses_one)], rtol=1e-6)
+    assert min(losses_one.values()) < losses_one[1]  # it trains
+    # Both processes wrote their own data-iterator position into each checkpoint.
+    data_iter = os.path.join(two.workdir, "checkpoints", str(NUM_STEPS), "data_iter")
+    assert sorted(n for n in os.listdir(data_iter) if n.startswith("process_")) == [
         "process_0-of-2.json", "process_1-of-2.json"]
+    # One voice per run: only process 0 prints the results.
+    assert "accuracy" in two.log(0) and "accuracy " not in two.log(1)
+
+
+def test_evaluation_is_the_same_on_1_4_8_devices_and_1_or_2_processes(uninterrupted,
+                                                                       tmp_path):
+    reference = uninterrupted["two"].results()  # evaluated by 2 processes x 2 devices
+    layouts = {(1, 1): "(1,1,1)", (1, 8): "(4,2,1)", (2, 8): "(4,2,1)"}
+    runs = {}
+    for (processes, devices), mesh in layouts.items():
+        workdir = tmp_path / f"{processes}x{devices}"
+        shutil.copytree(os.path.join(uninterrupted["two"].workdir, "checkpoints"),
+                        workdir / "checkpoints")
+        runs[processes, devices] = Run(workdir, processes, devices, mesh=mesh, mode="eval")
+    try:
+        for run in runs.values():
+            run.finish()
+    finally:
+        for run in runs.values():
+            run.kill()
+    for layout, run in runs.items():
+        assert run.results() == reference, layout
+
+
+def test_preempt_both_then_kill_one_then_resume_equals_the_uninterrupted_run(
+        uninterrupted, tmp_path):
+    workdir = tmp_path / "run"
+    # 1. Saves on the clock (decided by process 0, joined by both), then SIGTERM to
+    #    both processes: both save the same step and exit 0.
+    run = Run(workdir, 2, 4, "--config.train.checkpoint_every=1000",
+              "--config.train.checkpoint_minutes=1e-6")
+    run.wait_for_checkpoint(4)
+    for p in run.procs:
+        p.send_signal(signal.SIGTERM)
+    run.finish(timeout=120)
+    saved = [line for i in range(2) for line in run.log(i).splitlines()
+             if "Preempted: saved step" in line]
+    steps = {line.split("Preempted: saved step ")[1].split()[0] for line in saved}
+    assert len(steps) == 1 and len(saved) >= 2, saved
+    preempted_at = int(steps.pop())
+    assert 4 <= preempted_at < NUM_STEPS
+    assert not os.path.exists(os.path.join(workdir, "results.json"))
+    assert "Checkpoint of step 2 started" in run.log(0)  # a step only the clock saves
+
+    # 2. The rerun resumes; SIGKILL of process 1 after its next checkpoint: process 0
+    #    stops with an error that says a process was lost, within the heartbeat bound.
+    run = Run(workdir, 2, 4)
+    assert run.wait_for_checkpoint(preempted_at + 1) < NUM_STEPS
+    run.procs[1].kill()
+    killed = time.monotonic()
+    code = run.wait(timeout=HEARTBEAT_S + 60)[0]
+    assert time.monotonic() - killed < HEARTBEAT_S + 60
+    assert code != 0
+    log = run.log(0)
+    assert "Resuming from step %d" % preempted_at in log
+    assert distributed.peer_lost(Exception(log)), log[-3000:]
+
+    # 3. Rerunning both resumes exactly: the final state, losses and results equal the
+    #    uninterrupted two-process run bit for bit.
+    run = Run(workdir, 2, 4)
+    run.finish()
+    reference = uninterrupted["two"]
+    assert run.checksums() == reference.checksums()
+    assert run.losses() == reference.losses()
+    assert run.results() == reference.results()
 
 
 @pytest.mark.parametrize("env, expected", [
@@ -170,6 +255,3 @@ def test_flags_override_the_environment_and_bad_settings_name_the_flag():
         distributed.plan(env=dict(SLURM_JOB_ID="1", SLURM_NTASKS="x"), on_tpu_vm=False,
                          is_child_process=False)
 
-
-if __name__ == "__main__":
-    _worker(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
