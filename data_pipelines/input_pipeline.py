@@ -23,7 +23,10 @@ let the trainer checkpoint the data position with the model.
 from __future__ import annotations
 
 import collections
+import multiprocessing
+import os
 import sys
+import threading
 from typing import Any
 
 import grain
@@ -158,6 +161,26 @@ def text_lengths(tokenizer: tokenizer_lib.Tokenizer, texts, template: str
         text = max(text, len(ids))
         answer = max(answer, *(length for _, length in supervised))
     return text, answer
+
+
+def exit_with_parent(worker_index: int, worker_count: int) -> None:
+    """Grain worker start-up: the worker ends as soon as the process that spawned it ends.
+
+    A trainer stopped by SIGKILL (or the OOM killer) cannot stop its workers, and
+    they would live on as orphans holding memory and open files. The parent's
+    sentinel (a pipe ``multiprocessing`` keeps for every spawned child) turns ready
+    when the parent is gone, however it died.
+    """
+    del worker_index, worker_count
+    parent = multiprocessing.parent_process()
+    if parent is None:  # not a spawned child: nothing to watch
+        return
+
+    def watch() -> None:
+        parent.join()
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 class _PadToMultiple(grain.MapDataset):
@@ -303,7 +326,8 @@ def make_dataset(
         it = it.mp_prefetch(
             grain.MultiprocessingOptions(
                 num_workers=worker_count, per_worker_buffer_size=worker_buffer_size
-            )
+            ),
+            worker_init_fn=exit_with_parent,
         )
     # After prefetching: runs in the main process, so it sees every worker's batches.
     return it.map(BadInputGuard(max_bad_fraction, -(-num_source // process_count), split))

@@ -218,6 +218,74 @@ def test_preempt_both_then_kill_one_then_resume_equals_the_uninterrupted_run(
     assert run.results() == reference.results()
 
 
+def _descendants(pid: int) -> set[int]:
+    """Live processes below ``pid`` (Linux ``/proc``): Grain's workers and their helpers."""
+    children: dict[int, list[int]] = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # not a process, or gone meanwhile
+        if fields[0] != "Z":  # a zombie is dead, waiting for its parent to read it
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pids: set[int], within: float) -> set[int]:
+    """Which of ``pids`` still run after waiting up to ``within`` seconds for them to end."""
+    deadline = time.monotonic() + within
+    def running(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    while True:
+        alive = set(filter(running, pids))
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.2)
+
+
+def test_grain_workers_end_with_the_trainer_and_a_run_with_workers_resumes_exactly(
+        uninterrupted, tmp_path):
+    workdir, workers = tmp_path / "run", "--config.data.worker_count=2"
+    # SIGTERM: the trainer saves, exits 0, and its workers end with it.
+    run = Run(workdir, 1, 4, workers)
+    run.wait_for_checkpoint(4)
+    spawned = _descendants(run.procs[0].pid)
+    assert len(spawned) >= 2, spawned  # the workers (and multiprocessing's resource tracker)
+    run.procs[0].send_signal(signal.SIGTERM)
+    run.finish(timeout=120)
+    saved = int(run.log(0).split("Preempted: saved step ")[1].split()[0])
+    assert not _alive(spawned, within=10)
+
+    # SIGKILL: nothing can run in the trainer, yet the workers notice and end.
+    run = Run(workdir, 1, 4, workers)
+    run.wait_for_checkpoint(saved + 1)
+    spawned = _descendants(run.procs[0].pid)
+    assert len(spawned) >= 2, spawned
+    run.procs[0].kill()
+    run.wait()
+    assert not _alive(spawned, within=10)
+
+    # The rerun with workers resumes exactly; Grain's workers deliver the batches in
+    # the order one process reads them, so it equals the run without workers.
+    run = Run(workdir, 1, 4, workers)
+    run.finish()
+    reference = uninterrupted["one"]
+    assert run.checksums() == reference.checksums()
+    assert run.losses() == reference.losses()
+    assert run.results() == reference.results()
+
+
 @pytest.mark.parametrize("env, expected", [
     ({}, distributed.Plan("single")),
     (dict(JAX_COORDINATOR_ADDRESS="10.0.0.2:8476", JAX_NUM_PROCESSES="4", JAX_PROCESS_ID="3"),
