@@ -126,26 +126,47 @@ def _load_cached(path: str, root: str, mtime_ns: int, size: int) -> AnnotationIn
 
 
 def _read_entries(path: str):
-    """Yields ``(where, dict | AnnotationError)``; a JSON list or JSON lines."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    if text.lstrip().startswith("["):
+    """Yields ``(where, dict | AnnotationError)``; a JSON list or JSON lines.
+
+    A file whose text starts with ``[`` is a JSON list and must parse as a whole;
+    otherwise every line is one record, and a line that is not UTF-8, not JSON,
+    nested too deeply or holding a number too long to read is skipped and counted.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    if data.lstrip().startswith(b"["):
         try:
-            items = json.loads(text)
+            items = json.loads(data.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text (byte {e.start}); a JSON list must parse"
+                             " as a whole, JSON lines may skip bad lines") from None
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid JSON (line {e.lineno}: {e.msg}); a JSON list"
                              " must parse as a whole, JSON lines may skip bad lines") from None
+        except (RecursionError, ValueError) as e:  # nesting or an integer beyond Python's limits
+            raise ValueError(f"{path}: not readable as JSON ({_reason(e)}); a JSON list must"
+                             " parse as a whole, JSON lines may skip bad lines") from None
         for i, item in enumerate(items):
             yield f"{path}:record {i + 1}", item
         return
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in enumerate(data.splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
         try:
-            yield where, json.loads(line)
+            yield where, json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            yield where, AnnotationError("malformed_json", f"not UTF-8 text (byte {e.start})")
         except json.JSONDecodeError as e:
             yield where, AnnotationError("malformed_json", f"{e.msg} at column {e.colno}")
+        except (RecursionError, ValueError) as e:
+            yield where, AnnotationError("malformed_json", _reason(e))
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, RecursionError):
+        return "nested too deeply"
+    return str(error).split(";")[0]  # e.g. an integer literal of more than 4300 digits
 
 
 def parse_entry(entry: Any, where: str, root: str) -> list[QARecord]:

@@ -11,7 +11,8 @@ real-video sources add `history` (earlier turns) and `input_error` (see
 data_pipelines/video_folder.py).
 
 Bad input: an example whose video could not be decoded, or whose text does
-not fit (`skip_bad_text`), keeps its slot with `example_valid` False, a zero
+not fit or cannot be used (`skip_bad_text`: a video placeholder inside the
+question or answer, an answer of no tokens), keeps its slot with `example_valid` False, a zero
 `loss_mask` and its cause in `input_error`. The flag rides in the batch through
 worker processes; `BadInputGuard`, in the main process after prefetching,
 counts it and stops the run with a summary once more than `max_bad_fraction`
@@ -37,8 +38,15 @@ from data_pipelines import video_decode
 from data_pipelines import tokenizer as tokenizer_lib
 
 # input_error codes carried per example: 0 is good, then decode failures, then text.
-INPUT_ERRORS: tuple[str, ...] = ("none",) + video_decode.DECODE_ERRORS + ("text_too_long",)
+INPUT_ERRORS: tuple[str, ...] = ("none",) + video_decode.DECODE_ERRORS + ("text_too_long",
+                                                                          "bad_text")
 _TEXT_TOO_LONG = INPUT_ERRORS.index("text_too_long")
+_BAD_TEXT = INPUT_ERRORS.index("bad_text")
+
+
+class BadTextError(ValueError):
+    """An example's text the model cannot take: the video placeholder inside the
+    question or an answer (the video would go in twice), or an answer of no tokens."""
 
 
 class BadInputError(RuntimeError):
@@ -86,42 +94,57 @@ class VideoQAFeatures(grain.transforms.Map):
         ``max_text_len`` / ``max_answer_len`` with it.
         """
         tok = self.tokenizer
-        text = tokenizer_lib.format_prompt(
-            element["question"], element.get("history", ()), self.template)
+        index = element.get("index")
+        history, followups = element.get("history", ()), element.get("followups", ())
+        user_text = [element["question"], element["answer"], *(t for turn in history for t in turn),
+                     *(t for turn in followups for t in turn)]
+        if any(tokenizer_lib.VIDEO in t for t in user_text):
+            raise BadTextError(f"example {index}: the text holds {tokenizer_lib.VIDEO}; only the"
+                               " prompt template may place the video")
+        text = tokenizer_lib.format_prompt(element["question"], history, self.template)
         prompt = [tok.bos_id] + tok.encode(text)
-        if prompt.count(tok.video_id) != 1:
-            raise ValueError(f"prompt must hold exactly one video placeholder: {prompt}")
         answer = tok.encode(element["answer"])
         if not answer:
-            raise ValueError(f"empty answer for example {element.get('index')}")
+            raise BadTextError(f"example {index}: the answer encodes to no tokens:"
+                               f" {element['answer']!r}")
         ids = prompt + answer + [tok.eos_id]
         supervised = [(len(prompt), len(answer))]  # (first answer token, answer length)
-        for question, followup_answer in element.get("followups", ()):
+        for question, followup_answer in followups:
             turn = tok.encode(tokenizer_lib.format_followup(question, self.template))
             reply = tok.encode(followup_answer)
             if not reply:
-                raise ValueError(f"empty follow-up answer for example {element.get('index')}")
+                raise BadTextError(f"example {index}: a follow-up answer encodes to no tokens:"
+                                   f" {followup_answer!r}")
             supervised.append((len(ids) + len(turn), len(reply)))
             ids += turn + reply + [tok.eos_id]
+        if ids.count(tok.video_id) != 1:  # e.g. "<VIDEO>", which a word tokenizer lower-cases
+            raise BadTextError(f"example {index}: the text encodes to the video placeholder's"
+                               f" token; only the prompt template may place the video")
         return ids, prompt, answer, supervised
 
     def map(self, element: dict[str, Any]) -> dict[str, Any]:
         tok = self.tokenizer
         error = int(element.get("input_error", 0))
-        ids, prompt, answer, supervised = self.encode(element)
-        problem = None
-        longest = max(length for _, length in supervised)
-        if longest > self.max_answer_len:
-            problem = (f"answer has {longest} tokens > data.max_answer_len="
-                       f"{self.max_answer_len}: {element['answer']!r}")
-        elif len(ids) > self.max_text_len:
-            problem = (f"text has {len(ids)} tokens > data.max_text_len="
-                       f"{self.max_text_len}: {element['question']!r}")
+        problem, kind = None, _TEXT_TOO_LONG
+        try:
+            ids, prompt, answer, supervised = self.encode(element)
+        except BadTextError as e:
+            if not self.skip_bad_text:
+                raise
+            problem, kind = str(e), _BAD_TEXT
+        if problem is None:
+            longest = max(length for _, length in supervised)
+            if longest > self.max_answer_len:
+                problem = (f"answer has {longest} tokens > data.max_answer_len="
+                           f"{self.max_answer_len}: {element['answer']!r}")
+            elif len(ids) > self.max_text_len:
+                problem = (f"text has {len(ids)} tokens > data.max_text_len="
+                           f"{self.max_text_len}: {element['question']!r}")
         if problem and not self.skip_bad_text:
             raise ValueError(problem)
         if problem:
             logging.warning("Skipping example %s: %s", element.get("index"), problem)
-            error = error or _TEXT_TOO_LONG
+            error = error or kind
         if error:  # a well-formed stand-in (one video placeholder) that trains nothing
             prompt, answer = [tok.bos_id, tok.video_id], []
             ids = prompt + [tok.eos_id]
@@ -153,11 +176,17 @@ class VideoQAFeatures(grain.transforms.Map):
 def text_lengths(tokenizer: tokenizer_lib.Tokenizer, texts, template: str
                  ) -> tuple[int, int]:
     """The longest token sequence and answer of ``texts`` (dicts with ``question``,
-    ``answer``, optional ``history`` / ``followups``), encoded as ``VideoQAFeatures`` does."""
+    ``answer``, optional ``history`` / ``followups``), encoded as ``VideoQAFeatures`` does.
+
+    Texts the model cannot take (``BadTextError``) do not size anything: they become
+    counted bad inputs when the pipeline reads them."""
     features = VideoQAFeatures(tokenizer, 0, 0, template)
     text, answer = 0, 0
     for element in texts:
-        ids, _, _, supervised = features.encode(element)
+        try:
+            ids, _, _, supervised = features.encode(element)
+        except BadTextError:
+            continue
         text = max(text, len(ids))
         answer = max(answer, *(length for _, length in supervised))
     return text, answer

@@ -40,6 +40,10 @@ DECODE_ERRORS: tuple[str, ...] = (
     "no_frames",        # a valid container without a single decodable frame
 )
 
+# What FFmpeg and PyAV raise on a damaged file: FFmpeg's errors, and metadata that
+# PyAV cannot decode as text.
+_MEDIA_ERRORS = (av.error.FFmpegError, UnicodeDecodeError)
+
 SAMPLING_MODES = ("uniform", "fps", "dense", "linspace")
 RESIZE_MODES = ("crop", "pad", "stretch")
 
@@ -175,7 +179,7 @@ def iter_frames(data: bytes, image_size: int, resize: str = "crop",
                 if i % every == 0:
                     yielded += 1
                     yield resize_frame(frame, image_size, resize)
-    except av.error.FFmpegError as e:
+    except _MEDIA_ERRORS as e:
         raise VideoDecodeError("corrupt_video", f"decoding failed after {yielded}"
                                f" frames ({e})") from None
     if not yielded:
@@ -185,12 +189,17 @@ def iter_frames(data: bytes, image_size: int, resize: str = "crop",
 def _open(data: bytes) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
     try:
         container = av.open(io.BytesIO(data), mode="r")
-    except av.error.FFmpegError as e:
+    except _MEDIA_ERRORS as e:
         raise VideoDecodeError("not_a_video", f"not a container FFmpeg can read ({e})") from None
-    if not container.streams.video:
+    try:
+        streams = container.streams.video
+    except _MEDIA_ERRORS as e:  # stream metadata PyAV cannot read (e.g. not UTF-8)
+        container.close()
+        raise VideoDecodeError("not_a_video", f"unreadable stream metadata ({e})") from None
+    if not streams:
         container.close()
         raise VideoDecodeError("not_a_video", "the container has no video stream")
-    stream = container.streams.video[0]
+    stream = streams[0]
     # One decode thread: parallelism comes from Grain workers, one clip each.
     stream.thread_type = "NONE"
     stream.codec_context.thread_count = 1
@@ -203,7 +212,7 @@ def _count_frames(data: bytes) -> int:
     try:
         with container:
             return sum(1 for packet in container.demux(stream) if packet.size)
-    except av.error.FFmpegError as e:
+    except _MEDIA_ERRORS as e:
         raise VideoDecodeError("corrupt_video", f"demuxing failed ({e})") from None
 
 
@@ -226,7 +235,7 @@ def _decode_indices(data: bytes, wanted: np.ndarray,
                     picked += [resize_frame(frame, sampling.image_size, sampling.resize)] * times[i]
                 if i >= last:
                     break
-    except av.error.FFmpegError as e:
+    except _MEDIA_ERRORS as e:
         raise VideoDecodeError("corrupt_video", f"decoding failed after {len(picked)} of"
                                f" {len(wanted)} frames ({e})") from None
     return picked, decoded
@@ -247,7 +256,7 @@ def _decode_at_fps(data: bytes, sampling: FrameSampling) -> list[np.ndarray]:
                     k += 1
                     if k == sampling.num_frames:
                         break
-    except av.error.FFmpegError as e:
+    except _MEDIA_ERRORS as e:
         raise VideoDecodeError("corrupt_video", f"decoding failed after {len(picked)}"
                                f" frames ({e})") from None
     return picked

@@ -7,6 +7,8 @@ combination fails before any compile, with a message naming the key.
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
 from data_pipelines import video_decode, video_qa_synthetic
@@ -193,6 +195,8 @@ _POSITIVE = (
 )
 
 
+_MAY_BE_NEGATIVE = ("seed",)
+
 # (divisor, dividend): shapes that must split evenly.
 _DIVIDES = (
     ("model.vision.patch_size", "data.image_size"),
@@ -226,6 +230,12 @@ def _check_types(config: ml_collections.ConfigDict) -> dict:
         if not options_lib.same_kind(default, values[key]):
             raise ValueError(
                 f"config.{key}: expected {type(default).__name__}, got {values[key]!r}")
+        value = values[key]
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**31:
+            # Sizes, steps and counts all live in int32 (shapes, step counters, ids).
+            raise ValueError(f"config.{key}: {value} is out of the int32 range")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"config.{key}: must be a finite number, got {value}")
     return values
 
 
@@ -243,6 +253,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in _POSITIVE:
         if v[key] < 1:
             raise ValueError(f"config.{key} must be >= 1, got {v[key]}")
+    for key, value in v.items():  # every other count and size: 0 means "auto" or "off"
+        if (isinstance(value, int) and not isinstance(value, bool) and value < 0
+                and key not in _MAY_BE_NEGATIVE):
+            raise ValueError(f"config.{key} must be >= 0, got {value}")
     _validate_compressor(config, v)
     if v["model.vision.image_size"] != v["data.image_size"]:
         raise ValueError(

@@ -67,6 +67,9 @@ def axis_rules(rules: Sequence[tuple[str, Any]]) -> Iterator[None]:
 
 def validate_rules(rules: Sequence[tuple[str, Any]]) -> Rules:
     """Checks that rules cover every logical axis and name only mesh axes."""
+    if not isinstance(rules, (list, tuple)) or not all(
+            isinstance(r, (list, tuple)) and len(r) == 2 for r in rules):
+        raise ValueError(f"sharding.rules: must be (logical axis, mesh axes) pairs, got {rules!r}")
     rules = tuple((str(k), _as_mesh_axes(v)) for k, v in rules)
     names = [k for k, _ in rules]
     unknown = sorted(set(names) - set(LOGICAL_AXES))
