@@ -323,3 +323,19 @@ def test_flags_override_the_environment_and_bad_settings_name_the_flag():
         distributed.plan(env=dict(SLURM_JOB_ID="1", SLURM_NTASKS="x"), on_tpu_vm=False,
                          is_child_process=False)
 
+
+
+def test_a_lost_peer_is_told_apart_from_a_storage_fault(tmp_path):
+    from frejax import checkpointing  # noqa: PLC0415
+
+    gloo = RuntimeError("UNKNOWN: Gloo AllGather failed: [pair.cc:538] Read error:"
+                        " Connection reset by peer")
+    wrapped = ValueError("save failed")
+    wrapped.__cause__ = gloo
+    assert distributed.peer_lost(gloo) and distributed.peer_lost(wrapped)
+    assert not distributed.peer_lost(OSError(28, "No space left on device"))
+    message = checkpointing._save_failure(str(tmp_path), 12, wrapped)  # noqa: SLF001
+    assert "another process of the run stopped" in message
+    assert "Rerun every process" in message
+    disk = checkpointing._save_failure(str(tmp_path), 12, OSError(28, "No space left"))  # noqa: SLF001
+    assert "the disk is full" in disk and "another process" not in disk
