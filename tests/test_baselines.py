@@ -168,11 +168,66 @@ def test_temporal_merge_bad_threshold():
         _build("temporal_merge", 32, {"threshold": 1.5})
 
 
+# ------------------------------------------------------------- frame budgets
+
+def _frames_kept(comp, x, frame_mask=None):
+    """Tokens kept per frame, from the selection the compressor makes."""
+    b, t = x.shape[:2]
+    frame_mask = jnp.ones((b, t), bool) if frame_mask is None else frame_mask
+    sel, chosen = baselines.frame_token_selection(x, frame_mask, comp.budget, comp.temperature)
+    n = x.shape[2]
+    return np.stack([np.bincount(np.asarray(s)[np.asarray(c)] // n, minlength=t)
+                     for s, c in zip(sel, chosen)])
+
+
+def test_frame_budgets_give_a_distinct_frame_more_tokens():
+    base = np.asarray(_video(1, batch=1))[:, :1]
+    x = np.repeat(base, GEOM.frames, axis=1) + 0.05 * np.asarray(_video(2, batch=1))
+    x[:, 5] = np.asarray(_video(3, batch=1))[:, 5]          # a cut: frame 5 is another scene
+    x = jnp.asarray(x)
+    per_frame = _frames_kept(_build("frame_budgets", 40), x)[0]
+    assert per_frame.sum() == 40 and per_frame[5] == per_frame.max() > 40 // GEOM.frames
+    # A large temperature gives equal shares: the budget split evenly over the frames.
+    even = _frames_kept(_build("frame_budgets", 40, {"temperature": 1e6}), x)[0]
+    np.testing.assert_array_equal(even, [5] * GEOM.frames)
+
+
+def test_frame_budgets_keep_each_frames_most_distinct_tokens():
+    x = np.repeat(np.ones((1, 1, GEOM.tokens, GEOM.embed)), GEOM.frames, axis=1)
+    x = x + 0.01 * np.asarray(_video(4, batch=1))
+    x[0, :, 6] = -1.0                                          # one odd token in every frame
+    comp = _build("frame_budgets", GEOM.frames, {"temperature": 1e6})  # one token per frame
+    tokens, mask = _run(comp, jnp.asarray(x))
+    assert mask.all()
+    np.testing.assert_allclose(tokens[0], x[0, :, 6], rtol=1e-6)
+
+
+def test_frame_budgets_count_masked_frames_and_reconstruct_kept_tokens():
+    x = _video(6)
+    frame_mask = jnp.array([[True] * 8, [True, False, False, False, False, False, False, True]])
+    comp = _build("frame_budgets", 40)
+    tokens, mask = _run(comp, x, frame_mask)
+    assert mask[0].sum() == 40 and mask[1].sum() == 32       # video 1 has 2 frames = 32 tokens
+    per_frame = _frames_kept(comp, x, frame_mask)[1]
+    assert per_frame[1:7].sum() == 0
+    out = np.asarray(comp.reconstruct(x))
+    kept = _frames_kept(comp, x)[0]
+    assert kept.sum() == 40
+    same = np.isclose(out[0], np.asarray(x)[0]).all(-1)      # (T, N): tokens kept exactly
+    assert same.sum() >= 40 and (same.sum(1) >= kept).all()
+
+
+def test_frame_budgets_bad_temperature():
+    with pytest.raises(ValueError, match=r"compressor\.frame_budgets\.temperature"):
+        _build("frame_budgets", 32, {"temperature": 0.0})
+
+
 # ----------------------------------------------------------------- frame masks
 
 @pytest.mark.parametrize("name, budget", [("full", 128), ("uniform_frames", 64),
                                           ("spatial_pool", 32), ("fourier_2d", 40),
-                                          ("temporal_merge", 40), ("temporal_merge", 120)])
+                                          ("temporal_merge", 40), ("temporal_merge", 120),
+                                          ("frame_budgets", 40), ("frame_budgets", 120)])
 def test_masked_frames_never_valid(name, budget):
     x = _video(5)
     frame_mask = jnp.array([[True] * 8, [True, False, True, False, False, True, False, False]])
@@ -184,5 +239,5 @@ def test_masked_frames_never_valid(name, budget):
     assert np.abs(tokens[1][mask[1]]).max() < 1e3   # no masked frame leaks into a valid token
     # Video 1 keeps 3 valid frames (48 tokens).
     expect = {"full": 48, "uniform_frames": 16, "spatial_pool": 12, "fourier_2d": 15,
-              "temporal_merge": min(budget, 48)}[name]
+              "temporal_merge": min(budget, 48), "frame_budgets": min(budget, 48)}[name]
     assert mask[1].sum() == expect

@@ -16,7 +16,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_every_compressor_section_comes_from_the_registry():
     c = config_lib.compressor_config()
-    assert set(compression.sections()) == {"fre_res", "spatial_pool", "temporal_merge"}
+    assert set(compression.sections()) == {"fre_res", "spatial_pool", "temporal_merge",
+                                           "frame_budgets"}
     for section in compression.sections():
         assert section in c
     assert c.fre_res.absorber.window == 3 and c.temporal_merge.threshold == 0.9

@@ -15,6 +15,7 @@ Token counts for a fully valid video (``num_valid_tokens``):
 * ``temporal_merge``:  ``budget``.
 * ``temporal_dct``:    ``K*h'*w'``; ``K = min(T, budget // N)`` lowest temporal DCT
                        coefficients per position, the grid pooled only when ``budget < N``.
+* ``frame_budgets``:   ``budget``, shared among frames by how distinct each is.
 
 Every baseline also implements ``reconstruct``: the latent video implied by what it
 keeps (linear interpolation between kept frames, unpooling, zero-filled
@@ -540,3 +541,99 @@ class TemporalDct(Compressor):
             coeffs = resample_grid(coeffs, adaptive_unpool_matrix(h, oh),
                                    adaptive_unpool_matrix(w, ow))
         return dct_lib.idct(coeffs.reshape(b, -1, h * w, d), t, axis=1)
+
+
+# ------------------------------------------------- per-frame budgets (VidCom2)
+
+
+def frame_token_selection(latents: jax.Array, frame_mask: jax.Array, budget: int,
+                          temperature: float) -> tuple[jax.Array, jax.Array]:
+    """Which ``budget`` tokens to keep: per-frame shares by distinctiveness, then the most
+    distinct tokens of each frame.
+
+    Args:
+      latents: ``(batch, frames, tokens, embed)``.
+      frame_mask: ``(batch, frames)`` bool.
+      budget: tokens to keep per video (static).
+      temperature: softmax temperature of the frame shares.
+    Returns:
+      ``(batch, budget)`` flat indices ``frame * N + position`` in ``(frame, position)``
+      order, and their validity (False past the video's valid tokens).
+
+    A frame's distinctiveness is ``1 - cos(frame mean, video mean)``; its share
+    ``w_t`` is the softmax of distinctiveness / ``temperature`` over valid frames.
+    A token's distinctiveness is ``1 - (cos(token, frame mean) + cos(token, video
+    mean)) / 2``, ranked within its frame (rank 0 = most distinct). Token ``(t, i)``
+    has priority ``w_t / (rank + 0.5)`` and the ``budget`` highest are kept: the
+    Sainte-Lague apportionment of the budget to frames in proportion to ``w_t``, so
+    the total is exact, no frame gives more tokens than it has, and each frame keeps
+    its most distinct ones, with one static ``top_k``.
+    """
+    b, t, n, _ = latents.shape
+    x = latents.astype(jnp.float32)
+    frames = x.mean(axis=2)                                              # (B, T, D)
+    weight = frame_mask.astype(jnp.float32)
+    video = (frames * weight[..., None]).sum(1) / jnp.maximum(weight.sum(1), 1.0)[:, None]
+    frame_novelty = 1.0 - _cosine(frames, video[:, None])                # (B, T)
+    # In logs: a frame whose share underflows still ranks its tokens after all others.
+    log_share = jax.nn.log_softmax(
+        jnp.where(frame_mask, frame_novelty / temperature, -jnp.inf), axis=1)
+    token_novelty = 1.0 - 0.5 * (_cosine(x, frames[:, :, None]) + _cosine(x, video[:, None, None]))
+    rank = jnp.argsort(jnp.argsort(-token_novelty, axis=2), axis=2)       # (B, T, N)
+    priority = log_share[..., None] - jnp.log(rank + 0.5)
+    priority = jnp.where(frame_mask[..., None], priority, -jnp.inf).reshape(b, t * n)
+    top, sel = jax.lax.top_k(priority, budget)
+    chosen = jnp.isfinite(top)
+    key = jnp.sort(jnp.where(chosen, sel, t * n + sel), axis=1)   # (frame, position) order
+    return key % (t * n), key < t * n
+
+
+@register
+class FrameBudgets(Compressor):
+    """Per-frame token budgets by how distinct each frame is; the most distinct tokens kept.
+
+    After VidCom2 (2505.14454): frames that differ more from the video as a whole get
+    a larger share of the budget, and inside each frame the tokens that differ most
+    from their frame and from the video are kept (``frame_token_selection``).
+    Training-free and query-agnostic. ``(batch, frames, tokens, embed)`` ->
+    ``(batch, budget, embed)`` in ``(frame, position)`` order; exactly ``min(budget,
+    valid tokens)`` are valid.
+    """
+
+    name = "frame_budgets"
+    section = "frame_budgets"
+    OPTIONS = dict(temperature=Option(
+        0.05, "softmax temperature of the frame shares (large: equal shares)",
+        check=lambda v: v > 0, requirement="a positive number"))
+
+    def __init__(self, geometry: VideoGeometry, budget: int, options: Any = None, *,
+                 rngs: nnx.Rngs | None = None, dtype=jnp.float32):
+        super().__init__(geometry, budget, options, rngs=rngs, dtype=dtype)
+        self.temperature = self.resolve_options(options)["temperature"]
+
+    @property
+    def num_valid_tokens(self) -> int:
+        return self.budget
+
+    def compress(self, latents: jax.Array, frame_mask: jax.Array) -> CompressedTokens:
+        def fn(x, fm):
+            b, t, n, d = x.shape
+            sel, chosen = frame_token_selection(x, fm, self.budget, self.temperature)
+            tokens = jnp.take_along_axis(x.reshape(b, t * n, d), sel[..., None], axis=1)
+            return jnp.where(chosen[..., None], tokens, 0.0), chosen
+
+        return CompressedTokens(*sharding.batch_local(fn)(latents, frame_mask))
+
+    def reconstruct(self, latents: jax.Array) -> jax.Array:
+        """Kept tokens exact; a dropped one becomes the mean of its frame's kept tokens
+        (of all kept tokens where its frame kept none)."""
+        b, t, n, d = latents.shape
+        sel, chosen = frame_token_selection(latents, jnp.ones((b, t), bool), self.budget,
+                                            self.temperature)
+        rows = jnp.arange(b)[:, None]
+        kept = jnp.zeros((b, t * n), bool).at[rows, sel].set(chosen).reshape(b, t, n)
+        w = kept.astype(latents.dtype)[..., None]
+        frame_sum, frame_count = (latents * w).sum(2), w.sum(2)          # (B, T, D), (B, T, 1)
+        overall = frame_sum.sum(1, keepdims=True) / jnp.maximum(frame_count.sum(1, keepdims=True), 1)
+        fill = jnp.where(frame_count > 0, frame_sum / jnp.maximum(frame_count, 1), overall)
+        return jnp.where(kept[..., None], latents, fill[:, :, None])
