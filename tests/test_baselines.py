@@ -215,6 +215,16 @@ def test_frame_budgets_count_masked_frames_and_reconstruct_kept_tokens():
     assert kept.sum() == 40
     same = np.isclose(out[0], np.asarray(x)[0]).all(-1)      # (T, N): tokens kept exactly
     assert same.sum() >= 40 and (same.sum(1) >= kept).all()
+    # A dropped token takes the kept token at its position in the nearest frame.
+    sel, chosen = baselines.frame_token_selection(x, jnp.ones((2, 8), bool), 40, comp.temperature)
+    mask = np.zeros(8 * 16, bool)
+    mask[np.asarray(sel[0])[np.asarray(chosen[0])]] = True
+    mask = mask.reshape(8, 16)
+    for f, i in zip(*np.nonzero(~mask)):
+        frames = np.flatnonzero(mask[:, i])
+        if frames.size:
+            src = frames[np.argmin(np.abs(frames - f) * 2 + (frames > f))]  # nearest, earlier on ties
+            np.testing.assert_allclose(out[0, f, i], np.asarray(x)[0, src, i], rtol=1e-6)
 
 
 def test_frame_budgets_bad_temperature():

@@ -625,15 +625,24 @@ class FrameBudgets(Compressor):
         return CompressedTokens(*sharding.batch_local(fn)(latents, frame_mask))
 
     def reconstruct(self, latents: jax.Array) -> jax.Array:
-        """Kept tokens exact; a dropped one becomes the mean of its frame's kept tokens
-        (of all kept tokens where its frame kept none)."""
+        """Kept tokens exact; a dropped one takes the kept token at its position in the
+        nearest frame (earlier on a tie), else the mean of its frame's kept tokens (of all
+        kept tokens where its frame kept none)."""
         b, t, n, d = latents.shape
         sel, chosen = frame_token_selection(latents, jnp.ones((b, t), bool), self.budget,
                                             self.temperature)
         rows = jnp.arange(b)[:, None]
         kept = jnp.zeros((b, t * n), bool).at[rows, sel].set(chosen).reshape(b, t, n)
+        frame = jnp.arange(t)[None, :, None]
+        before = jax.lax.cummax(jnp.where(kept, frame, -t), axis=1)             # (B, T, N)
+        after = jax.lax.cummin(jnp.where(kept, frame, 2 * t), axis=1, reverse=True)
+        source = jnp.where(frame - before <= after - frame, before, after)
+        found = (source >= 0) & (source < t)
+        same_position = jnp.take_along_axis(latents, jnp.clip(source, 0, t - 1)[..., None],
+                                            axis=1)
         w = kept.astype(latents.dtype)[..., None]
         frame_sum, frame_count = (latents * w).sum(2), w.sum(2)          # (B, T, D), (B, T, 1)
         overall = frame_sum.sum(1, keepdims=True) / jnp.maximum(frame_count.sum(1, keepdims=True), 1)
-        fill = jnp.where(frame_count > 0, frame_sum / jnp.maximum(frame_count, 1), overall)
-        return jnp.where(kept[..., None], latents, fill[:, :, None])
+        frame_mean = jnp.where(frame_count > 0, frame_sum / jnp.maximum(frame_count, 1), overall)
+        fill = jnp.where(found[..., None], same_position, frame_mean[:, :, None])
+        return jnp.where(kept[..., None], latents, fill)
