@@ -79,6 +79,7 @@ class CheckpointSaveError(OSError):
 
 def _save_failure(directory: str, step: int | None, error: BaseException) -> str:
     text = str(error)
+    fix = "Free space or make the directory writable, then rerun the same command"
     if "No space left" in text or "RESOURCE_EXHAUSTED" in text or \
             getattr(error, "errno", None) == errno.ENOSPC:
         cause = "the disk is full"
@@ -88,13 +89,12 @@ def _save_failure(directory: str, step: int | None, error: BaseException) -> str
         cause = "writing is not permitted"
     elif distributed.peer_lost(error):
         cause = "another process of the run stopped"
+        fix = "Rerun every process with the same command"
     else:
         cause = "the write failed"
     intact = sorted(int(n) for n in (os.listdir(directory) if os.path.isdir(directory) else ())
                     if n.isdigit())
     which = f"step {step}" if step is not None else "a step"
-    fix = ("Rerun every process with the same command" if cause.startswith("another")
-           else "Free space or make the directory writable, then rerun the same command")
     return (f"saving checkpoint {which} in {directory} failed: {cause} ({_first_line(error)})."
             f" Committed steps, intact: {intact or 'none'}; the unfinished save is left as"
             f" '<step>{_UNFINISHED_SUFFIX}' and is never resumed from. {fix} to resume"

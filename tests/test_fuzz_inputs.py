@@ -263,10 +263,10 @@ _any_value = (
     st.integers(-(2**40), 2**40).map(str) | st.floats(allow_nan=True).map(repr)
     | st.sampled_from(["True", "None", "", "()", "(2,2,1)", "[1, 2]", "'x'", "((1,2),)"])
     | st.text(alphabet=string.printable, max_size=20))
+_typed_override = st.sampled_from(_KEYS).flatmap(
+    lambda k: st.tuples(st.just(k), _typed_value(k)))
 _override = st.one_of(
-    st.sampled_from(_KEYS).flatmap(lambda k: st.tuples(st.just(k), _typed_value(k))),
-    st.sampled_from(_KEYS).flatmap(lambda k: st.tuples(st.just(k), _typed_value(k))),
-    st.sampled_from(_KEYS).flatmap(lambda k: st.tuples(st.just(k), _typed_value(k))),
+    _typed_override, _typed_override, _typed_override,  # 3 in 5: a real key, its own type
     st.tuples(st.sampled_from(_KEYS), _any_value),
     st.tuples(st.builds(lambda k, tail: k + tail, st.sampled_from(_KEYS),
                         st.sampled_from([".x", "_", "x"]))

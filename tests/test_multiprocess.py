@@ -122,17 +122,22 @@ class Run:
             return json.load(f)
 
 
+def _finish_all(runs) -> None:
+    """Waits for runs started side by side; on a failure none is left running."""
+    try:
+        for run in runs:
+            run.finish()
+    finally:
+        for run in runs:
+            run.kill()
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     """The reference runs, side by side: one process of four devices and two of two."""
     root = tmp_path_factory.mktemp("uninterrupted")
     runs = dict(one=Run(root / "one", 1, 4), two=Run(root / "two", 2, 4))
-    try:
-        for run in runs.values():
-            run.finish()
-    finally:
-        for run in runs.values():
-            run.kill()
+    _finish_all(runs.values())
     return runs
 
 
@@ -165,12 +170,7 @@ def test_evaluation_is_the_same_on_1_4_8_devices_and_1_or_2_processes(uninterrup
         shutil.copytree(os.path.join(uninterrupted["two"].workdir, "checkpoints"),
                         workdir / "checkpoints")
         runs[processes, devices] = Run(workdir, processes, devices, mesh=mesh, mode="eval")
-    try:
-        for run in runs.values():
-            run.finish()
-    finally:
-        for run in runs.values():
-            run.kill()
+    _finish_all(runs.values())
     for layout, run in runs.items():
         assert run.results() == reference, layout
 
@@ -218,17 +218,23 @@ def test_preempt_both_then_kill_one_then_resume_equals_the_uninterrupted_run(
     assert run.results() == reference.results()
 
 
+def _state_and_parent(pid) -> tuple[str, int] | None:
+    """``(state letter, parent pid)`` of a process from ``/proc``; None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[0], int(fields[1])
+
+
 def _descendants(pid: int) -> set[int]:
     """Live processes below ``pid`` (Linux ``/proc``): Grain's workers and their helpers."""
     children: dict[int, list[int]] = {}
     for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # not a process, or gone meanwhile
-        if fields[0] != "Z":  # a zombie is dead, waiting for its parent to read it
-            children.setdefault(int(fields[1]), []).append(int(entry))
+        stat = _state_and_parent(entry)
+        if stat and stat[0] != "Z":  # a zombie is dead, waiting for its parent to read it
+            children.setdefault(stat[1], []).append(int(entry))
     found, todo = set(), [pid]
     while todo:
         for child in children.get(todo.pop(), []):
@@ -240,15 +246,8 @@ def _descendants(pid: int) -> set[int]:
 def _alive(pids: set[int], within: float) -> set[int]:
     """Which of ``pids`` still run after waiting up to ``within`` seconds for them to end."""
     deadline = time.monotonic() + within
-    def running(pid):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-        except OSError:
-            return False
-
     while True:
-        alive = set(filter(running, pids))
+        alive = {p for p in pids if (_state_and_parent(p) or ("Z",))[0] != "Z"}
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(0.2)

@@ -365,6 +365,22 @@ def _cosine(a: jax.Array, b: jax.Array, eps: float = 1e-6) -> jax.Array:
     return dot / (jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1) + eps)
 
 
+def frame_order(top: jax.Array, sel: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
+    """``jax.lax.top_k`` output over ``size`` flat ``frame * N + position`` slots ->
+    the selected slots in ``(frame, position)`` order and their validity (a ``-inf``
+    score, i.e. a masked frame, is invalid and sorts last)."""
+    chosen = jnp.isfinite(top)
+    key = jnp.sort(jnp.where(chosen, sel, size + sel), axis=1)
+    return key % size, key < size
+
+
+def kept_grid(sel: jax.Array, chosen: jax.Array, frames: int, tokens: int) -> jax.Array:
+    """Selected flat slots -> ``(batch, frames, tokens)`` bool: which tokens are kept."""
+    rows = jnp.arange(sel.shape[0])[:, None]
+    return jnp.zeros((sel.shape[0], frames * tokens), bool).at[rows, sel].set(
+        chosen).reshape(-1, frames, tokens)
+
+
 def novelty_scores(latents: jax.Array, frame_mask: jax.Array, threshold: float) -> jax.Array:
     """Per-token novelty from a running temporal merge at each spatial position.
 
@@ -443,13 +459,10 @@ class TemporalMerge(Compressor):
         t, n, k = self.geometry.frames, self.geometry.tokens, self.budget
         b, _, _, d = x.shape
         scores = novelty_scores(x, fm, self.merge_threshold).reshape(b, t * n)
-        top, sel = jax.lax.top_k(scores, k)
-        chosen = jnp.isfinite(top)
         # (frame, position) order; unused slots (masked frames) go to the end.
-        key = jnp.sort(jnp.where(chosen, sel, t * n + sel), axis=1)
-        sel, chosen = key % (t * n), key < t * n
+        sel, chosen = frame_order(*jax.lax.top_k(scores, k), t * n)
         rows = jnp.arange(b)[:, None]
-        kept = jnp.zeros((b, t * n), bool).at[rows, sel].set(chosen).reshape(b, t, n)
+        kept = kept_grid(sel, chosen, t, n)
         frame = jnp.arange(t)[None, :, None]
         owner = jax.lax.cummax(jnp.where(kept, frame, -1), axis=1)   # (B, T, N)
         member = fm[:, :, None] & (owner >= 0)
@@ -582,10 +595,7 @@ def frame_token_selection(latents: jax.Array, frame_mask: jax.Array, budget: int
     rank = jnp.argsort(jnp.argsort(-token_novelty, axis=2), axis=2)       # (B, T, N)
     priority = log_share[..., None] - jnp.log(rank + 0.5)
     priority = jnp.where(frame_mask[..., None], priority, -jnp.inf).reshape(b, t * n)
-    top, sel = jax.lax.top_k(priority, budget)
-    chosen = jnp.isfinite(top)
-    key = jnp.sort(jnp.where(chosen, sel, t * n + sel), axis=1)   # (frame, position) order
-    return key % (t * n), key < t * n
+    return frame_order(*jax.lax.top_k(priority, budget), t * n)
 
 
 @register
@@ -631,8 +641,7 @@ class FrameBudgets(Compressor):
         b, t, n, d = latents.shape
         sel, chosen = frame_token_selection(latents, jnp.ones((b, t), bool), self.budget,
                                             self.temperature)
-        rows = jnp.arange(b)[:, None]
-        kept = jnp.zeros((b, t * n), bool).at[rows, sel].set(chosen).reshape(b, t, n)
+        kept = kept_grid(sel, chosen, t, n)
         frame = jnp.arange(t)[None, :, None]
         before = jax.lax.cummax(jnp.where(kept, frame, -t), axis=1)             # (B, T, N)
         after = jax.lax.cummin(jnp.where(kept, frame, 2 * t), axis=1, reverse=True)
