@@ -65,6 +65,10 @@ def make_source(config: ml_collections.ConfigDict, split: str, num_examples: int
     is the embedded benchmark's size).
     """
     d = config.data
+    if config.model.vision.get("input", "pixels") == "latents":
+        raise ValueError("config.model.vision.input='latents': every data.name source gives"
+                         " frames; a model on cached encoder latents trains with"
+                         " `python -m frejax.natural_qa` (frejax/latent_cache.py)")
     if d.name == "synthetic_video_qa":
         return video_qa_synthetic.VideoQASource(
             num_frames=d.num_frames, image_size=d.image_size, num_examples=num_examples,

@@ -65,7 +65,9 @@ class VideoQAFeatures(grain.transforms.Map):
                                   (of the question and of every follow-up)
       answer_tokens (A,) int32    answer ids, padded
       answer_len    () int32
-      frames        (T, H, W, 3) uint8, frame_mask (T,) bool, family () int32,
+      frames        (T, H, W, 3) uint8 (or ``latents`` (T, N, D) float16, a frozen
+                                  encoder's, passed through), frame_mask (T,) bool,
+                                  family () int32,
       index         () int32,
       example_valid () bool         False for a bad input (and for eval padding)
       input_error   () int32        0, or the cause's index in INPUT_ERRORS
@@ -157,14 +159,16 @@ class VideoQAFeatures(grain.transforms.Map):
             loss_mask[start - 1 : start + length] = 1.0  # predicts answer tokens and eos
         answer_tokens = np.full((self.max_answer_len,), tok.pad_id, np.int32)
         answer_tokens[: len(answer)] = answer
+        video = ({"latents": np.asarray(element["latents"], np.float16)} if "latents" in element
+                 else {"frames": np.asarray(element["frames"], np.uint8)})
         return {
+            **video,
             "tokens": tokens,
             "text_mask": np.arange(self.max_text_len) < n,
             "prompt_len": np.int32(p),
             "loss_mask": loss_mask,
             "answer_tokens": answer_tokens,
             "answer_len": np.int32(len(answer)),
-            "frames": np.asarray(element["frames"], np.uint8),
             "frame_mask": np.asarray(element["frame_mask"], bool),
             "family": np.int32(element["family"]),
             "index": np.int32(element["index"]),

@@ -72,8 +72,11 @@ class Example:
 
 
 def plan(num_source_frames: list[int], family: str, count: int, frames: int, size: int,
-         rng: np.random.Generator) -> list[Example]:
-    """``count`` examples of ``family`` over videos of the given lengths, answers balanced."""
+         rng: np.random.Generator, probe_side: int = 0) -> list[Example]:
+    """``count`` examples of ``family`` over videos of the given lengths, answers balanced.
+
+    ``probe_side``: the composited square's side in pixels (0: ``size // 12``).
+    """
     if family not in FAMILIES:
         raise ValueError(f"natural_video_qa: unknown family {family!r}; choose from {FAMILIES}")
     options = len(_QUESTIONS[family][1])
@@ -87,9 +90,20 @@ def plan(num_source_frames: list[int], family: str, count: int, frames: int, siz
         answer = i % options  # balanced answers; the order is shuffled below
         video = int(rng.choice(usable))
         n = num_source_frames[video]
-        out.append(_plan_one(family, answer, video, n, frames, size, rng))
+        out.append(_plan_one(family, answer, video, n, frames, size, rng,
+                             probe_side or max(3, size // 12)))
     order = rng.permutation(len(out))
     return [out[j] for j in order]
+
+
+TEMPORAL_FAMILIES = ("direction", "speed", "freeze", "order")  # edits of time alone
+
+
+def plan_one(family: str, answer: int, video: int, num_source_frames: int, frames: int,
+             size: int, rng: np.random.Generator, probe_side: int = 0) -> Example:
+    """One example of ``family`` with the given answer from ``video`` (of that many frames)."""
+    return _plan_one(family, answer, video, num_source_frames, frames, size, rng,
+                     probe_side or max(3, size // 12))
 
 
 def _window(n: int, length: int, stride: int, rng) -> list[int]:
@@ -97,7 +111,8 @@ def _window(n: int, length: int, stride: int, rng) -> list[int]:
     return [start + k * stride for k in range(length)]
 
 
-def _plan_one(family: str, answer: int, video: int, n: int, t: int, size: int, rng) -> Example:
+def _plan_one(family: str, answer: int, video: int, n: int, t: int, size: int, rng,
+              side: int) -> Example:
     probe = ()
     if family == "direction":
         idx = _window(n, t, 1, rng)
@@ -119,7 +134,6 @@ def _plan_one(family: str, answer: int, video: int, n: int, t: int, size: int, r
         idx = first + second if answer == 0 else second + first
     else:
         idx = _window(n, t, 1, rng)
-        side = max(3, size // 12)
         row = int(rng.integers(0, size - side))
         col = int(rng.integers(0, size - side))
         colour = int(rng.integers(0, len(_COLOURS)))
@@ -182,7 +196,8 @@ def write_video(path: str, frames: np.ndarray, rate: int = 8) -> None:
 
 def build(footage: list[str], out: str, *, frames: int = 16, size: int = 112,
           train_per_family: int = 200, eval_per_family: int = 50, eval_videos: int = 1,
-          max_source_frames: int = 4000, seed: int = 0, families=FAMILIES) -> dict:
+          max_source_frames: int = 4000, seed: int = 0, families=FAMILIES,
+          probe_side: int = 0) -> dict:
     """Plans, renders and writes the benchmark under ``out``; returns its manifest."""
     footage = sorted(footage, key=os.path.basename)
     if len(footage) <= eval_videos or eval_videos < 1:
@@ -194,13 +209,15 @@ def build(footage: list[str], out: str, *, frames: int = 16, size: int = 112,
                 "eval": list(range(len(footage) - eval_videos, len(footage)))}
     rng = np.random.default_rng(seed)
     manifest = dict(frames=frames, size=size, seed=seed, families=list(families),
+                    probe_side=probe_side or max(3, size // 12),
                     footage={os.path.basename(p): n for p, n in zip(footage, lengths)},
                     splits={})
     for split, count in (("train", train_per_family), ("eval", eval_per_family)):
         videos = split_of[split]
         lines = []
         for family in families:
-            local = plan([lengths[v] for v in videos], family, count, frames, size, rng)
+            local = plan([lengths[v] for v in videos], family, count, frames, size, rng,
+                         probe_side=probe_side)
             for i, ex in enumerate(local):
                 ex = dataclasses.replace(ex, video=videos[ex.video])
                 rel = os.path.join(split, family, f"{i:05d}.mp4")
@@ -231,7 +248,7 @@ def main(argv):
         footage = natural_footage.install(package_assets.asset_dir("natural_footage"))
     manifest = build(footage, f.out, frames=f.frames, size=f.size,
                      train_per_family=f.train_per_family, eval_per_family=f.eval_per_family,
-                     eval_videos=f.eval_videos, seed=f.seed)
+                     eval_videos=f.eval_videos, seed=f.seed, probe_side=f.probe_side)
     for split, info in manifest["splits"].items():
         print(f"{split}: {info['examples']} examples from {', '.join(info['videos'])}")
 
@@ -245,5 +262,7 @@ if __name__ == "__main__":
     flags.DEFINE_integer("eval_per_family", 50, "eval examples per family")
     flags.DEFINE_integer("eval_videos", 1, "videos held out for eval (the last by name)")
     flags.DEFINE_integer("seed", 0, "seed of the plan")
+    flags.DEFINE_integer("probe_side", 0, "side of the composited square in pixels"
+                         " (0: size // 12)")
     flags.mark_flag_as_required("out")
     app.run(main)

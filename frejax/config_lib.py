@@ -108,7 +108,11 @@ def base_config() -> ml_collections.ConfigDict:
                     # (LLaVA's vision_feature_layer=-1 reads hidden_states[-1]).
                     final_norm=True,
                     # a SigLIP(2) or DINOv2 safetensors folder; "" = random init
-                    pretrained=""),
+                    pretrained="",
+                    # pixels: frames in, the ViT above encodes them | latents: a frozen
+                    # encoder's cached latents in (frejax.latent_cache), no ViT built; the
+                    # latents are latent_grid (h, w) tokens of `width` per frame.
+                    input="pixels", latent_grid=(0, 0)),
         # The vision -> LLM projector (2-layer GELU MLP; hidden 0 = the LLM width).
         # order: compress_then_project (compressor on encoder latents, frejax's default)
         # | project_then_compress (LLaVA-OneVision / LLaVA-Video: the projector per frame,
@@ -173,6 +177,7 @@ _CHOICES = {
     "data.resize": video_decode.RESIZE_MODES,
     "data.tokenizer": ("auto", "sentencepiece", "huggingface"),
     "model.vision.pixel_norm": ("symmetric", "imagenet"),
+    "model.vision.input": ("pixels", "latents"),
     "model.projector.order": ("compress_then_project", "project_then_compress"),
     "model.projector.pool": (1, 2),
     "model.vision.remat": tuple(REMAT_POLICIES),
@@ -258,6 +263,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
                 and key not in _MAY_BE_NEGATIVE):
             raise ValueError(f"config.{key} must be >= 0, got {value}")
     _validate_compressor(config, v)
+    if v["model.vision.input"] == "latents" and min(config.model.vision.latent_grid) < 1:
+        raise ValueError("config.model.vision.latent_grid must be two sizes >= 1 with"
+                         f" model.vision.input='latents', got {config.model.vision.latent_grid}")
     if v["model.vision.image_size"] != v["data.image_size"]:
         raise ValueError(
             f"config.model.vision.image_size ({v['model.vision.image_size']}) must equal"

@@ -18,7 +18,7 @@ from jax.experimental import multihost_utils
 from data_pipelines import datasets as data_lib
 from frejax import sharding
 
-_MODEL_INPUTS = ("frames", "frame_mask", "tokens", "text_mask", "prompt_len")
+_MODEL_INPUTS = ("frames", "latents", "frame_mask", "tokens", "text_mask", "prompt_len")
 
 
 class Evaluator:
@@ -49,7 +49,8 @@ class Evaluator:
         for local in data_lib.make_eval_iterator(self.config, self.tokenizer, self.mesh,
                                                   self.source):
             prefix_len = self._prefix_len(local)
-            batch = data_lib.to_global({k: local[k] for k in _MODEL_INPUTS}, self.batch_sharding)
+            batch = data_lib.to_global({k: local[k] for k in _MODEL_INPUTS if k in local},
+                                       self.batch_sharding)
             generated = self._local_rows(self._generate(params, batch, prefix_len))
             hits = exact_match(generated, local["answer_tokens"], local["answer_len"],
                                self.tokenizer.eos_id)

@@ -32,9 +32,11 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("models", ("frejax.models",)),
     ("config", ("frejax.config_lib", "configs")),
     ("state", ("frejax.train_state", "frejax.checkpointing", "frejax.evaluate")),
-    ("inference", ("frejax.streaming", "frejax.token_cache", "frejax.predict", "frejax.export")),
+    ("inference", ("frejax.streaming", "frejax.token_cache", "frejax.predict", "frejax.export",
+                   "frejax.latent_cache")),
     ("training loop", ("frejax.train",)),
     ("entry points", ("frejax.main", "frejax.aot", "frejax.analyze", "frejax.benchmark_eval",
+                      "frejax.natural_qa",
                       "benchmarks")),
 )
 

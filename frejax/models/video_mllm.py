@@ -1,7 +1,10 @@
 """Video MLLM: ViT per frame -> compressor -> projector -> LLM.
 
 Batch contract (a dict of arrays):
-  frames      (batch, T, H, W, 3) uint8
+  frames      (batch, T, H, W, 3) uint8; or, with ``model.vision.input="latents"``,
+  latents     (batch, T, N, D) float: a frozen encoder's per-frame latents computed
+              once ahead of training (``frejax.latent_cache``); the model then holds
+              no encoder
   frame_mask  (batch, T) bool
   tokens      (batch, L) int32: text with exactly one ``video_token_id`` placeholder
               per row, padded with 0 at the end
@@ -84,14 +87,24 @@ class VideoMLLM(nnx.Module):
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.video_token_id = int(video_token_id)
         self.dtype = dtype
-        self.encoder = ViT(model_cfg.vision, **kw)
+        vision = model_cfg.vision
+        self.reads_latents = str(vision.get("input", "pixels")) == "latents"
+        if self.reads_latents:
+            # A frozen encoder ran ahead of time: no parameters, only its output geometry.
+            self.encoder = None
+            latent_grid = tuple(int(n) for n in vision.latent_grid)
+            latent_width = int(vision.width)
+        else:
+            self.encoder = ViT(vision, **kw)
+            latent_grid, latent_width = self.encoder.grid, self.encoder.width
         projector_cfg = model_cfg.projector
         self.project_first = (
             str(projector_cfg.get("order", "compress_then_project")) == "project_then_compress")
         self.pool = int(projector_cfg.get("pool", 1))
         if self.pool not in (1, 2):
             raise ValueError(f"model.projector.pool must be 1 or 2, got {self.pool}")
-        grid, width = self.encoder.grid, self.encoder.width
+        self.latent_grid = latent_grid
+        grid, width = latent_grid, latent_width
         if self.project_first:  # the compressor reads pooled LLM-width tokens
             grid = tuple(-(-n // self.pool) for n in grid)
             width = int(model_cfg.llm.width)
@@ -105,7 +118,7 @@ class VideoMLLM(nnx.Module):
             compressor_cfg["name"], self.geometry, budget,
             compression.section_options(compressor_cfg), rngs=rngs, dtype=dtype)
         self.llm = LLM(model_cfg.llm, vocab_size=vocab_size, **kw)
-        self.projector = Projector(self.encoder.width, self.llm.width,
+        self.projector = Projector(latent_width, self.llm.width,
                                    int(projector_cfg.hidden),
                                    newline=bool(model_cfg.get("newline", False)), **kw)
         self._extra = 0 if self.projector.newline is None else 1
@@ -125,15 +138,20 @@ class VideoMLLM(nnx.Module):
         return self.compressor.num_valid_tokens + self._extra
 
     def frame_tokens(self, frames: jax.Array) -> jax.Array:
-        """Frames -> what the compressor reads ``(batch, T, N, D)``: encoder latents, or with
-        ``project_then_compress`` projected (and pooled) LLM-width tokens."""
-        latents = self.encoder(frames)
+        """Frames (or, reading latents, the cached latents) -> what the compressor reads
+        ``(batch, T, N, D)``: encoder latents, or with ``project_then_compress`` projected
+        (and pooled) LLM-width tokens."""
+        if self.reads_latents:
+            latents = sharding.constrain(frames.astype(self.dtype),
+                                         ("batch", "frames", "tokens", "embed"))
+        else:
+            latents = self.encoder(frames)
         if not self.project_first:
             return latents
         b, t, n, d = latents.shape
         x = self.projector(latents.reshape(b, t * n, d)).reshape(b, t, n, -1)
         if self.pool != 1:
-            (h, w), (h2, w2) = self.encoder.grid, self.geometry.grid
+            (h, w), (h2, w2) = self.latent_grid, self.geometry.grid
             x = resample_grid(x.reshape(b, t, h, w, -1), bilinear_matrix(h, h2),
                               bilinear_matrix(w, w2)).reshape(b, t, h2 * w2, -1)
         return sharding.constrain(x, ("batch", "frames", "tokens", "embed"))
@@ -141,7 +159,7 @@ class VideoMLLM(nnx.Module):
     def encode_video(self, batch: dict[str, jax.Array]) -> CompressedTokens:
         """Frames -> compressed tokens ``(batch, M', D)`` and mask ``(batch, M')``: vision
         width, or LLM width with ``project_then_compress``; the newline is not among them."""
-        latents = self.frame_tokens(batch["frames"])
+        latents = self.frame_tokens(batch["latents" if self.reads_latents else "frames"])
         frame_mask = batch.get("frame_mask")
         out = self.compressor(latents, frame_mask)
         return CompressedTokens(sharding.constrain(out.tokens, ("batch", "tokens", "embed")),
