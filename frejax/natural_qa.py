@@ -66,8 +66,10 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 }
 # Protocol sizes per scale (the model's are in configs/natural_qa.py).
 SCALES = {
-    "cpu": dict(redraw=True, train_per_family=500, eval_per_family=50, adapt_steps=300, seeds=3),
-    "accelerator": dict(redraw=True, train_per_family=1000, eval_per_family=200, adapt_steps=800, seeds=3),
+    "cpu": dict(redraw=True, train_per_family=500, eval_per_family=50, adapt_steps=300,
+                seeds=3),
+    "accelerator": dict(redraw=True, train_per_family=1000, eval_per_family=200,
+                        adapt_steps=800, seeds=3),
     "smoke": dict(redraw=True, train_per_family=4, eval_per_family=2, adapt_steps=2, seeds=2),
 }
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
@@ -176,7 +178,9 @@ def load_examples(folder: str, config, redraw: bool = False
         total, square, count = total + x.sum(0), square + (x * x).sum(0), count + len(x)
     mean = total / count
     scale = np.sqrt(np.maximum(square / count - mean * mean, 1e-12))
-    standardise = lambda x: ((np.asarray(x, np.float32) - mean) / scale).astype(np.float16)  # noqa: E731
+    def standardise(x) -> np.ndarray:
+        return ((np.asarray(x, np.float32) - mean) / scale).astype(np.float16)
+
     out = {}
     for s, split in splits.items():
         latents = np.empty(split.latents.shape, np.float16)
@@ -392,6 +396,7 @@ class Protocol:
         os.makedirs(self.runs_dir, exist_ok=True)
         os.makedirs(workdir, exist_ok=True)
         self._flops_cache: dict[str, dict] = {}
+        self.on_record = None  # called after every finished run
 
     def _path(self, run_id: str) -> str:
         return os.path.join(self.runs_dir, run_id.replace("/", "__").replace(":", "-") + ".json")
@@ -411,6 +416,8 @@ class Protocol:
         with open(path + ".tmp", "w") as f:
             json.dump(record, f)
         os.replace(path + ".tmp", path)
+        if self.on_record is not None:
+            self.on_record()
         return record
 
     def _record(self, run_id: str, runner: Runner, params, correct: np.ndarray, seconds: float,
@@ -500,7 +507,11 @@ class Protocol:
                 if "accuracy" in r:
                     ranked.append((r["accuracy"], m.label))
         strongest = [label for _, label in sorted(ranked, key=lambda x: (-x[0], x[1]))[:3]]
-        chosen = ["fre_res", "fre_res_frames"] + strongest
+        # Fre-Res, its training-free form and its residual track alone; the strongest
+        # baselines; the plain temporal DCT of the latents, which the static-detail
+        # question compares against.
+        chosen = ["fre_res", "fre_res_frames", "temporal_dct_only"] + strongest
+        chosen += [] if "temporal_dct" in strongest else ["temporal_dct"]
         for s in seeds:
             self.compressed(None, HEADLINE_RATIO, s, adapt=True)
             for label in chosen:
@@ -638,17 +649,20 @@ def findings(summary: dict) -> list[str]:
                 f"{kind} at 10x: best Fre-Res variant {best_fre['method']} retains "
                 f"{_pct(best_fre['retained'])} of the ceiling (goal: 98%); best baseline "
                 f"{best_base['method']} retains {_pct(best_base['retained'])}; Fre-Res "
-                f"{'leads' if gap > 0 else 'trails'} by {abs(gap):.3f} accuracy.")
+                + (f"leads by {gap:.3f} accuracy." if gap > 0 else
+                   f"trails by {-gap:.3f} accuracy." if gap < 0 else "ties."))
             for g in ("temporal (real motion)", "temporal probes", "static detail"):
                 fg, bg = best_fre["by_group"][g][0], best_base["by_group"][g][0]
                 out.append(f"  {g}: {best_fre['method']} {fg:.3f} vs "
                            f"{best_base['method']} {bg:.3f}.")
-        dct = next((r for r in at10 if r["method"] == "temporal_dct"), None)
         fr = next((r for r in at10 if r["method"] == "fre_res"), None)
-        if dct and fr:
-            out.append(f"{kind} at 10x, static detail: fre_res "
-                       f"{_pm(fr['by_family']['static_detail'])} vs temporal-DCT-only "
-                       f"(temporal_dct) {_pm(dct['by_family']['static_detail'])}.")
+        for name, what in (("temporal_dct_only", "Fre-Res's residual track alone"),
+                           ("temporal_dct", "the plain temporal DCT of the latents")):
+            dct = next((r for r in at10 if r["method"] == name), None)
+            if dct and fr:
+                out.append(f"{kind} at 10x, static detail: fre_res "
+                           f"{_pm(fr['by_family']['static_detail'])} vs {name} ({what}) "
+                           f"{_pm(dct['by_family']['static_detail'])}.")
     return out
 
 
@@ -668,7 +682,10 @@ def _markdown(summary: dict, meta: dict, plots: list[str]) -> str:
         "# Natural-video QA: accuracy retained under compression",
         "",
         f"Written by `{meta['command']}` ({meta['seconds']:.0f} s for the runs this"
-        " invocation ran; finished runs are read back, see the per-run seconds below).",
+        " invocation ran; finished runs are read back, see the per-run seconds below)."
+        + ("" if meta.get("finished", True) else
+           f" **Unfinished: {meta['runs']} runs so far; rerunning the command goes on"
+           " from them.**"),
         "",
         f"Benchmark: {meta['train_examples']} training and {meta['eval_examples']} held-out"
         f" examples ({meta['eval_per_family']} per family) from the clips"
@@ -691,7 +708,8 @@ def _markdown(summary: dict, meta: dict, plots: list[str]) -> str:
         "",
         "## Accuracy",
         "",
-        "| run | method | ratio | tokens (used) | FLOPs vs full: prefill + compressor | accuracy | retained | "
+        "| run | method | ratio | tokens (used) | FLOPs vs full: prefill + compressor"
+        " | accuracy | retained | "
         + " | ".join(FAMILY_GROUPS) + " | seconds/run |",
         "|---|---|---|---|---|---|---|" + "---|" * len(FAMILY_GROUPS) + "---|",
     ]
@@ -803,27 +821,38 @@ def run(out: str, part: str = "headline", scale: str = "cpu", config=None, foota
     cache = latent_cache.manifest(folder)
     if tuple(cache["grid"]) != tuple(config.model.vision.latent_grid) or \
             cache["width"] != config.model.vision.width:
-        raise ValueError(f"config.model.vision.latent_grid / width {config.model.vision.latent_grid}"
-                         f" / {config.model.vision.width} do not match the cache's"
+        raise ValueError(f"config.model.vision.latent_grid / width"
+                         f" {config.model.vision.latent_grid} / {config.model.vision.width}"
+                         f" do not match the cache's"
                          f" {cache['grid']} / {cache['width']}")
     data, tokenizer = load_examples(folder, config, redraw=sizes["redraw"])
     protocol = Protocol(out, config, data, tokenizer, sizes, workdir,
                         os.path.basename(folder))
-    protocol.headline() if part == "headline" else protocol.everything()
     families = data["eval"].families
     meta = dict(
         command=f"python -m frejax.natural_qa --out={out}"
                 + (f" --part={part}" if part != "headline" else "")
                 + (f" --scale={scale}" if scale != "cpu" else ""),
-        seconds=time.time() - start, families=list(families), seeds=sizes["seeds"],
+        part=part, families=list(families), seeds=sizes["seeds"],
         frames=config.data.num_frames, grid=cache["grid"],
         full_tokens=config.data.num_frames * int(np.prod(cache["grid"])),
         train_examples=len(data["train"]), eval_examples=len(data["eval"]),
         eval_per_family=sizes["eval_per_family"],
         train_videos=cache["splits"]["train"]["videos"],
         eval_videos=cache["splits"]["eval"]["videos"],
-        ceiling_steps=config.train.num_steps, adapt_steps=sizes["adapt_steps"])
-    return write_report(out, summarize(protocol.records(), families), meta)
+        ceiling_steps=config.train.num_steps, adapt_steps=sizes["adapt_steps"],
+        redraw=sizes["redraw"])
+
+    def report(finished: bool) -> list[str]:
+        records = protocol.records()
+        return write_report(out, summarize(records, families), dict(
+            meta, seconds=time.time() - start, runs=len(records), finished=finished))
+
+    # The report is rewritten after every run: stopped at any point, it holds every
+    # finished run and says it is unfinished; a rerun goes on from there.
+    protocol.on_record = lambda: report(False)
+    protocol.headline() if part == "headline" else protocol.everything()
+    return report(True)
 
 
 def main(argv):

@@ -195,9 +195,19 @@ def test_report_slice_runs_the_protocol_and_resumes(tmp_path, monkeypatch):
     rows = {(r["kind"], r["method"], r["ratio"]): r for r in report["rows"]}
     ceiling = rows[("ceiling", "full", 1.0)]
     assert ceiling["seeds"] == 2 and ceiling["visual_tokens"] == T * 16
-    # The headline: full-token control, Fre-Res and three ranked baselines, adapted at 10x.
+    # The headline at 10x, adapted: the full-token control, Fre-Res, its training-free form
+    # and residual track, the three baselines ranked first training-free on seed 0, and
+    # the plain temporal DCT.
     adapted = [k for k in rows if k[0] == "adapted"]
-    assert len(adapted) == 1 + 2 + 3 and all(k[2] == 10.0 for k in adapted)
+    assert all(k[2] == 10.0 for k in adapted)
+    seed0 = [json.load(open(os.path.join(out + "_runs", name)))
+             for name in os.listdir(out + "_runs") if name.startswith("free__")]
+    ranked = sorted(((r["accuracy"], r["run"].split("/")[1].split("@")[0]) for r in seed0
+                     if r["run"].endswith("/seed0") and "accuracy" in r
+                     and natural_qa.compression_family(r["run"].split("/")[1].split("@")[0])
+                     == "baseline"), key=lambda x: (-x[0], x[1]))
+    want = {"full", "fre_res", "fre_res_frames", "temporal_dct_only", "temporal_dct"}
+    assert {k[1] for k in adapted} == want | {m for _, m in ranked[:3]}
     assert all(rows[k]["seeds"] == 2 for k in adapted)
     assert "free/fre_res@10x" in report["unavailable"]  # learned absorber: adapted only
     runs = sorted(os.listdir(out + "_runs"))
