@@ -36,7 +36,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
                    "frejax.latent_cache")),
     ("training loop", ("frejax.train",)),
     ("entry points", ("frejax.main", "frejax.aot", "frejax.analyze", "frejax.benchmark_eval",
-                      "frejax.natural_qa",
+                      "frejax.natural_qa", "frejax.natural_qa_report",
                       "benchmarks")),
 )
 

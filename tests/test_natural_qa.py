@@ -14,7 +14,7 @@ from configs import natural_qa as natural_qa_config
 from data_pipelines import natural_video_qa as nvq
 from data_pipelines import video_qa_synthetic
 from frejax import analyze, latent_cache
-from frejax import natural_qa
+from frejax import natural_qa, natural_qa_report
 from frejax import train_state
 
 T, SIZE = 16, 56  # 56 px: 4 x 4 patches of 14 px
@@ -169,10 +169,10 @@ def test_configs_validate_and_the_main_entry_refuses_latents_with_a_clear_error(
 
 
 def test_interval_is_the_student_t_interval_over_seeds():
-    mean, half = natural_qa.interval([0.5, 0.6, 0.7])
+    mean, half = natural_qa_report.interval([0.5, 0.6, 0.7])
     assert mean == pytest.approx(0.6)
     assert half == pytest.approx(4.303 * 0.1 / np.sqrt(3))  # t(0.975, 2 dof) * sd / sqrt(n)
-    assert natural_qa.interval([0.4]) == (0.4, 0.0)
+    assert natural_qa_report.interval([0.4]) == (0.4, 0.0)
 
 
 def _slice_config():
@@ -204,7 +204,7 @@ def test_report_slice_runs_the_protocol_and_resumes(tmp_path, monkeypatch):
              for name in os.listdir(out + "_runs") if name.startswith("free__")]
     ranked = sorted(((r["accuracy"], r["run"].split("/")[1].split("@")[0]) for r in seed0
                      if r["run"].endswith("/seed0") and "accuracy" in r
-                     and natural_qa.compression_family(r["run"].split("/")[1].split("@")[0])
+                     and natural_qa_report.compression_family(r["run"].split("/")[1].split("@")[0])
                      == "baseline"), key=lambda x: (-x[0], x[1]))
     want = {"full", "fre_res", "fre_res_frames", "temporal_dct_only", "temporal_dct"}
     assert {k[1] for k in adapted} == want | {m for _, m in ranked[:3]}
