@@ -29,13 +29,14 @@ greedy answer equals the reference exactly when the argmax at every answer posit
 the end token after it) equals the reference token, because until the first miss the
 greedy prefix is the reference.
 
-Parts (``--part``): ``headline`` = the ceiling, then at 10x every parameter-free method
-training-free on seed 0 (cheap: evaluation only), which ranks the baselines; then
-``fre_res``, ``fre_res_frames`` and the three strongest baselines, training-free and
+Parts (``--part``): ``headline`` = the ceiling, then at 10x every parameter-free baseline
+training-free on seed 0 (cheap: evaluation only), which ranks them; then ``fre_res``,
+``fre_res_frames``, ``temporal_dct_only`` (Fre-Res's residual track alone), the three
+strongest baselines and ``temporal_dct``, training-free (where parameter-free) and
 adapted, over every seed. ``all`` = every registry method and the Fre-Res ablations at
-8x, 10x and 16x. Every run writes ``<out>_runs/<run>.json`` (the ceiling also its
-weights); a rerun skips finished runs, so an interrupted report resumes, and ``all``
-reuses the headline's runs.
+8x, 10x and 16x. Every run writes ``<out>_runs/<run>.json`` (the ceilings' weights go to
+``--workdir``); a rerun skips finished runs of the same settings, so an interrupted report
+resumes, and ``all`` reuses the headline's runs. The report is rewritten after every run.
 """
 
 from __future__ import annotations
