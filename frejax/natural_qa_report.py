@@ -26,6 +26,10 @@ _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8
         9: 2.262}  # two-sided 95% Student t by degrees of freedom
 
 
+def group_chance(families) -> float:
+    return float(np.mean([CHANCE[f] for f in families]))
+
+
 def compression_family(name: str) -> str:
     from frejax import compression  # noqa: PLC0415
 
@@ -109,6 +113,23 @@ def findings(summary: dict) -> list[str]:
         return out
     compressed = [r for r in rows if r["kind"] != "ceiling" and r["method"] != "full"]
     above = [r for r in compressed if r["accuracy"][0] > ceil["accuracy"][0]]
+    learned = [g for g, fs in FAMILY_GROUPS.items()
+               if ceil["by_group"][g][0] - ceil["by_group"][g][1] > group_chance(fs)]
+    out.append(
+        "Family groups the ceiling learned (its interval's lower end above chance): "
+        + (", ".join(learned) if learned else "none") + "; "
+        + "; ".join(f"{g} {ceil['by_group'][g][0]:.3f} against chance {group_chance(fs):.3f}"
+                    for g, fs in FAMILY_GROUPS.items())
+        + ". Compressors can only be compared on what the ceiling learned.")
+    control = next((r for r in rows if r["kind"] == "adapted" and r["method"] == "full"), None)
+    if control:
+        best = max((r for r in compressed if r["kind"] == "adapted"),
+                   key=lambda r: r["accuracy"][0], default=None)
+        out.append(
+            f"The full-token control after the same adaptation: {_pm(control['accuracy'])}"
+            + (f"; the best adapted compressed run ({best['method']} at {best['ratio']:g}x) "
+               f"reaches {best['accuracy'][0] / control['accuracy'][0]:.1%} of it."
+               if best and control["accuracy"][0] > 0 else "."))
     out.append(
         f"Ceiling (full tokens, {ceil['seeds']} seeds): accuracy {_pm(ceil['accuracy'])}. "
         + ("No compressed run's mean exceeds it." if not above else
@@ -135,14 +156,15 @@ def findings(summary: dict) -> list[str]:
                 fg, bg = best_fre["by_group"][g][0], best_base["by_group"][g][0]
                 out.append(f"  {g}: {best_fre['method']} {fg:.3f} vs "
                            f"{best_base['method']} {bg:.3f}.")
-        fr = next((r for r in at10 if r["method"] == "fre_res"), None)
-        for name, what in (("temporal_dct_only", "Fre-Res's residual track alone"),
-                           ("temporal_dct", "the plain temporal DCT of the latents")):
-            dct = next((r for r in at10 if r["method"] == name), None)
-            if dct and fr:
-                out.append(f"{kind} at 10x, static detail: fre_res "
-                           f"{_pm(fr['by_family']['static_detail'])} vs {name} ({what}) "
-                           f"{_pm(dct['by_family']['static_detail'])}.")
+        for fre_name in ("fre_res", "fre_res_frames"):
+            fr = next((r for r in at10 if r["method"] == fre_name), None)
+            for name, what in (("temporal_dct_only", "Fre-Res's residual track alone"),
+                               ("temporal_dct", "the plain temporal DCT of the latents")):
+                dct = next((r for r in at10 if r["method"] == name), None)
+                if dct and fr:
+                    out.append(f"{kind} at 10x, static detail: {fre_name} "
+                               f"{_pm(fr['by_family']['static_detail'])} vs {name} ({what}) "
+                               f"{_pm(dct['by_family']['static_detail'])}.")
     return out
 
 
@@ -193,6 +215,8 @@ def _markdown(summary: dict, meta: dict, plots: list[str]) -> str:
         + " | ".join(FAMILY_GROUPS) + " | seconds/run |",
         "|---|---|---|---|---|---|---|" + "---|" * len(FAMILY_GROUPS) + "---|",
     ]
+    lines.append("| chance | | | | | | | " + " | ".join(
+        f"{group_chance(fs):.3f}" for fs in FAMILY_GROUPS.values()) + " | |")
     for r in summary["rows"]:
         flops = (f"{r['prefill_flops_vs_full']:.3f} + {r['compressor_flops_vs_full']:.3f}"
                  if r["prefill_flops_vs_full"] is not None else "-")
