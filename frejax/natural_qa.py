@@ -518,16 +518,14 @@ class Protocol:
         return chosen
 
     def everything(self) -> None:
-        """Every method at every ratio, training-free and adapted, every seed; the
-        headline's ratio last, so a headline running beside it is not repeated."""
-        for s in range(self.scale["seeds"]):
-            self.ceiling(s)
-        for ratio in sorted(RATIOS, key=lambda r: r == HEADLINE_RATIO):
+        """The headline, then every method at every ratio (the headline's first),
+        training-free and adapted, every seed."""
+        self.headline()
+        for ratio in sorted(RATIOS, key=lambda r: r != HEADLINE_RATIO):
             for s in range(self.scale["seeds"]):
                 for m in all_methods():
                     self.compressed(m, ratio, s, adapt=False)
                     self.compressed(m, ratio, s, adapt=True)
-        self.headline()
 
     def records(self) -> list[dict]:
         """Every finished run of these settings."""
