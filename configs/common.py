@@ -78,7 +78,7 @@ def apply_pretrained(c: ml_collections.ConfigDict, vision: str = "", llm: str = 
     ``vision``: a SigLIP / SigLIP2 / DINOv2 folder; ``llm``: a Qwen2 / Qwen2.5 / Llama-3
     folder (its ``tokenizer.json``, when there, becomes the tokenizer).
     """
-    from frejax.models import hf_import  # noqa: PLC0415  (imports JAX: only when asked)
+    from frejax.models.convert import hf_import  # noqa: PLC0415  (imports JAX: only when asked)
 
     def read(folder: str, what: str) -> dict:
         path = os.path.join(folder, "config.json")
@@ -117,7 +117,7 @@ def apply_llava(c: ml_collections.ConfigDict, folder: str) -> None:
     pooling and newline, Qwen2 LLM, tokenizer and chat template, all from its files."""
     if not folder:
         return
-    from frejax.models import hf_import  # noqa: PLC0415  (imports JAX: only when asked)
+    from frejax.models.convert import hf_import  # noqa: PLC0415  (imports JAX: only when asked)
 
     path = os.path.join(folder, "config.json")
     if not os.path.isfile(path):

@@ -1,6 +1,6 @@
 """A pretrained LLaVA-OneVision / LLaVA-Video model with a training-free video-token compressor.
 
-    python -m frejax.benchmark_eval \\
+    python -m frejax.inference.benchmark_eval \\
         --config=configs/llava_onevision.py:llava=/models/llava-onevision-qwen2-7b-ov-hf,compressor=fre_res_frames,ratio=10 \\
         --benchmark=videomme --data=/data/Video-MME
 

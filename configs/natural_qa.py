@@ -1,15 +1,16 @@
-"""Natural-video QA on frozen DINOv2-S latents: the model of ``python -m frejax.natural_qa``.
+"""Natural-video QA on frozen DINOv2-S latents: the model of ``python -m frejax.studies.natural_qa``.
 
-    python -m frejax.natural_qa --out=docs/natural_qa
-    python -m frejax.natural_qa --out=docs/natural_qa --config=configs/natural_qa.py:scale=accelerator
+    python -m frejax.studies.natural_qa --part=cache       # builds the latent cache, prints it
+    python -m frejax.main --config=configs/natural_qa.py:cache=<that folder> --workdir=w/ceiling
 
-The protocol (frejax/natural_qa.py) trains this model at full tokens (the ceiling),
-then evaluates and adapts every compressor on it; it sets ``compressor.*``,
-``optim.freeze``, ``seed`` and ``train.num_steps`` per run from the keys below.
-``data.*`` gives the clip geometry only: examples come from the latent cache
-(frejax/latent_cache.py), not from ``data.name``.
+The protocol (frejax/studies/natural_qa.py) trains this model at full tokens (the ceiling)
+through ``frejax.main``'s loop, then evaluates and adapts every compressor on it; it sets
+``compressor.*``, ``init.*``, ``optim.freeze``, ``seed`` and ``train.num_steps`` per run
+from the keys below. Examples come from the ``latent_cache`` data source
+(data_pipelines/latent_source.py) in ``data.root``.
 
-Arg keys: scale=cpu|accelerator, smoke (a seconds-long variant for tests).
+Arg keys: scale=cpu|accelerator, smoke (a seconds-long variant for tests), cache=<folder>
+(the latent cache; ``--config.data.root`` sets the same).
 """
 
 from configs import common
@@ -17,7 +18,7 @@ from frejax import config_lib
 
 
 def get_config(arg=None):
-    args = common.parse_arg(arg, scale="cpu", smoke=False)
+    args = common.parse_arg(arg, scale="cpu", smoke=False, cache="")
     if args.scale not in ("cpu", "accelerator"):
         raise ValueError(f"config arg scale={args.scale!r}: choose cpu or accelerator")
     c = config_lib.base_config()
@@ -26,7 +27,7 @@ def get_config(arg=None):
 
     # 16 frames of 112 px per clip; DINOv2-S/14 gives 8 x 8 latents of width 384 per
     # frame, pooled to 4 x 4 as LLaVA-OneVision pools video frames: 256 tokens in full.
-    c.data.update(num_frames=16, image_size=112)
+    c.data.update(name="latent_cache", root=args.cache, num_frames=16, image_size=112)
     c.model.vision.update(input="latents", latent_grid=(4, 4), image_size=112, patch_size=14,
                           width=384, heads=6)
     # A Llama-layout LLM trained from scratch on the benchmark's words (the main job's).

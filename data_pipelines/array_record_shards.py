@@ -34,6 +34,7 @@ from data_pipelines import annotations as annotations_lib
 from data_pipelines import tokenizer as tokenizer_lib
 from data_pipelines import video_decode
 from data_pipelines import video_folder
+import tqdm
 
 _MAGIC = b"FXV1"
 METADATA = "metadata.json"
@@ -76,7 +77,6 @@ def convert(root: str, annotation_files: dict[str, str], output: str, num_shards
             progress: bool = True) -> dict[str, Any]:
     """Writes one set of shards per split (``{"train": file, "eval": file}``) and the metadata."""
     from array_record.python import array_record_module  # noqa: PLC0415  (writer: here only)
-    import tqdm  # noqa: PLC0415
 
     os.makedirs(output, exist_ok=True)
     meta = dict(format=1, splits={}, families=set(), words=set())

@@ -308,6 +308,7 @@ def make_dataset(
     template: str = tokenizer_lib.DEFAULT_TEMPLATE,
     skip_bad_text: bool = False,
     max_bad_fraction: float = 0.0,
+    train_transform: grain.transforms.RandomMap | None = None,
 ) -> grain.IterDataset:
     """Builds this host's batched Grain IterDataset.
 
@@ -320,7 +321,9 @@ def make_dataset(
     Batches are dicts of numpy arrays with a leading (global_batch_size //
     process_count) axis; see VideoQAFeatures for the keys. Bad inputs (see the
     module docstring) end the iteration with ``BadInputError`` once more than
-    ``max_bad_fraction`` of the examples are bad.
+    ``max_bad_fraction`` of the examples are bad. ``train_transform`` (training only) is
+    a random map over the source's records, seeded by ``seed`` and each read's position,
+    so every epoch draws anew and a resumed run draws what it would have.
     """
     if process_count < 1 or not 0 <= process_index < process_count:
         raise ValueError(
@@ -339,6 +342,8 @@ def make_dataset(
     if shuffle:
         ds = ds.shuffle(seed=seed)  # same seed on every host: slicing stays a partition
     ds = ds.repeat(num_epochs)  # reshuffles each epoch
+    if training and train_transform is not None:
+        ds = ds.random_map(train_transform, seed=seed)
     ds = ds.map(VideoQAFeatures(tokenizer, max_text_len, max_answer_len, template, skip_bad_text))
     n = len(ds)
     if n < sys.maxsize:  # finite: make all hosts see the same batch count

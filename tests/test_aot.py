@@ -19,8 +19,8 @@ from flax import nnx
 from configs import long_video
 from data_pipelines import datasets as data_lib
 from frejax import sharding
-from frejax import train
-from frejax import train_state
+from frejax.training import train
+from frejax.training import train_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,7 +49,7 @@ def _pod_like_config():
 
 
 def test_aot_command_compiles_a_pod_like_config_on_64_fake_devices():
-    cmd = [sys.executable, "-m", "frejax.aot", "--config=configs/long_video.py:scale=pod,smoke",
+    cmd = [sys.executable, "-m", "frejax.training.aot", "--config=configs/long_video.py:scale=pod,smoke",
            "--devices=64", *[f"--config.{k}={v}" for k, v in POD_LIKE.items()]]
     env = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0")
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

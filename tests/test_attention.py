@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from frejax import attention
+from frejax.nn import attention
 from frejax import config_lib
-from frejax.attention import AttentionMask
+from frejax.nn.attention import AttentionMask
 from frejax.models.llm import LLM
 from frejax.models.vit import ViT
 

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from frejax import compression
-from frejax.compression import baselines, dct
+from frejax.compression import baselines, dct, temporal_baselines
 
 GEOM = compression.VideoGeometry(frames=8, grid=(4, 4), embed=6)
 
@@ -158,7 +158,7 @@ def test_temporal_merge_noise_keeps_budget():
     tokens, mask = _run(comp, x)
     assert mask.sum(1).tolist() == [40, 40]
     # First-frame tokens are always kept, unmerged at first (noise never merges).
-    scores = baselines.novelty_scores(x, jnp.ones((2, 8), bool), 0.9)
+    scores = temporal_baselines.novelty_scores(x, jnp.ones((2, 8), bool), 0.9)
     assert (np.asarray(scores)[:, 0] == 3.0).all()
     assert np.isfinite(tokens).all()
 
@@ -174,7 +174,7 @@ def _frames_kept(comp, x, frame_mask=None):
     """Tokens kept per frame, from the selection the compressor makes."""
     b, t = x.shape[:2]
     frame_mask = jnp.ones((b, t), bool) if frame_mask is None else frame_mask
-    sel, chosen = baselines.frame_token_selection(x, frame_mask, comp.budget, comp.temperature)
+    sel, chosen = temporal_baselines.frame_token_selection(x, frame_mask, comp.budget, comp.temperature)
     n = x.shape[2]
     return np.stack([np.bincount(np.asarray(s)[np.asarray(c)] // n, minlength=t)
                      for s, c in zip(sel, chosen)])
@@ -216,7 +216,7 @@ def test_frame_budgets_count_masked_frames_and_reconstruct_kept_tokens():
     same = np.isclose(out[0], np.asarray(x)[0]).all(-1)      # (T, N): tokens kept exactly
     assert same.sum() >= 40 and (same.sum(1) >= kept).all()
     # A dropped token takes the kept token at its position in the nearest frame.
-    sel, chosen = baselines.frame_token_selection(x, jnp.ones((2, 8), bool), 40, comp.temperature)
+    sel, chosen = temporal_baselines.frame_token_selection(x, jnp.ones((2, 8), bool), 40, comp.temperature)
     mask = np.zeros(8 * 16, bool)
     mask[np.asarray(sel[0])[np.asarray(chosen[0])]] = True
     mask = mask.reshape(8, 16)

@@ -1,4 +1,4 @@
-"""``frejax.benchmark_eval`` end to end: a tiny random LLaVA-OneVision folder, each benchmark's
+"""``frejax.inference.benchmark_eval`` end to end: a tiny random LLaVA-OneVision folder, each benchmark's
 fixture files, a training-free compressor; the report, the samples log, the token cache,
 and the same answers on one device and on a 2 x 2 mesh."""
 
@@ -11,7 +11,7 @@ import benchmark_fixtures as fx
 import llava_fixtures
 from configs import llava_onevision
 from data_pipelines import video_benchmarks
-from frejax import benchmark_eval
+from frejax.inference import benchmark_eval
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def test_cli_with_a_frejax_checkpoint(tmp_path):
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
     out = subprocess.run(
-        [sys.executable, "-m", "frejax.benchmark_eval", "--config=configs/short_video.py:smoke",
+        [sys.executable, "-m", "frejax.inference.benchmark_eval", "--config=configs/short_video.py:smoke",
          f"--checkpoint={tmp_path / 'run'}", "--benchmark=videomme", f"--data={data}",
          f"--out={tmp_path / 'out'}", "--batch_size=2", "--sampling=uniform", "--resize=crop"],
         cwd=repo, env=env, capture_output=True, text=True, timeout=600)
@@ -115,4 +115,4 @@ def test_cli_with_a_frejax_checkpoint(tmp_path):
     with open(tmp_path / "out" / "videomme__fre_res__r8.json") as f:
         row = json.load(f)
     assert row["answered"] == 5 and row["compressor"] == "fre_res"
-    assert row["command"].startswith("python -m frejax.benchmark_eval --config=")
+    assert row["command"].startswith("python -m frejax.inference.benchmark_eval --config=")

@@ -1,4 +1,4 @@
-"""frejax.checkpointing and resuming the main job: kill -9 and resume, SIGTERM, damaged
+"""frejax.training.checkpointing and resuming the main job: kill -9 and resume, SIGTERM, damaged
 checkpoints, resharded restore, config drift, export.
 
 The subprocess runs share one uninterrupted reference run (a checkpoint at every
@@ -22,12 +22,12 @@ import numpy as np
 import pytest
 
 from configs import short_video
-from frejax import checkpointing
+from frejax.training import checkpointing, checksums, drift
 from data_pipelines import datasets as data_lib
-from frejax import export
+from frejax.inference import export
 from frejax import sharding
-from frejax import train
-from frejax import train_state
+from frejax.training import train
+from frejax.training import train_state
 
 # Orbax abandons the other read coroutines of a torn step when one of them fails; Python
 # collects them later, inside whichever test runs then, and reports them as unraisable.
@@ -315,7 +315,7 @@ def test_config_drift_in_model_shape_fails_naming_the_keys(reference):
     config.model.llm.width = 64
     config.compressor.ratio = 4.0
     ckpt = checkpointing.Checkpointer(str(reference / "checkpoints"), keep=100)
-    with pytest.raises(checkpointing.ConfigDriftError) as error:
+    with pytest.raises(drift.ConfigDriftError) as error:
         ckpt.restore_newest_intact(_abstract_state(config), config)
     ckpt.close()
     message = str(error.value)
@@ -486,10 +486,10 @@ def test_a_flipped_bit_in_an_array_file_is_found_by_its_checksum(reference, tmp_
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int32", "uint8", "bool"])
 def test_checksums_see_every_single_bit_and_ignore_the_mesh(dtype):
     x = np.asarray(jax.random.normal(jax.random.key(1), (8, 12)) * 50).astype(dtype)
-    base = checkpointing.state_checksums({"x": x})["x"]
+    base = checksums.state_checksums({"x": x})["x"]
     mesh = sharding.make_mesh((2, 4, 1), jax.devices()[:8])
     sharded = jax.device_put(x, jax.NamedSharding(mesh, jax.P("data", "fsdp")))
-    assert checkpointing.state_checksums({"x": sharded})["x"] == base
+    assert checksums.state_checksums({"x": sharded})["x"] == base
     bits = np.dtype(dtype).itemsize * 8 if dtype != "bool" else 1
     raw = x.view(np.uint8) if dtype == "bool" else x
     for i, j in ((0, 0), (3, 7), (7, 11)):
@@ -499,7 +499,7 @@ def test_checksums_see_every_single_bit_and_ignore_the_mesh(dtype):
             word[i, j] ^= np.array(1 << k).astype(word.dtype)
             if dtype == "bool":
                 y = y.view(np.bool_)
-            assert checkpointing.state_checksums({"x": y})["x"] != base, (i, j, k)
+            assert checksums.state_checksums({"x": y})["x"] != base, (i, j, k)
 
 
 def test_a_params_only_restore_refuses_flipped_bits(reference, tmp_path):
@@ -519,7 +519,7 @@ def test_a_params_only_restore_refuses_flipped_bits(reference, tmp_path):
     ckpt.wait()
     shutil.copyfile(reference / "checkpoints" / str(NUM_STEPS) / "checksums" / "metadata",
                     ckpts / str(NUM_STEPS) / "checksums" / "metadata")
-    with pytest.raises(checkpointing.ChecksumMismatchError, match=f"{name}$"):
+    with pytest.raises(checksums.ChecksumMismatchError, match=f"{name}$"):
         ckpt.restore_params(NUM_STEPS, setup.abstract_state)
     ckpt.close()
 

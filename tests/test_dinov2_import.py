@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from frejax.models import hf_import
+from frejax.models.convert import hf_configs
+from frejax.models.convert import param_maps
+from frejax.models.convert import tensor_sources
 from frejax.models.vit import ViT, normalize_pixels
 from test_hf_import import ATOL, _jitted, _load_module, _save, _torch, _vision_section
 
@@ -22,7 +24,7 @@ def test_bicubic_resize_matches_torch(size, out, antialias):
     theirs = torch.nn.functional.interpolate(
         torch.from_numpy(grid).permute(2, 0, 1)[None], size=out, mode="bicubic",
         align_corners=False, antialias=antialias)[0].permute(1, 2, 0).numpy()
-    np.testing.assert_allclose(hf_import.resize_bicubic(grid, out, antialias), theirs,
+    np.testing.assert_allclose(tensor_sources.resize_bicubic(grid, out, antialias), theirs,
                                atol=1e-5, rtol=0)
 
 
@@ -56,11 +58,11 @@ def test_dinov2_matches_transformers(tmp_path, kind, image_size):
     torch = _torch()
     reference = _dinov2(kind)
     folder = _save(reference, tmp_path / "dinov2", sharded=False)
-    keys = hf_import.vision_config_from_hf(folder.config)
+    keys = hf_configs.vision_config_from_hf(folder.config)
     assert "image_size" not in keys and keys["cls_token"] and keys["layer_scale"]
     vit = ViT(_vision_section(dict(keys, image_size=image_size)), rngs=nnx.Rngs(0))
     side = image_size // 4
-    vit = _load_module(vit, folder, hf_import.vision_param_map(folder, (side, side)))
+    vit = _load_module(vit, folder, param_maps.vision_param_map(folder, (side, side)))
     images = np.random.default_rng(2).integers(0, 256, (2, image_size, image_size, 3),
                                                dtype=np.uint8)
     ours = np.asarray(_jitted(vit, ViT.encode_images)(jnp.asarray(images)))
@@ -74,6 +76,6 @@ def test_dinov2_matches_transformers(tmp_path, kind, image_size):
 
 def test_dinov2_config_rejects_what_it_cannot_run():
     with pytest.raises(ValueError, match="use_swiglu_ffn"):
-        hf_import.vision_config_from_hf(dict(model_type="dinov2", use_swiglu_ffn=True))
+        hf_configs.vision_config_from_hf(dict(model_type="dinov2", use_swiglu_ffn=True))
     with pytest.raises(ValueError, match="hidden_act 'relu'"):
-        hf_import.vision_config_from_hf(dict(model_type="dinov2", hidden_act="relu"))
+        hf_configs.vision_config_from_hf(dict(model_type="dinov2", hidden_act="relu"))

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from data_pipelines import natural_footage, package_assets, video_decode
-from frejax.models import dinov2_onnx, hf_import
+from frejax.models.convert import dinov2_onnx
+from frejax.models.convert import hf_configs
+from frejax.models.convert import safetensors_io
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +37,11 @@ def test_converted_folder_is_dinov2_small(converted):
     _, out = converted
     with open(f"{out}/config.json") as f:
         config = json.load(f)
-    keys = hf_import.vision_config_from_hf(config)
+    keys = hf_configs.vision_config_from_hf(config)
     assert (keys["width"], keys["depth"], keys["heads"], keys["mlp_dim"], keys["patch_size"]) == (
         384, 12, 6, 1536, 14)
     assert keys["registers"] == 0 and keys["layer_scale"] and not keys["gelu_approximate"]
-    folder = hf_import.SafetensorsFolder(out)
+    folder = safetensors_io.SafetensorsFolder(out)
     assert folder.shape("embeddings.position_embeddings") == (1, 1 + 37 * 37, 384)
     assert folder.shape("encoder.layer.11.mlp.fc2.weight") == (384, 1536)
 

@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from benchmarks import evidence
+from frejax.benchmarks import evidence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,7 +45,7 @@ def test_run_config_applies_the_runs_flags():
 
 def test_smoke_sweep_writes_tables_and_plots_and_resumes(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
-    cmd = [sys.executable, "-m", "benchmarks.evidence", "--preset=smoke",
+    cmd = [sys.executable, "-m", "frejax.benchmarks.evidence", "--preset=smoke",
            f"--out={tmp_path}", f"--report_dir={tmp_path / 'report'}"]
     first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]

@@ -369,10 +369,7 @@ def _model_value(key: str) -> st.SearchStrategy[str]:
 def test_fuzzed_model_overrides_build_the_model_or_name_the_key(overrides):
     """Accepted overrides of the model's geometry go on to the abstract model, where the
     compressor checks its budget: a bad one fails there, naming a key, before any compute."""
-    import jax  # noqa: PLC0415
-
-    from data_pipelines import datasets as data_lib  # noqa: PLC0415
-    from frejax import sharding, train_state  # noqa: PLC0415
+    from frejax.training.run import Run  # noqa: PLC0415
 
     argv = ["main", "--config=" + os.path.join(REPO, "configs", "short_video.py") + ":smoke"]
     argv += [f"--config.{k}={v}" for k, v in overrides]
@@ -387,10 +384,10 @@ def test_fuzzed_model_overrides_build_the_model_or_name_the_key(overrides):
         except (flags.Error, ValueError) as e:
             event(f"model: rejected before the build ({type(e).__name__})")
             return
-        mesh = train_state.build_mesh(config)  # the smoke mesh: data over the 8 test devices
+        run = Run(config)  # the smoke mesh: data over the 8 test devices
         try:
-            with jax.set_mesh(mesh), sharding.axis_rules(config.sharding.rules):
-                setup = train_state.make_setup(config, mesh, data_lib.make_tokenizer(config))
+            with run:
+                setup = run.setup
         except ValueError as e:
             message = str(e)
             assert any(k in message for k in _KEYS), message  # names the key at fault

@@ -15,7 +15,7 @@ import pytest
 gguf = pytest.importorskip("gguf", reason="extra `pretrained` (gguf) is part of the test install")
 
 from data_pipelines.tokenizer import HuggingFaceTokenizer  # noqa: E402
-from frejax.models import gguf_import  # noqa: E402
+from frejax.models.convert import gguf_import  # noqa: E402
 
 Q = gguf.GGMLQuantizationType
 

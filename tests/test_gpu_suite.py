@@ -2,7 +2,7 @@
 
 import json
 
-from benchmarks import gpu_suite
+from frejax.benchmarks import gpu_suite
 
 
 def test_gpu_suite_tiny_shape_writes_full_and_fre_res_rows(tmp_path):

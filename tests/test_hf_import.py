@@ -21,7 +21,11 @@ from flax import nnx
 
 from frejax import config_lib
 from frejax import sharding
-from frejax.models import hf_import
+from frejax.models.convert import hf_import
+from frejax.models.convert import hf_configs
+from frejax.models.convert import param_maps
+from frejax.models.convert import safetensors_io
+from frejax.models.convert import tensor_sources
 from frejax.models.llm import LLM
 from frejax.models.vit import ViT, normalize_pixels, patchify
 
@@ -58,7 +62,7 @@ def _folder(tmp_path, tensors, config=None, shards=1):
             _write_safetensors(path / file, part)
             weight_map.update({n: file for n in part})
         (path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
-    return hf_import.SafetensorsFolder(str(path))
+    return safetensors_io.SafetensorsFolder(str(path))
 
 
 # ----------------------------------------------------------------------------
@@ -85,10 +89,10 @@ def test_reader_matches_safe_open_and_reads_bfloat16(tmp_path, shards):
 
 def test_missing_files_name_the_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
-        hf_import.SafetensorsFolder(str(tmp_path))
+        safetensors_io.SafetensorsFolder(str(tmp_path))
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
-        hf_import.SafetensorsFolder(str(tmp_path))
+        safetensors_io.SafetensorsFolder(str(tmp_path))
 
 
 def test_patch_conv_reordered_to_dense_over_flattened_patches(tmp_path):
@@ -98,7 +102,7 @@ def test_patch_conv_reordered_to_dense_over_flattened_patches(tmp_path):
     weight = rng.normal(size=(out, c, p, p)).astype(np.float32)
     images = rng.normal(size=(2, 8, 12, c)).astype(np.float32)
     folder = _folder(tmp_path, {"conv": weight})
-    source = hf_import.PatchConv("conv", p, c, out)
+    source = tensor_sources.PatchConv("conv", p, c, out)
     kernel = source.read(folder, (slice(None), slice(None)))
     assert kernel.shape == (p * p * c, out)
     # The convolution written out: out[n, gy, gx, o] = sum img[n, gy*p+i, gx*p+j, ch] w[o, ch, i, j].
@@ -116,8 +120,8 @@ def test_linear_slices_of_head_split_kernels(tmp_path):
     w_q = rng.normal(size=(4 * 3, 6)).astype(np.float32)   # heads 4, head_dim 3, embed 6
     w_o = rng.normal(size=(6, 4 * 3)).astype(np.float32)
     folder = _folder(tmp_path, {"q": w_q, "o": w_o})
-    q = hf_import.Linear("q", (6,), (4, 3))
-    o = hf_import.Linear("o", (4, 3), (6,))
+    q = tensor_sources.Linear("q", (6,), (4, 3))
+    o = tensor_sources.Linear("o", (4, 3), (6,))
     full_q = w_q.T.reshape(6, 4, 3)
     full_o = w_o.T.reshape(4, 3, 6)
     np.testing.assert_array_equal(q.read(folder, (slice(None),) * 3), full_q)
@@ -148,8 +152,8 @@ def test_import_places_every_leaf_in_its_mesh_sharding(tmp_path):
                     pre + "mlp.down_proj.weight": (d, 16)})
     tensors = {k: rng.normal(size=s).astype(np.float32) for k, s in tensors.items()}
     folder = _folder(tmp_path, tensors, cfg, shards=2)
-    llm_cfg = _llm_section(hf_import.llm_config_from_hf(cfg))
-    param_map = hf_import.llm_param_map(folder)
+    llm_cfg = _llm_section(hf_configs.llm_config_from_hf(cfg))
+    param_map = param_maps.llm_param_map(folder)
 
     mesh = sharding.make_mesh((2, 2, 2))
     with jax.set_mesh(mesh), sharding.axis_rules(config_lib.DEFAULT_RULES):
@@ -179,14 +183,14 @@ def test_config_mismatch_names_the_key(tmp_path):
     cfg = dict(model_type="llama", vocab_size=16, hidden_size=8, intermediate_size=16,
                num_hidden_layers=1, num_attention_heads=2, rms_norm_eps=1e-5)
     ours = ml_collections.ConfigDict(config_lib.base_config().model.llm.to_dict())
-    ours.update({k: v for k, v in hf_import.llm_config_from_hf(cfg).items()
+    ours.update({k: v for k, v in hf_configs.llm_config_from_hf(cfg).items()
                  if k != "rope_scaling"})
-    hf_import.check_config(hf_import.llm_config_from_hf(cfg), ours, "model.llm", "x")
+    hf_import.check_config(hf_configs.llm_config_from_hf(cfg), ours, "model.llm", "x")
     ours.mlp_dim = 32
     with pytest.raises(ValueError, match=r"config.model.llm.mlp_dim \(32\).*x/config.json \(16\)"):
-        hf_import.check_config(hf_import.llm_config_from_hf(cfg), ours, "model.llm", "x")
+        hf_import.check_config(hf_configs.llm_config_from_hf(cfg), ours, "model.llm", "x")
     with pytest.raises(ValueError, match="model_type 'gpt2'"):
-        hf_import.llm_config_from_hf(dict(cfg, model_type="gpt2"))
+        hf_configs.llm_config_from_hf(dict(cfg, model_type="gpt2"))
 
 
 # ----------------------------------------------------------------------------
@@ -223,7 +227,7 @@ def _save(model, path, sharded):
     model.save_pretrained(str(path), max_shard_size="40KB" if sharded else "1GB")
     assert os.path.isfile(path / ("model.safetensors.index.json" if sharded
                                   else "model.safetensors"))
-    return hf_import.SafetensorsFolder(str(path))
+    return safetensors_io.SafetensorsFolder(str(path))
 
 
 @pytest.mark.parametrize("sharded", [False, True])
@@ -237,8 +241,8 @@ def test_siglip_vision_tower_matches_transformers(tmp_path, sharded):
     reference = SiglipVisionModel(hf_cfg).eval()
     folder = _save(reference, tmp_path / "siglip", sharded)
 
-    vit = ViT(_vision_section(hf_import.vision_config_from_hf(folder.config)), rngs=nnx.Rngs(0))
-    vit = _load_module(vit, folder, hf_import.vision_param_map(folder))
+    vit = ViT(_vision_section(hf_configs.vision_config_from_hf(folder.config)), rngs=nnx.Rngs(0))
+    vit = _load_module(vit, folder, param_maps.vision_param_map(folder))
     images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     ours = np.asarray(_jitted(vit, ViT.encode_images)(jnp.asarray(images)))
     pixels = np.asarray(normalize_pixels(jnp.asarray(images))).transpose(0, 3, 1, 2)
@@ -257,8 +261,8 @@ def test_siglip2_vision_tower_matches_transformers(tmp_path):
                                  attn_implementation="eager")
     reference = Siglip2VisionModel(hf_cfg).eval()
     folder = _save(reference, tmp_path / "siglip2", False)
-    vit = ViT(_vision_section(hf_import.vision_config_from_hf(folder.config)), rngs=nnx.Rngs(0))
-    vit = _load_module(vit, folder, hf_import.vision_param_map(folder))
+    vit = ViT(_vision_section(hf_configs.vision_config_from_hf(folder.config)), rngs=nnx.Rngs(0))
+    vit = _load_module(vit, folder, param_maps.vision_param_map(folder))
     images = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     ours = np.asarray(_jitted(vit, ViT.encode_images)(jnp.asarray(images)))
     # SigLIP2 takes patches already flattened in (p, p, c) order, the same as patchify.
@@ -287,8 +291,8 @@ def _llm_section(keys: dict):
 
 
 def _llm_logits(folder, tokens, positions):
-    cfg = _llm_section(hf_import.llm_config_from_hf(folder.config))
-    llm = _load_module(LLM(cfg, rngs=nnx.Rngs(0)), folder, hf_import.llm_param_map(folder))
+    cfg = _llm_section(hf_configs.llm_config_from_hf(folder.config))
+    llm = _load_module(LLM(cfg, rngs=nnx.Rngs(0)), folder, param_maps.llm_param_map(folder))
     forward = _jitted(llm, lambda m, tokens, positions: m(m.embed(tokens), positions)[0])
     return np.asarray(forward(jnp.asarray(tokens), jnp.asarray(positions)))
 
@@ -339,7 +343,7 @@ def test_llama3_rope_scaling_logits_match_transformers(tmp_path):
         for layer in model.model.layers:
             layer.self_attn.q_proj.weight.mul_(20.0)
     folder = _save(model, tmp_path / "llama", sharded=True)
-    ours_cfg = hf_import.llm_config_from_hf(folder.config)
+    ours_cfg = hf_configs.llm_config_from_hf(folder.config)
     assert ours_cfg["rope_scaling"]["type"] == "llama3"
     assert ours_cfg["rope_scaling"]["original_max_position"] == 32
     tokens = np.random.default_rng(1).integers(0, 80, (2, 9))
@@ -363,7 +367,7 @@ def test_config_args_point_a_run_at_pretrained_folders(tmp_path, monkeypatch):
 
     from configs import short_video
     from data_pipelines import datasets as data_lib
-    from frejax import train_state
+    from frejax.training import train_state
 
     vision = SiglipVisionModel(SiglipVisionConfig(
         hidden_size=48, intermediate_size=96, num_hidden_layers=1, num_attention_heads=4,

@@ -1,9 +1,9 @@
-"""Spectra, references and errors of ``frejax.kept_information`` on signals with known answers."""
+"""Spectra, references and errors of ``frejax.studies.kept_information`` on signals with known answers."""
 
 import numpy as np
 import pytest
 
-from frejax import kept_information as info
+from frejax.studies import kept_information as info
 
 T, K = 32, 4
 

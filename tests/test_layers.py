@@ -8,9 +8,9 @@ from flax import nnx
 
 from configs import long_video
 from data_pipelines import datasets as data_lib
-from frejax import layers
-from frejax import train
-from frejax import train_state
+from frejax.nn import layers
+from frejax.training import train
+from frejax.training import train_state
 
 
 def _config(scan: bool, remat: str = "none"):

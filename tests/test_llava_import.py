@@ -13,8 +13,9 @@ from flax import nnx
 
 from configs import common, short_video
 from frejax import config_lib
-from frejax.models import hf_import
-from frejax.models.video_mllm import VideoMLLM, bilinear_matrix
+from frejax.models.convert import hf_import
+from frejax.models.video_mllm import VideoMLLM
+from frejax.nn.grid import bilinear_matrix
 
 import llava_fixtures
 

@@ -11,10 +11,10 @@ from configs import short_video
 from frejax import config_lib
 from data_pipelines import datasets as data_lib
 from frejax import sharding
-from frejax import train
-from frejax import train_state
+from frejax.training import train
+from frejax.training import train_state
 from frejax.models import lora
-from frejax.layers import Dense
+from frejax.nn.layers import Dense
 from frejax.models.llm import LLM
 
 

@@ -12,7 +12,7 @@ from flax import nnx
 from frejax import compression, config_lib, sharding
 from frejax.compression import CompressedTokens, Compressor
 from frejax.models import LLM, Projector, VideoMLLM, ViT, apply_rope
-from frejax.attention import AttentionMask, attention
+from frejax.nn.attention import AttentionMask, attention
 
 VOCAB = 64
 VIDEO_ID = 3
@@ -430,7 +430,7 @@ def test_params_have_logical_names_and_shard_on_a_mesh():
 def test_bfloat16_model_compresses_in_bf16_and_returns_float32_logits_from_the_matmul():
     from configs import long_video  # noqa: PLC0415
     from data_pipelines import datasets as data_lib  # noqa: PLC0415
-    from frejax import train_state  # noqa: PLC0415
+    from frejax.training import train_state  # noqa: PLC0415
 
     config = long_video.get_config("smoke,ratio=4")  # room for residuals: an absorber
     config.train.dtype = "bfloat16"

@@ -325,7 +325,7 @@ def test_flags_override_the_environment_and_bad_settings_name_the_flag():
 
 
 def test_a_lost_peer_is_told_apart_from_a_storage_fault(tmp_path):
-    from frejax import checkpointing  # noqa: PLC0415
+    from frejax.training import checkpointing  # noqa: PLC0415
 
     gloo = RuntimeError("UNKNOWN: Gloo AllGather failed: [pair.cc:538] Read error:"
                         " Connection reset by peer")

@@ -14,13 +14,13 @@ from flax import nnx
 from configs import short_video
 from data_pipelines import video_decode
 from data_pipelines import video_qa_synthetic
-from frejax import checkpointing
+from frejax.training import checkpointing
 from data_pipelines import datasets as data_lib
-from frejax import predict
+from frejax.inference import predict
 from frejax import sharding
-from frejax import token_cache
+from frejax.inference import token_cache
 from data_pipelines import tokenizer as tokenizer_lib
-from frejax import train_state
+from frejax.training import train_state
 from video_files import write_frames
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -79,7 +79,7 @@ def test_cli_answers_a_question_about_a_video_file(trained):
     clip, question, _ = videos[0]
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
     out = subprocess.run(
-        [sys.executable, "-m", "frejax.predict", f"--config={CONFIG}",
+        [sys.executable, "-m", "frejax.inference.predict", f"--config={CONFIG}",
          f"--checkpoint={workdir}", f"--video={root / clip}", f"--question={question}"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -184,7 +184,7 @@ def test_predict_needs_no_training_annotations(tmp_path):
     os.remove(train)
     os.remove(eval_)
     out = subprocess.run(
-        [sys.executable, "-m", "frejax.predict", f"--config={CONFIG}", *data_flags,
+        [sys.executable, "-m", "frejax.inference.predict", f"--config={CONFIG}", *data_flags,
          f"--checkpoint={workdir}", f"--video={root}/clips/{video_files.CLIPS[0][0]}",
          "--question=what is shown in clip 0"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

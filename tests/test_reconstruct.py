@@ -9,7 +9,7 @@ import frejax.compression as compression
 from compressor_helpers import QUICK_COMPILE, _build, paper
 from frejax.compression import budget as budget_lib
 from frejax.compression.base import VideoGeometry
-from frejax.kept_information import dct_basis
+from frejax.studies.kept_information import dct_basis
 
 T, GRID, D = 8, (4, 4), 4
 N = GRID[0] * GRID[1]

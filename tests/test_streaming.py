@@ -10,7 +10,8 @@ from flax import nnx
 
 from data_pipelines import video_decode
 from compressor_helpers import PAPER
-from frejax import config_lib, streaming
+from frejax import config_lib
+from frejax.inference import streaming
 from frejax.models.video_mllm import VideoMLLM
 import video_files
 
@@ -116,7 +117,7 @@ def test_memory_analysis_counts_one_chunk(models):
 def test_the_streamed_measurement_sees_chunks_kept_on_the_device(models):
     """The scaling benchmark's streamed column is measured: a path that kept each chunk's
     tokens on the device would grow with the video, and the measurement shows it."""
-    from benchmarks import long_video_scaling
+    from frejax.benchmarks import long_video_scaling
 
     class KeepsChunks(streaming.ChunkedVideoCompressor):
         def iter_tokens(self, chunks):
@@ -158,7 +159,7 @@ def test_iter_frames_streams_the_decoded_clip(tmp_path):
 
 
 def test_scaling_benchmark_streamed_memory_is_flat_and_whole_grows():
-    from benchmarks import long_video_scaling
+    from frejax.benchmarks import long_video_scaling
     from configs import long_video
 
     config = long_video.get_config("smoke")

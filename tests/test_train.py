@@ -15,8 +15,8 @@ import pytest
 from configs import short_video
 from data_pipelines import datasets as data_lib
 from frejax import sharding
-from frejax import train
-from frejax import train_state
+from frejax.training import train
+from frejax.training import train_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -299,10 +299,10 @@ def test_documented_flags_train_and_evaluate_on_a_video_folder(folder, tmp_path)
 
     from frejax import config_lib
     from data_pipelines import datasets as data_lib
-    from frejax import evaluate
+    from frejax.training import evaluate
     from frejax import sharding
-    from frejax import train
-    from frejax import train_state
+    from frejax.training import train
+    from frejax.training import train_state
 
     root, bad = folder
     # Every train batch of 8 holds exactly one broken video: each step counts one.

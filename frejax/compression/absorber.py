@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 
 from frejax import sharding
-from frejax.layers import LayerNorm
+from frejax.nn.layers import LayerNorm
 from frejax.compression.budget import pooled_grid
 
 

@@ -129,7 +129,7 @@ class Compressor(nnx.Module):
 
         Model-free: each method's own inverse of its parameter-free part (interpolation,
         inverse transforms, least-squares unpooling), with learned parts left out. It
-        measures how much of the latent video a budget keeps (``frejax.analyze``), for
+        measures how much of the latent video a budget keeps (``frejax.studies.analyze``), for
         videos whose frames are all valid.
         """
         raise NotImplementedError(f"compressor {self.name!r} has no reconstruct()")

@@ -12,7 +12,7 @@ Two implementations agree with ``scipy.fft.dct(..., norm="ortho")``:
   the kept coefficients and maps to the MXU / tensor cores as a plain matmul.
 
 ``choose_method`` picks one by backend and size. On CPU the truncated matmul
-measured ~4x faster than the FFT at T=32 (``benchmarks/dct_and_compressor.py``).
+measured ~4x faster than the FFT at T=32 (``frejax/benchmarks/dct_and_compressor.py``).
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ from frejax.compression.anchors import reconstruct
 from frejax.compression.base import CompressedTokens, Compressor, VideoGeometry, register
 from frejax.compression import budget as budget_lib
 from frejax.compression.budget import FreResPlan, make_plan
+from frejax.compression.baselines import interpolate_frames
 
 __all__ = ["AnchorsOnly", "FreRes", "FreResParts", "TemporalDctOnly", "fre_res_parts",
            "reconstruct"]
@@ -367,5 +368,4 @@ class FreResFrames(Compressor):
         b, t = latents.shape[:2]
         tokens = self.compress(latents, jnp.ones((b, t), bool)).tokens
         kept = tokens.reshape(b, len(self.frame_indices), *latents.shape[2:])
-        from frejax.compression.baselines import interpolate_frames  # noqa: PLC0415
         return interpolate_frames(kept.astype(jnp.float32), t, self.frame_indices)

@@ -27,8 +27,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from frejax import sharding
-from frejax.attention import AttentionMask, attention, check_implementation
-from frejax.layers import (Dense, RMSNorm, check_remat, make_param, remat_call, scan_layers,
+from frejax.nn.attention import AttentionMask, attention, check_implementation
+from frejax.nn.layers import (Dense, RMSNorm, check_remat, make_param, remat_call, scan_layers,
                            stack_modules)
 
 Cache = dict[str, Any]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from frejax.layers import Dense, fan_in_init, make_param, stack_modules, unstack_module
+from frejax.nn.layers import Dense, fan_in_init, make_param, stack_modules, unstack_module
 
 # The projections adapted in every decoder layer.
 ATTENTION_TARGETS = ("query", "key", "value", "out")

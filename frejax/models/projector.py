@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from frejax import sharding
-from frejax.layers import Dense, make_param
+from frejax.nn.layers import Dense, make_param
 
 
 class Projector(nnx.Module):

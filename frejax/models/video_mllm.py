@@ -3,7 +3,7 @@
 Batch contract (a dict of arrays):
   frames      (batch, T, H, W, 3) uint8; or, with ``model.vision.input="latents"``,
   latents     (batch, T, N, D) float: a frozen encoder's per-frame latents computed
-              once ahead of training (``frejax.latent_cache``); the model then holds
+              once ahead of training (``frejax.studies.latent_cache``); the model then holds
               no encoder
   frame_mask  (batch, T) bool
   tokens      (batch, L) int32: text with exactly one ``video_token_id`` placeholder
@@ -21,17 +21,15 @@ plain next-token cross-entropy of ``logits[:, i]`` against ``tokens[:, i + 1]``.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from frejax import compression, sharding
 from frejax.compression import CompressedTokens, VideoGeometry, resolve_budget
-from frejax.compression.baselines import resample_grid
+from frejax.nn.grid import bilinear_matrix, resample_grid
 from frejax.models.llm import LLM
 from frejax.models.projector import Projector
 from frejax.models.vit import ViT
@@ -56,20 +54,6 @@ def splice_indices(tokens: jax.Array, video_token_id: int,
     i = jnp.arange(length)[None]
     text_to_seq = jnp.where(i < p, i, i + m - 1)
     return source.astype(jnp.int32), text_to_seq.astype(jnp.int32)
-
-
-@functools.lru_cache(maxsize=32)
-def bilinear_matrix(size: int, out: int) -> np.ndarray:
-    """``(out, size)`` weights of ``torch.nn.functional.interpolate(mode="bilinear")`` along one
-    axis (``align_corners=False``, no antialiasing): LLaVA-OneVision's video pooling."""
-    src = np.maximum((np.arange(out) + 0.5) * (size / out) - 0.5, 0.0)
-    lo = np.minimum(np.floor(src).astype(int), size - 1)
-    hi = np.minimum(lo + 1, size - 1)
-    frac = src - lo
-    m = np.zeros((out, size))
-    np.add.at(m, (np.arange(out), lo), 1 - frac)
-    np.add.at(m, (np.arange(out), hi), frac)
-    return m
 
 
 def _gather(x: jax.Array, index: jax.Array) -> jax.Array:
@@ -214,7 +198,7 @@ class VideoMLLM(nnx.Module):
         return self.llm.logits(hidden)
 
     # ------------------------------------------------------------------ generation
-    # One path for evaluation, ``frejax.predict`` and its token cache: the prompt up
+    # One path for evaluation, ``frejax.inference.predict`` and its token cache: the prompt up
     # to the video placeholder and the visual tokens (question-independent, so a
     # cache may keep it), then the rest of the prompt, then greedy decoding.
 

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from frejax import sharding
-from frejax.attention import attention, check_implementation
-from frejax.layers import (Dense, LayerNorm, check_remat, make_param, remat_call, scan_layers,
+from frejax.nn.attention import attention, check_implementation
+from frejax.nn.layers import (Dense, LayerNorm, check_remat, make_param, remat_call, scan_layers,
                            stack_modules)
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks: speed, memory and accuracy sweeps that write reports under docs/ (never run in CI)."""

@@ -1,0 +1,191 @@
+"""The ``attention`` and ``cpu_step`` parts of ``frejax.benchmarks.accelerator_scale``.
+
+``attention``: every backend's forward + backward at 8k and 32k tokens (one
+sequence, 8 query heads over 2 key/value heads, head width 64, causal, float32),
+compiled on this machine's CPU: XLA's temporary memory for each, wall time where
+the program fits ``--max_run_gib``. With libtpu installed, the same programs
+compiled for one compile-only TPU v5e chip give the TPU compiler's memory
+figures, splash included.
+
+``cpu_step``: the main job (``configs/long_video.py``) trained for a few
+steps by ``python -m frejax.main`` in a subprocess, for this tree (scanned and
+unrolled layers) and a baseline revision; steps per second from its
+``metrics.jsonl``, the first logged interval (compilation) left out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from frejax.reporting import checkout, git_rev
+
+GIB = 2**30
+LENGTHS = (8192, 32768)
+HEADS, KV_HEADS, HEAD_DIM = 8, 2, 64
+CPU_BACKENDS = ("xla", "dot_product", "blockwise")
+TPU_BACKENDS = ("xla", "splash", "blockwise")
+
+
+def _attention_program(backend: str, length: int):
+    import jax  # noqa: PLC0415  (the pod part's parent process runs without JAX)
+    import jax.numpy as jnp  # noqa: PLC0415  (the pod part's parent process runs without JAX)
+
+    from frejax.nn import attention  # noqa: PLC0415  (the pod part's parent process runs without JAX)
+
+    mask = attention.AttentionMask(causal=True)
+
+    def loss(q, k, v):
+        return attention.attention(q, k, v, mask, implementation=backend).astype(
+            jnp.float32).sum()
+
+    q = jax.ShapeDtypeStruct((1, length, HEADS, HEAD_DIM), jnp.float32)
+    kv = jax.ShapeDtypeStruct((1, length, KV_HEADS, HEAD_DIM), jnp.float32)
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))), (q, kv, kv)
+
+
+def run_attention(args, command: str) -> dict:
+    import jax  # noqa: PLC0415  (the pod part's parent process runs without JAX)
+
+    rows = []
+    for length in LENGTHS:
+        for backend in CPU_BACKENDS:
+            fn, shapes = _attention_program(backend, length)
+            start = time.perf_counter()
+            compiled = fn.lower(*shapes).compile()
+            compile_s = time.perf_counter() - start
+            temp = int(compiled.memory_analysis().temp_size_in_bytes)
+            row = dict(platform="cpu", length=length, backend=backend, temp_bytes=temp,
+                       compile_s=round(compile_s, 2))
+            if temp <= args.max_run_gib * GIB and (length <= 8192 or backend == "blockwise"):
+                arrays = [jax.random.normal(jax.random.key(i), s.shape, s.dtype)
+                          for i, s in enumerate(shapes)]
+                jax.block_until_ready(compiled(*arrays))
+                times = []
+                for _ in range(args.repeats):
+                    start = time.perf_counter()
+                    jax.block_until_ready(compiled(*arrays))
+                    times.append(time.perf_counter() - start)
+                row["seconds"] = round(statistics.median(times), 3)
+            else:
+                row["seconds"] = None
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    rows += _tpu_attention_rows(args)
+    lines = [f"Forward + backward of one causal sequence, {HEADS} query heads over"
+             f" {KV_HEADS} key/value heads, head width {HEAD_DIM}, float32. Temporaries from"
+             " XLA's memory analysis of the compiled program; time the median of"
+             f" {args.repeats} runs on this machine's CPU, where the program fits"
+             f" {args.max_run_gib} GiB (32k: blockwise only, the others are compiled, not run).",
+             "", "| platform | tokens | backend | temporaries GiB | compile s | run s |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        secs = "–" if r.get("seconds") is None else r["seconds"]
+        temp = (f"{r['temp_bytes'] / GIB:.3f}" if r["temp_bytes"] >= 0
+                 else "refused: " + r.get("refused", "does not fit the chip"))
+        lines.append(f"| {r['platform']} | {r['length']} | {r['backend']} | {temp} |"
+                     f" {r['compile_s']} | {secs} |")
+    lines += ["", f"Command: `{command}` (jax {jax.__version__})."]
+    return dict(rows=rows, markdown=lines)
+
+
+def _tpu_attention_rows(args) -> list[dict]:
+    """The same programs compiled for one compile-only TPU v5e chip (needs libtpu)."""
+    import jax  # noqa: PLC0415  (the pod part's parent process runs without JAX)
+
+    try:
+        from jax.experimental import topologies  # noqa: PLC0415  (needs libtpu)
+
+        device = topologies.get_topology_desc(args.tpu_topology, "tpu").devices[0]
+    except Exception as e:  # noqa: BLE001  (no libtpu raises several kinds)
+        print(f"no compile-only TPU ({type(e).__name__}); TPU rows skipped", flush=True)
+        return []
+    rows = []
+    sharding = jax.sharding.SingleDeviceSharding(device)
+    for length in LENGTHS:
+        for backend in TPU_BACKENDS:
+            fn, shapes = _attention_program(backend, length)
+            shapes = [jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding) for s in shapes]
+            start = time.perf_counter()
+            refused = None
+            try:
+                compiled = fn.lower(*shapes).compile()
+                temp = int(compiled.memory_analysis().temp_size_in_bytes)
+            except Exception as e:  # noqa: BLE001  (the TPU compiler refuses oversize programs)
+                refused = str(e).splitlines()[0][:200]
+                print(f"tpu {backend} {length}: {refused}", flush=True)
+                temp = -1
+            row = dict(platform=f"tpu {device.device_kind} (compile only)", length=length,
+                       backend=backend, temp_bytes=temp,
+                       compile_s=round(time.perf_counter() - start, 2), seconds=None)
+            if refused:
+                row["refused"] = refused
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------
+# cpu_step
+# ----------------------------------------------------------------------------
+
+
+def _steps_per_second(source: str, flags: list[str], steps: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="frejax-step-") as workdir:
+        cmd = [sys.executable, "-m", "frejax.main", "--config=configs/long_video.py",
+               f"--workdir={workdir}", f"--config.train.num_steps={steps}",
+               "--config.train.log_every=20", "--config.train.checkpoint_every=100000",
+               "--config.eval.num_examples=50", "--config.train.progress_bar=False"] + flags
+        env = dict(os.environ, PYTHONPATH=source, JAX_PLATFORMS="cpu")
+        proc = subprocess.run(cmd, cwd=source, env=env, capture_output=True, text=True,
+                              check=False)
+        if proc.returncode:
+            return dict(error=proc.stderr.strip().splitlines()[-1][:300])
+        rates = []
+        with open(os.path.join(workdir, "metrics.jsonl")) as f:
+            for line in f:
+                record = json.loads(line)
+                if "train/steps_per_sec" in record:
+                    rates.append(record["train/steps_per_sec"])
+    rates = rates[1:]  # the first interval holds the compilation
+    return dict(steps_per_sec=round(statistics.median(rates), 3), intervals=len(rates))
+
+
+def run_cpu_step(args, command: str) -> dict:
+    rows = []
+    variants = [("after (scanned layers)", None, []),
+                ("after (unrolled layers)", None,
+                 ["--config.model.vision.scan_layers=False",
+                  "--config.model.llm.scan_layers=False"])]
+    if args.baseline:
+        variants.insert(0, ("before", args.baseline, []))
+    for label, rev, flags in variants:
+        with checkout(rev, None) as source:
+            row = dict(label=label, revision=rev or git_rev(source), flags=flags,
+                       **_steps_per_second(source, flags, args.steps))
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    lines = [f"The main job's train step (`configs/long_video.py`: 32 frames, Fre-Res 8x, batch"
+             f" 32) on this machine's CPU: {args.steps} steps of `python -m frejax.main`, steps"
+             " per second the median over 20-step intervals after the first.", "",
+             "| variant | revision | steps/s |", "|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['label']} | {r['revision']} |"
+                     f" {r.get('steps_per_sec', 'error: ' + r.get('error', '?'))} |")
+    lines += ["", f"Command: `{command}`."]
+    return dict(rows=rows, markdown=lines)
+
+
+def run(part: str, args, report: dict, command: str) -> None:
+    """Runs ``part`` into ``report``; ``command`` is the line that reproduces it."""
+    if part == "attention":
+        report["attention"] = run_attention(args, command)
+    elif part == "cpu_step":
+        report["cpu_step"] = run_cpu_step(args, command)
+    else:
+        raise ValueError(f"unknown part {part!r}")

@@ -1,0 +1,1 @@
+"""Inference: the engine (encode, compress, prefill, decode) and the tools on it."""

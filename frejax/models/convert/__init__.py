@@ -1,0 +1,1 @@
+"""Converters from released checkpoints (Hugging Face folders, GGUF, ONNX) into frejax params."""

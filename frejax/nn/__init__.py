@@ -1,0 +1,1 @@
+"""Building blocks with parameters or logical sharding: dense layers, norms, attention, scan/remat."""

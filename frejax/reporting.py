@@ -1,0 +1,73 @@
+"""What every report writer shares: plotting set-up, the source revision, a tree to measure.
+
+Studies (``frejax.studies``) and benchmarks (``frejax.benchmarks``) write a JSON and a
+Markdown report with the command that made them; this module is the one place that
+sets up matplotlib for files and asks git which code produced a figure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def pyplot(who: str) -> Any | None:
+    """``matplotlib.pyplot`` drawing to files (Agg), or None with a line saying plots are skipped.
+
+    Imported here, not at module top: matplotlib is an optional extra of the reports.
+    """
+    try:
+        import matplotlib  # noqa: PLC0415  (optional extra)
+    except ImportError:
+        print(f"{who}: matplotlib is not installed; plots skipped (pip install matplotlib)")
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415  (after choosing the backend)
+
+    return plt
+
+
+def git_rev(source: str = REPO) -> str:
+    """Short revision of the tree at ``source``; ``+changes`` when tracked files differ."""
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=source,
+                         capture_output=True, text=True, check=False)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                           cwd=source, capture_output=True, text=True, check=False).stdout
+    return out.stdout.strip() + ("+changes" if dirty.strip() else "")
+
+
+@contextlib.contextmanager
+def checkout(rev: str | None, source: str | None = None) -> Iterator[str]:
+    """The frejax tree to measure: ``source``, a temporary worktree of ``rev``, or this one."""
+    if source:
+        yield os.path.abspath(source)
+        return
+    if not rev:
+        yield REPO
+        return
+    with tempfile.TemporaryDirectory(prefix="frejax-rev-") as tmp:
+        path = os.path.join(tmp, "tree")
+        subprocess.run(["git", "worktree", "add", "--detach", path, rev], cwd=REPO, check=True,
+                       capture_output=True)
+        try:
+            yield path
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", path], cwd=REPO,
+                           check=False, capture_output=True)
+
+
+def save_figure(fig: Any, path: str, dpi: int = 100) -> str:
+    """Lays out ``fig``, writes it to ``path`` and frees it; returns ``path``."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    fig.clf()
+    import matplotlib.pyplot as plt  # noqa: PLC0415  (optional extra; a figure means it is here)
+
+    plt.close(fig)
+    return path

@@ -1,0 +1,1 @@
+"""Training: the train state, the run context, the step and loop, checkpoints, evaluation, AOT."""

@@ -1,0 +1,213 @@
+r"""Ahead-of-time check: compile the train step for a big mesh before renting it.
+
+    python -m frejax.training.aot --config=configs/long_video.py:scale=pod --devices=256
+    python -m frejax.training.aot --config=configs/long_video.py:scale=pod --devices=64 \
+        --config.mesh.shape='(-1,16,4)' --config.train.batch_size=64
+    python -m frejax.training.aot --config=configs/long_video.py:scale=pod --topology=v5e:16x16
+
+Lowers and compiles ``train.make_train_step`` against a mesh of fake devices;
+the train state and the batch are ``ShapeDtypeStruct``s carrying their
+shardings (``jax.eval_shape``), so no weight is ever allocated. Prints XLA's
+per-device memory analysis (arguments, outputs, temporaries) and the FLOPs of
+one step. Fake devices are CPU devices (``--devices``, via XLA_FLAGS, set here
+before JAX starts) or, with ``libtpu`` installed, compile-only TPU devices of a
+named topology (``--topology``), whose figures are the TPU compiler's own.
+
+CPU devices compile with CPU fusion and layouts, so their temporaries are an
+estimate of an accelerator's; the argument bytes (weights, optimiser state,
+batch) are exact. ``train.dtype=auto`` resolves to bfloat16, as on TPU/GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+# JAX is imported inside functions only: the fake CPU devices are an XLA flag
+# that must be set before JAX starts (``use_fake_cpu_devices``).
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, optionally with an arg: configs/x.py:arg.", lock_config=True)
+_DEVICES = flags.DEFINE_integer(
+    "devices", 0, "Number of fake CPU devices (0: the product of config.mesh.shape).")
+_TOPOLOGY = flags.DEFINE_string(
+    "topology", None, "Compile for compile-only TPU devices of this topology instead, e.g."
+    " v5e:16x16 or v5p:8x8x4 (needs libtpu).")
+flags.mark_flags_as_required(["config"])
+
+GIB = 2**30
+# Per-chip high-bandwidth memory of the TPUs this check is usually run for.
+HBM_GIB = {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32}
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """Per-device figures of one compiled train step."""
+
+    num_devices: int
+    mesh_shape: dict
+    state_bytes: int        # params + optimiser state on one device (from the shardings)
+    batch_bytes: int        # one train batch on one device (from its sharding)
+    argument_bytes: int     # XLA: inputs (state + batch) on one device
+    output_bytes: int       # XLA: outputs (new state + metrics)
+    alias_bytes: int        # XLA: outputs written in place of donated inputs
+    temp_bytes: int         # XLA: activations and other temporaries
+    flops: float            # per device, one step
+
+    @property
+    def peak_bytes(self) -> int:
+        """Arguments + outputs + temporaries, counting donated buffers once."""
+        return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
+
+    def format(self) -> str:
+        lines = [
+            f"mesh {self.mesh_shape} over {self.num_devices} devices; per device:",
+            f"  train state  {_bytes(self.state_bytes)} (params + optimiser, from the shardings)",
+            f"  batch        {_bytes(self.batch_bytes)}",
+            f"  arguments    {_bytes(self.argument_bytes)}",
+            f"  outputs      {_bytes(self.output_bytes)}"
+            f" ({_bytes(self.alias_bytes)} aliased to donated arguments)",
+            f"  temporaries  {_bytes(self.temp_bytes)}",
+            f"  peak         {_bytes(self.peak_bytes)} (arguments + outputs - aliased"
+            " + temporaries)",
+            f"  FLOPs per step {self.flops:.4g} per device, {self.flops * self.num_devices:.4g}"
+            " in all",
+        ]
+        fits = ", ".join(f"{chip} {gib} GiB: {'fits' if self.peak_bytes <= gib * GIB else 'no'}"
+                         for chip, gib in HBM_GIB.items())
+        return "\n".join(lines + [f"  per-chip HBM {fits}"])
+
+
+def _bytes(n: int) -> str:
+    """Bytes in GiB with the exact count beside them, e.g. ``1.500 GiB (1610612736 B)``."""
+    return f"{n / GIB:.3f} GiB ({n} B)"
+
+
+def abstract_batch(config, tokenizer, batch_sharding) -> dict:
+    """``ShapeDtypeStruct``s of one global train batch, from one example of the source."""
+    from data_pipelines import datasets as data_lib  # noqa: PLC0415  (JAX after use_fake_cpu_devices)
+    from data_pipelines import input_pipeline  # noqa: PLC0415  (JAX after use_fake_cpu_devices)
+
+    import jax  # noqa: PLC0415  (JAX after use_fake_cpu_devices)
+
+    source = data_lib.make_source(config, "train", 1)
+    features = input_pipeline.VideoQAFeatures(
+        tokenizer, *data_lib.text_lengths(config, tokenizer),
+        template=config.data.prompt_template).map(source[0])
+    batch = config.train.batch_size
+    return {k: jax.ShapeDtypeStruct((batch,) + v.shape, v.dtype, sharding=batch_sharding)
+            for k, v in features.items() if v.dtype.kind in "biuf"}  # as data.to_global
+
+
+def compile_train_step(config, devices) -> tuple[Report, object]:
+    """Compiles the train step of ``config`` on ``devices``; returns the report and executable."""
+    import jax  # noqa: PLC0415  (JAX after use_fake_cpu_devices)
+
+    from frejax.training import train  # noqa: PLC0415  (JAX after use_fake_cpu_devices)
+    from frejax.training.run import Run  # noqa: PLC0415  (JAX after use_fake_cpu_devices)
+
+    run = Run(config, devices=devices)
+    mesh = run.mesh
+    with run.rules_only():
+        # Outside ``set_mesh``: optax builds a placeholder state eagerly, and
+        # compile-only TPU devices cannot run anything.
+        setup = run.setup
+        batch = abstract_batch(config, run.tokenizer, run.batch_sharding)
+        step = train.make_train_step(setup, config, run.batch_sharding)
+        with run:
+            compiled = step.lower(setup.abstract_state, batch).compile()
+    memory = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # older jax: one per module
+    report = Report(
+        num_devices=len(devices), mesh_shape=dict(mesh.shape),
+        state_bytes=sum(_shard_bytes(x) for x in jax.tree.leaves(setup.abstract_state)),
+        batch_bytes=sum(_shard_bytes(x) for x in jax.tree.leaves(batch)),
+        argument_bytes=int(memory.argument_size_in_bytes),
+        output_bytes=int(memory.output_size_in_bytes),
+        alias_bytes=int(memory.alias_size_in_bytes),
+        temp_bytes=int(memory.temp_size_in_bytes),
+        flops=float((cost or {}).get("flops", 0.0)))
+    return report, compiled
+
+
+def _shard_bytes(x) -> int:
+    """Bytes of one device's shard of a ``ShapeDtypeStruct`` with a sharding."""
+    return math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+
+
+def fake_devices(num_devices: int, topology: str | None):
+    """This process's fake devices; CPU ones need ``use_fake_cpu_devices`` first."""
+    import jax  # noqa: PLC0415  (JAX after use_fake_cpu_devices)
+
+    if topology:
+        from jax.experimental import topologies  # noqa: PLC0415  (needs libtpu)
+
+        try:
+            return list(topologies.get_topology_desc(topology, "tpu").devices)
+        except Exception as e:  # noqa: BLE001  (no libtpu raises several kinds)
+            raise app.UsageError(
+                f"--topology={topology}: cannot build compile-only TPU devices ({e});"
+                " install libtpu (pip install 'jax[tpu]') or use --devices") from None
+    devices = jax.devices()
+    if len(devices) != num_devices:
+        raise app.UsageError(
+            f"--devices={num_devices} but JAX has {len(devices)} devices: JAX started before"
+            " use_fake_cpu_devices (run as python -m frejax.training.aot)")
+    return devices
+
+
+def use_fake_cpu_devices(num_devices: int) -> None:
+    """Asks XLA for ``num_devices`` CPU devices; must run before JAX initialises."""
+    flags_ = [f for f in os.environ.get("XLA_FLAGS", "").split()
+              if not f.startswith("--xla_force_host_platform_device_count")]
+    os.environ["XLA_FLAGS"] = " ".join(
+        flags_ + [f"--xla_force_host_platform_device_count={num_devices}"])
+    os.environ["JAX_PLATFORMS"] = "cpu"
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value.copy_and_resolve_references()
+    if config.train.dtype == "auto":
+        config.train.dtype = "bfloat16"  # what "auto" means on the TPU/GPU being sized
+    num_devices = _DEVICES.value
+    if not _TOPOLOGY.value:
+        if num_devices <= 0:
+            num_devices = 1
+            for s in config.mesh.shape:
+                if s == -1:
+                    raise app.UsageError("--devices is needed: config.mesh.shape has a -1 entry")
+                num_devices *= s
+        use_fake_cpu_devices(num_devices)
+    devices = fake_devices(num_devices, _TOPOLOGY.value)
+    import jax  # noqa: PLC0415  (after use_fake_cpu_devices)
+
+    logging.info("Compiling %s for %d %s devices", config.name, len(devices),
+                 devices[0].platform)
+    print(f"{config.name}: train step, global batch {config.train.batch_size},"
+          f" {devices[0].device_kind} x{len(devices)}")
+    try:
+        report, _ = compile_train_step(config, devices)
+    except jax.errors.JaxRuntimeError as e:
+        # The TPU compiler refuses a program that cannot fit its HBM and says by how much.
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        print(f"does not fit: {str(e).splitlines()[0]}")
+        sys.exit(1)
+    print(report.format())
+
+
+if __name__ == "__main__":
+    from frejax import config_lib  # noqa: PLC0415  (here: nothing runs on import)
+
+    config_lib.check_override_flags(sys.argv)
+    app.run(main)
