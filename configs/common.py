@@ -136,14 +136,21 @@ def apply_llava(c: ml_collections.ConfigDict, folder: str) -> None:
         c.data.update(tokenizer="huggingface", tokenizer_path=folder)
 
 
-def apply_stage(c: ml_collections.ConfigDict, stage: int, lora_rank: int = 0) -> None:
+def apply_stage(c: ml_collections.ConfigDict, stage: int, lora_rank: int = 0,
+                after: str = "") -> None:
     """Training recipes for a pretrained encoder and LLM.
 
     stage 0: everything trains (the from-scratch default); stage 1: frozen
     encoder and LLM, train the compressor (its absorber) and the projector;
     stage 2: the LLM unfrozen as well, at a tenth of the learning rate, or with
     ``lora_rank > 0`` its base weights frozen and LoRA adapters trained instead.
+    ``after``: the stage-1 run (workdir) whose compressor and projector stage 2 starts
+    from (``config.init``); the encoder and LLM come from their pretrained folders.
     """
+    if after:
+        if stage != 2:
+            raise ValueError("config arg: after=<stage-1 workdir> needs stage=2")
+        c.init.update(checkpoint=after, groups="compressor,projector")
     if stage == 0:
         return
     if stage == 1:
@@ -162,7 +169,7 @@ def apply_stage(c: ml_collections.ConfigDict, stage: int, lora_rank: int = 0) ->
 def parse_video_arg(arg: str | None, *, frames: int, ratio: float) -> ml_collections.ConfigDict:
     """The arg keys of the video configs, with the file's own frames and ratio as defaults."""
     return parse_arg(arg, scale="cpu", smoke=False, ratio=ratio, compressor="fre_res",
-                     frames=frames, stage=0, lora=0, vision="", llm="", llava="")
+                     frames=frames, stage=0, lora=0, after="", vision="", llm="", llava="")
 
 
 def apply_variants(c: ml_collections.ConfigDict, args: ml_collections.ConfigDict) -> None:
@@ -175,4 +182,4 @@ def apply_variants(c: ml_collections.ConfigDict, args: ml_collections.ConfigDict
         apply_smoke(c)
     apply_pretrained(c, args.vision, args.llm)
     apply_llava(c, args.llava)
-    apply_stage(c, args.stage, args.lora)
+    apply_stage(c, args.stage, args.lora, args.after)

@@ -12,6 +12,7 @@ from configs import long_video
 from configs import natural_qa as natural_qa_config
 from data_pipelines import natural_video_qa as nvq
 from data_pipelines import video_qa_synthetic
+from frejax import config_lib
 from frejax.studies import frozen_encoder
 from frejax.studies import latent_cache
 from data_pipelines import latent_source
@@ -214,9 +215,11 @@ def test_the_main_loop_trains_on_cached_latents_and_starts_from_another_run(tmp_
     again.init.update(checkpoint=str(tmp_path / "ceiling"), groups="projector,llm")
     second = train.train_and_evaluate(again, str(tmp_path / "evaluated"))
     assert second["accuracy_by_family"] == first["accuracy_by_family"]
-    # Groups the checkpoint lacks are refused, naming the key.
+    # A group the checkpoint lacks (the ceiling's compressor has no params) is refused,
+    # naming the key.
     wrong = again.copy_and_resolve_references()
-    wrong.init.groups = "compressor"
+    wrong.compressor = config_lib.compressor_config("fre_res", ratio=10.0)
+    wrong.init.groups = "compressor,projector"
     with pytest.raises(ValueError, match="config.init.groups"):
         train.train_and_evaluate(wrong, str(tmp_path / "wrong"))
 

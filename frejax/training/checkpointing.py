@@ -194,6 +194,14 @@ class Checkpointer:
                 args=ocp.args.PyTreeRestore(
                     target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
                     partial_restore=True))
+        # A partial restore leaves what the checkpoint lacks as the abstract target.
+        missing = [jax.tree_util.keystr(path, simple=True, separator="/")
+                   for path, x in jax.tree_util.tree_leaves_with_path(restored["params"])
+                   if isinstance(x, jax.ShapeDtypeStruct)]
+        if missing:
+            raise CheckpointMismatchError(
+                f"checkpoint step {step} in {self.directory} holds no params"
+                f" {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
         self.verify(step, dict(params=restored["params"]))
         return restored["params"]
 

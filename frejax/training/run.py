@@ -194,10 +194,13 @@ class Run:
         saved there must be this run's (the same ids mean the same words).
         """
         names = [g.strip() for g in groups.split(",") if g.strip()]
-        missing = [g for g in names if g not in params]
-        if missing:
-            raise ValueError(f"config.init.groups: this model has no param group {missing[0]!r}"
-                             f" (it has {sorted(params)})")
+        # A group this model has no params in (a parameter-free compressor) is skipped.
+        for g in names:
+            if g not in params:
+                logging.warning("config.init.groups: this model has no %r params; skipped", g)
+        names = [g for g in names if g in params]
+        if not names:
+            return params
         directory, step = checkpointing.resolve_checkpoint(checkpoint)
         ckpt = self.checkpointer(directory)
         try:
