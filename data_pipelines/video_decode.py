@@ -29,6 +29,7 @@ import io
 from collections.abc import Iterator
 
 import av
+from absl import logging
 import numpy as np
 
 # Causes of a clip that cannot be read, in the order of their integer codes (1..).
@@ -126,12 +127,14 @@ def resize_frame(frame: av.VideoFrame, size: int, resize: str) -> np.ndarray:
     return out
 
 
-def decode_video(data: bytes, sampling: FrameSampling,
-                 window_seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def decode_video(data: bytes, sampling: FrameSampling, window_seed: int | None = None,
+                 cut_short: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Encoded video bytes -> ``frames (T, S, S, 3) uint8``, ``frame_mask (T,) bool``.
 
     T is ``sampling.num_frames`` and S ``sampling.image_size``; frames past the
-    end of a short clip are zeros with ``frame_mask`` False.
+    end of a short clip are zeros with ``frame_mask`` False. ``cut_short``: the file is
+    known to end early (``check_complete`` warned), so a decoding error at its cut end
+    samples over the frames decoded before it instead of refusing the video.
     """
     if not data:
         raise VideoDecodeError("empty_file", "the file has 0 bytes")
@@ -142,7 +145,7 @@ def decode_video(data: bytes, sampling: FrameSampling,
         if count == 0:
             raise VideoDecodeError("no_frames", "the video stream holds no frames")
         wanted = sample_indices(count, sampling.num_frames, sampling.mode, window_seed)
-        picked, decoded = _decode_indices(data, wanted, sampling)
+        picked, decoded = _decode_indices(data, wanted, sampling, cut_short)
         if len(picked) < len(wanted) and decoded:
             # Fewer frames decode than packets were demuxed (a cut-off stream, packets
             # without a picture): sample again over the frames that really exist,
@@ -206,6 +209,38 @@ def _open(data: bytes) -> tuple[av.container.InputContainer, av.video.stream.Vid
     return container, stream
 
 
+def frame_counts(data: bytes) -> tuple[int, int]:
+    """``(nominal, present)``: the frames the container's header announces (its frame
+    count, else duration x rate; 0 when it says neither) and the frames its stream holds.
+
+    A file cut short keeps the header of the whole video: fewer frames are present
+    than announced.
+    """
+    container, stream = _open(data)
+    with container:
+        nominal = int(stream.frames or 0)
+        if not nominal and stream.duration and stream.time_base and stream.average_rate:
+            nominal = round(float(stream.duration * stream.time_base * stream.average_rate))
+    return nominal, _count_frames(data)
+
+
+def check_complete(data: bytes, where: str, min_fraction: float) -> float:
+    """Warns when fewer frames are present than the header announces, naming both counts;
+    refuses the video (``VideoDecodeError``) below ``min_fraction`` of them. Returns the
+    fraction present (1.0 when the header announces no count)."""
+    nominal, present = frame_counts(data)
+    if not nominal or present >= nominal:
+        return 1.0
+    fraction = present / nominal
+    message = (f"{where}: {present} of the {nominal} frames its header announces are present"
+               " (a file cut short?)")
+    if fraction < min_fraction:
+        raise VideoDecodeError("corrupt_video", f"{message}; below --min_frame_fraction="
+                               f"{min_fraction}, so it is not answered")
+    logging.warning("%s; sampling over the %d present", message, present)
+    return fraction
+
+
 def _count_frames(data: bytes) -> int:
     """Frames in the first video stream, by demuxing (no decoding; WebM/MKV lack a count)."""
     container, stream = _open(data)
@@ -216,8 +251,8 @@ def _count_frames(data: bytes) -> int:
         raise VideoDecodeError("corrupt_video", f"demuxing failed ({e})") from None
 
 
-def _decode_indices(data: bytes, wanted: np.ndarray,
-                    sampling: FrameSampling) -> tuple[list[np.ndarray], int]:
+def _decode_indices(data: bytes, wanted: np.ndarray, sampling: FrameSampling,
+                    cut_short: bool = False) -> tuple[list[np.ndarray], int]:
     """Decodes in order, keeping the frames at ``wanted`` positions; stops after the last.
 
     Returns the kept frames and how many frames were decoded (all of the clip's
@@ -236,6 +271,8 @@ def _decode_indices(data: bytes, wanted: np.ndarray,
                 if i >= last:
                     break
     except _MEDIA_ERRORS as e:
+        if cut_short and decoded:  # the cut end: what decoded before it is the video
+            return picked, decoded
         raise VideoDecodeError("corrupt_video", f"decoding failed after {len(picked)} of"
                                f" {len(wanted)} frames ({e})") from None
     return picked, decoded

@@ -189,6 +189,8 @@ def base_config() -> ml_collections.ConfigDict:
 # iterator position.
 MUST_MATCH_KEYS = ("model.", "compressor.", "data.num_frames", "data.image_size",
                    "data.name", "data.tokenizer", "data.tokenizer_path", "data.worker_count")
+# Of those, the keys that shape the params: inference checks these against the checkpoint.
+MODEL_SHAPE_KEYS = ("model.", "compressor.", "data.num_frames", "data.image_size")
 # Keys under ``model.`` that change how the same params are computed, not their shapes.
 COMPUTE_ONLY_KEYS = ("model.vision.remat", "model.llm.remat", "model.vision.attention",
                      "model.llm.attention", "model.vision.encode_chunk")

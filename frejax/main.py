@@ -11,7 +11,6 @@ r"""frejax entry point: train and evaluate a video MLLM with a token compressor.
 Everything but flag parsing lives in importable modules (``frejax.training.train``).
 """
 
-import logging as py_logging
 import os
 import sys
 
@@ -19,6 +18,8 @@ from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from frejax import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with an arg: configs/x.py:arg.", lock_config=True)
@@ -41,19 +42,10 @@ _HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
 flags.mark_flags_as_required(["config"])
 
 
-class _QuietLibraries(py_logging.Filter):
-    """Drops INFO chatter of Orbax and Grain (they log every save stage); warnings pass."""
-
-    def filter(self, record: py_logging.LogRecord) -> bool:
-        noisy = ("/orbax/", "/grain/", "/etils/")
-        return record.levelno >= py_logging.WARNING or not any(
-            n in record.pathname for n in noisy)
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.get_absl_handler().addFilter(_QuietLibraries())
+    cli.quiet_libraries()
     import jax  # noqa: PLC0415  (after flags: JAX initialises here)
     from frejax import distributed  # noqa: PLC0415  (after flag parsing: JAX initialises here)
 
@@ -93,4 +85,4 @@ if __name__ == "__main__":  # Grain workers spawn: nothing may run on import.
     from frejax import config_lib  # noqa: PLC0415  (here: nothing runs on import)
 
     config_lib.check_override_flags(sys.argv)
-    app.run(main)
+    cli.run(main, "frejax.main")

@@ -124,7 +124,7 @@ def test_cached_answers_equal_generate_on_the_decoded_clip(trained, qa):
     with open(path, "rb") as f:
         frames, frame_mask = video_decode.decode_video(f.read(), qa.sampling)
     tok = qa.tokenizer
-    generate = jax.jit(lambda params, batch: nnx.merge(qa._graphdef, params).generate(
+    generate = jax.jit(lambda params, batch: nnx.merge(qa.engine.graphdef, params).generate(
         batch, 4, prefix_len=1, eos_id=tok.eos_id))
     for q in (question, "which way did the object move"):
         prompt = [tok.bos_id] + tok.encode(tokenizer_lib.format_prompt(q))
@@ -155,8 +155,9 @@ def test_bad_inputs_name_the_file(trained, tmp_path):
         checkpointing.resolve_checkpoint(str(tmp_path / "nope"))
     bad = tmp_path / "qa.jsonl"
     bad.write_text('{"video": "clip0.mp4", "question": "q"}\n{"video": 3}\n')
-    with pytest.raises(ValueError, match=r"qa.jsonl:2: needs string fields"):
-        list(predict.read_questions(str(bad), str(root)))
+    rows = list(predict.read_questions(str(bad), str(root)))
+    assert "error" not in rows[0]
+    assert rows[1]["error"].endswith("qa.jsonl:2: needs string fields 'video' and 'question'")
     assert checkpointing.resolve_checkpoint(str(workdir / "checkpoints" / "2")) == (
         str(workdir / "checkpoints"), 2)
 
@@ -193,3 +194,92 @@ def test_predict_needs_no_training_annotations(tmp_path):
     # The answer's words come from the folder's vocabulary, which only the checkpoint holds now.
     spec = checkpointing.Checkpointer(str(workdir / "checkpoints")).restore_tokenizer(4)
     assert "shape" in spec.vocab and "clip" in spec.vocab
+
+
+def test_batch_predict_reports_bad_rows_and_keeps_the_good_ones(trained, qa, tmp_path):
+    root, _, videos = trained
+    clip, question, _ = videos[0]
+    (root / "text.mp4").write_text("not a video")
+    rows = [dict(id="good", video=clip, question=question),
+            dict(id="missing", video="nope.mp4", question=question),
+            dict(id="text", video="text.mp4", question=question),
+            dict(id="long", video=clip, question=" ".join(["what"] * 2000)),
+            dict(id="fields", video=7)]
+    annotations = tmp_path / "qa.jsonl"
+    annotations.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "predictions.jsonl"
+    summary = predict.predict_file(qa, str(annotations), str(out), str(root))
+    written = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert list(written) == ["good", "missing", "text", "long", "fields"]
+    assert "prediction" in written["good"] and "error" not in written["good"]
+    assert summary["questions"] == 5 and summary["failed"] == 4
+    assert "nope.mp4" in written["missing"]["error"]
+    assert "not a container" in written["text"]["error"]
+    long_error = written["long"]["error"]
+    assert "data.max_text_len" in long_error and len(long_error) < 400  # not echoed whole
+    assert "needs string fields" in written["fields"]["error"]
+
+
+def test_a_video_cut_short_warns_and_is_refused_below_the_threshold(trained, qa, tmp_path,
+                                                                   caplog):
+    root, _, videos = trained
+    _, question, _ = videos[0]
+    frames = np.random.default_rng(0).integers(0, 255, (80, 32, 32, 3), dtype=np.uint8)
+    whole = tmp_path / "whole.mp4"
+    write_frames(whole, frames)
+    # The same clip with its index first (as streaming writers do), then cut to a third.
+    import av  # noqa: PLC0415
+
+    faststart = tmp_path / "faststart.mp4"
+    with av.open(str(faststart), "w", format="mp4", options={"movflags": "faststart"}) as c:
+        s = c.add_stream("libx264", rate=8)
+        s.width, s.height, s.pix_fmt = 32, 32, "yuv444p"
+        for image in frames:
+            for packet in s.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                c.mux(packet)
+        for packet in s.encode():
+            c.mux(packet)
+    data = faststart.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 3])
+    nominal, present = video_decode.frame_counts(cut.read_bytes())
+    assert nominal == 80 and 0 < present < 40
+    assert video_decode.frame_counts(whole.read_bytes()) == (80, 80)
+    with pytest.raises(video_decode.VideoDecodeError, match=f"{present} of the 80 frames"):
+        qa.ask(str(cut), question)  # below the default half
+    qa.min_frame_fraction = 0.1
+    try:
+        with caplog.at_level("WARNING"):
+            qa.ask(str(cut), question)
+        assert f"{present} of the 80 frames" in caplog.text
+    finally:
+        qa.min_frame_fraction = 0.5
+
+
+def test_predict_refuses_a_config_of_another_model_naming_the_key(trained):
+    _, workdir, _ = trained
+    config = short_video.get_config("smoke")
+    config.model.llm.mlp_dim *= 2
+    with pytest.raises(ValueError, match="model.llm.mlp_dim: checkpoint"):
+        predict.load_video_qa(config, str(workdir))
+
+
+def test_input_errors_are_one_line_with_exit_status_2_and_create_nothing(trained, tmp_path):
+    root, workdir, videos = trained
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    cases = [
+        (["frejax.inference.predict", f"--config={CONFIG}", f"--checkpoint={workdir}",
+          f"--video={tmp_path}", "--question=what"], "--video", "is a folder"),
+        (["frejax.main", f"--config={CONFIG}", "--mode=eval",
+          f"--workdir={tmp_path / 'absent'}"], "absent", "no such folder"),
+        (["frejax.inference.export", f"--config={CONFIG}",
+          f"--workdir={tmp_path / 'absent'}"], "absent", "no such folder"),
+    ]
+    for argv, names, says in cases:
+        out = subprocess.run([sys.executable, "-m", *argv], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=300)
+        last = out.stderr.strip().splitlines()[-1]
+        assert out.returncode == 2, out.stderr[-2000:]
+        assert "Traceback" not in out.stderr, out.stderr[-2000:]
+        assert last.startswith(f"{argv[0]}: error:") and names in last and says in last, last
+    assert not (tmp_path / "absent").exists()  # a failed path creates nothing

@@ -36,11 +36,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from data_pipelines import tokenizer as tokenizer_lib
 from data_pipelines import video_benchmarks, video_decode
+from frejax import cli
 from frejax.compression import CompressedTokens
 from frejax.inference.engine import Engine
 from frejax.training.run import FIT, Run
@@ -271,4 +272,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main, "frejax.inference.benchmark_eval")

@@ -35,7 +35,7 @@ from safetensors import numpy as safetensors_np
 from safetensors import safe_open
 
 from data_pipelines import tokenizer as tokenizer_lib
-from frejax import config_lib, distributed
+from frejax import cli, config_lib, distributed
 from frejax.training.run import Run, workdir_checkpoints
 
 FORMAT = "frejax"
@@ -138,4 +138,4 @@ def _define_flags() -> None:
 if __name__ == "__main__":
     config_lib.check_override_flags(sys.argv)
     _define_flags()
-    app.run(main)
+    cli.run(main, "frejax.inference.export")

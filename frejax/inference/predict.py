@@ -41,7 +41,7 @@ from ml_collections import config_flags
 from data_pipelines import annotations as annotations_lib
 from data_pipelines import video_decode
 from data_pipelines import tokenizer as tokenizer_lib
-from frejax import config_lib
+from frejax import cli, config_lib
 from frejax.compression import CompressedTokens
 from frejax.inference import token_cache
 from frejax.inference.engine import Engine
@@ -62,6 +62,9 @@ _MAX_NEW_TOKENS = flags.DEFINE_integer(
     "max_new_tokens", 0, "Answer tokens to generate; 0: config.eval.max_new_tokens.")
 _CACHE_PREFIX = flags.DEFINE_bool(
     "cache_prefix", True, "Also cache the LLM keys/values of the prompt up to the video.")
+_MIN_FRAME_FRACTION = flags.DEFINE_float(
+    "min_frame_fraction", 0.5, "Refuse a video holding fewer than this fraction of the frames"
+    " its header announces (a file cut short); above it, warn and answer.")
 flags.mark_flags_as_required(["config", "checkpoint"])
 
 STAGES = ("decode_video", "encode", "compress", "prefill", "decode")
@@ -86,8 +89,10 @@ class VideoQA:
       fingerprint: identifies the weights in cache keys (checkpoint folder and step).
     """
 
-    def __init__(self, engine: Engine, *, cache_prefix: bool = True, fingerprint: str = ""):
+    def __init__(self, engine: Engine, *, cache_prefix: bool = True, fingerprint: str = "",
+                 min_frame_fraction: float = 0.5):
         self.engine = engine
+        self.min_frame_fraction = float(min_frame_fraction)
         config, self.tokenizer = engine.config, engine.tokenizer
         self.config, self.params, self.mesh = config, engine.params, engine.mesh
         self.max_new_tokens = engine.max_new_tokens
@@ -125,6 +130,12 @@ class VideoQA:
     def _prompt(self, question: str) -> tuple[tuple[int, ...], list[int]]:
         """-> (tokens before the placeholder, tokens after it)."""
         tok = self.tokenizer
+        if isinstance(tok, tokenizer_lib.WordTokenizer):
+            known = set(tok.vocab)
+            unknown = sorted({w for w in tokenizer_lib.split_words(question) if w not in known})
+            if unknown:  # they all read as one id: the model cannot tell them apart
+                logging.warning("question words the model never saw (read as unknown): %s",
+                                ", ".join(unknown[:20]) + (" ..." if len(unknown) > 20 else ""))
         ids = [tok.bos_id] + tok.encode(tokenizer_lib.format_prompt(question,
                                                                     template=self.template))
         if ids.count(tok.video_id) != 1:
@@ -135,7 +146,8 @@ class VideoQA:
             raise ValueError(f"template {self.template!r} leaves nothing after the video")
         if len(after) > self.question_len:
             raise ValueError(f"question has {len(after)} tokens, more than the {self.question_len}"
-                             f" this predictor has room for (set data.max_text_len): {question!r}")
+                             f" this predictor has room for (set data.max_text_len):"
+                             f" {question[:60]!r}{'...' if len(question) > 60 else ''}")
         return before, after
 
     def video_tokens(self, path: str, timings: dict | None = None) -> tuple[CompressedTokens, bool]:
@@ -150,7 +162,10 @@ class VideoQA:
             return entry, True
         start = time.perf_counter()
         with open(path, "rb") as f:
-            frames, frame_mask = video_decode.decode_video(f.read(), self.sampling)
+            data = f.read()
+        complete = video_decode.check_complete(data, path, self.min_frame_fraction) == 1.0
+        frames, frame_mask = video_decode.decode_video(data, self.sampling,
+                                                       cut_short=not complete)
         timings["decode_video"] = time.perf_counter() - start
         latents = self._timed(timings, "encode", self.engine.frame_tokens,
                               jnp.asarray(frames[None]))
@@ -194,7 +209,8 @@ class VideoQA:
 
 
 def load_video_qa(config: Any, checkpoint: str, *, max_new_tokens: int = 0,
-                  cache_prefix: bool = True) -> tuple[VideoQA, int]:
+                  cache_prefix: bool = True, min_frame_fraction: float = 0.5
+                  ) -> tuple[VideoQA, int]:
     """Restores ``checkpoint`` for ``config`` -> (``VideoQA``, step).
 
     The mesh is the training mesh with ``data`` of size 1: params keep their
@@ -203,9 +219,17 @@ def load_video_qa(config: Any, checkpoint: str, *, max_new_tokens: int = 0,
     run = Run(config, devices=FIT, shape=(1, *config.mesh.shape[1:]))
     restored = run.restore(checkpoint, params_only=True)
     engine = Engine(run, restored.params, max_new_tokens=max_new_tokens)
-    qa = VideoQA(engine, cache_prefix=cache_prefix,
+    qa = VideoQA(engine, cache_prefix=cache_prefix, min_frame_fraction=min_frame_fraction,
                  fingerprint=f"{restored.directory}@{restored.step}")
     return qa, restored.step
+
+
+def check_file(flag: str, path: str) -> None:
+    """A flag's file must be a readable file: a folder or a missing path is named."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{flag} {path}: is a folder, not a file")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{flag} {path}: no such file")
 
 
 def read_questions(path: str, root: str) -> Iterator[dict]:
@@ -229,13 +253,23 @@ def read_questions(path: str, root: str) -> Iterator[dict]:
         where = f"{path}:{n}"
         if not isinstance(entry, dict) or not isinstance(entry.get("video"), str) \
                 or not isinstance(entry.get("question"), str):
-            raise ValueError(f"{where}: needs string fields 'video' and 'question'")
+            # A bad row is reported in the output, not fatal: the good rows still run.
+            got = entry if isinstance(entry, dict) else {}
+            yield dict(id=str(got.get("id", n)), video=str(got.get("video", "")),
+                       question=str(got.get("question", "")), answer="",
+                       error=f"{where}: needs string fields 'video' and 'question'")
+            continue
         question, answer = entry["question"].strip(), str(entry.get("answer", "")).strip()
-        if "options" in entry:
-            question, answer = annotations_lib.render_multiple_choice(
-                question, entry["options"], answer)
-        yield dict(id=entry.get("id", str(n)), video=entry["video"],
-                   path=annotations_lib.resolve_video(entry["video"], root),
+        try:
+            if "options" in entry:
+                question, answer = annotations_lib.render_multiple_choice(
+                    question, entry["options"], answer)
+            video_path = annotations_lib.resolve_video(entry["video"], root)
+        except ValueError as e:
+            yield dict(id=str(entry.get("id", n)), video=entry["video"], question=question,
+                       answer=answer, error=f"{where}: {cli.one_line(e)}")
+            continue
+        yield dict(id=entry.get("id", str(n)), video=entry["video"], path=video_path,
                    question=question, answer=answer)
 
 
@@ -247,23 +281,34 @@ def predict_file(qa: VideoQA, annotations_path: str, output: str, root: str) -> 
     """
     timings = []  # (video number, cached, seconds)
     videos: dict[str, int] = {}
-    count = 0
+    count, failed = 0, 0
     tmp = output + ".tmp"
     with open(tmp, "w") as out:
         for q in read_questions(annotations_path, root):
-            start = time.perf_counter()
-            ans = qa.ask(q["path"], q["question"])
-            number = videos.setdefault(q["path"], len(videos))
-            timings.append((number, ans.cached, time.perf_counter() - start))
-            out.write(json.dumps(dict(id=q["id"], video=q["video"], question=q["question"],
-                                      prediction=ans.text, answer=q["answer"])) + "\n")
+            row = dict(id=q["id"], video=q["video"], question=q["question"])
+            error = q.get("error")
+            if error is None:
+                start = time.perf_counter()
+                try:
+                    ans = qa.ask(q["path"], q["question"])
+                except cli.INPUT_ERRORS as e:  # this row's input: reported, the rest go on
+                    error = f"{q['video']}: {cli.one_line(e)}"
+                else:
+                    number = videos.setdefault(q["path"], len(videos))
+                    timings.append((number, ans.cached, time.perf_counter() - start))
+                    row["prediction"] = ans.text
+            if error is not None:
+                logging.warning("row %s skipped: %s", q["id"], error)
+                row["error"] = error
+                failed += 1
+            out.write(json.dumps(dict(row, answer=q["answer"])) + "\n")
             count += 1
     os.replace(tmp, output)
     warm = [t for t in timings if t[0] > 0] if len(videos) > 1 else timings
     first = [s for _, cached, s in warm if not cached]
     repeat = [s for _, cached, s in warm if cached]
     mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
-    return dict(questions=count, videos=len(videos),
+    return dict(questions=count, failed=failed, videos=len(videos),
                 cache_hits=sum(cached for _, cached, _ in timings),
                 first_question_s=mean(first), cached_question_s=mean(repeat),
                 speedup=mean(first) / mean(repeat) if repeat else float("nan"))
@@ -290,19 +335,24 @@ def main(argv):
         raise app.UsageError("single mode needs both --video and --question")
     if _ANNOTATIONS.value and not _OUTPUT.value:
         raise app.UsageError("batch mode needs --output")
+    cli.quiet_libraries()
+    # Inputs first: nothing is restored for a command that cannot run.
+    if single:
+        check_file("--video", _VIDEO.value)
+    else:
+        check_file("--annotations", _ANNOTATIONS.value)
     qa, step = load_video_qa(_CONFIG.value, _CHECKPOINT.value,
                              max_new_tokens=_MAX_NEW_TOKENS.value,
-                             cache_prefix=_CACHE_PREFIX.value)
+                             cache_prefix=_CACHE_PREFIX.value,
+                             min_frame_fraction=_MIN_FRAME_FRACTION.value)
     logging.info("Restored step %d", step)
     if single:
-        if not os.path.isfile(_VIDEO.value):
-            raise app.UsageError(f"--video {_VIDEO.value}: no such file")
         print(format_answer(qa.ask(_VIDEO.value, _QUESTION.value), qa))
         return
     root = _VIDEO_ROOT.value or os.path.dirname(os.path.abspath(_ANNOTATIONS.value))
     summary = predict_file(qa, _ANNOTATIONS.value, _OUTPUT.value, root)
-    print(f"wrote {summary['questions']} predictions for {summary['videos']} videos"
-          f" to {_OUTPUT.value}")
+    print(f"wrote {summary['questions']} rows for {summary['videos']} videos to"
+          f" {_OUTPUT.value}; {summary['failed']} failed (their rows hold an 'error' field)")
     print(f"token cache: {summary['cache_hits']} questions reused a video's tokens;"
           f" after the first video (compilation): first question per video {summary['first_question_s'] * 1e3:.1f} ms,"
           f" later questions {summary['cached_question_s'] * 1e3:.1f} ms"
@@ -311,4 +361,4 @@ def main(argv):
 
 if __name__ == "__main__":
     config_lib.check_override_flags(sys.argv)
-    app.run(main)
+    cli.run(main, "frejax.inference.predict")

@@ -15,7 +15,7 @@ import ml_collections
 from absl import logging
 
 from data_pipelines import tokenizer as tokenizer_lib
-from frejax.config_lib import COMPUTE_ONLY_KEYS, MUST_MATCH_KEYS, SAFE_KEYS
+from frejax.config_lib import COMPUTE_ONLY_KEYS, MODEL_SHAPE_KEYS, MUST_MATCH_KEYS, SAFE_KEYS
 
 
 class ConfigDriftError(ValueError):
@@ -23,6 +23,22 @@ class ConfigDriftError(ValueError):
 
 
 _ABSENT = "<absent>"
+
+
+def check_model_shape(saved: Mapping[str, Any], current: ml_collections.ConfigDict, *,
+                      where: str) -> None:
+    """Inference: fails naming the keys (``MODEL_SHAPE_KEYS``) whose saved values would give
+    the checkpoint's params other shapes than ``current``'s model; nothing is logged."""
+    old = _flatten(saved)
+    new = _flatten(json.loads(json.dumps(current.to_dict())))
+    fatal = {k: (old[k], new[k]) for k in sorted(set(old) & set(new))
+             if old[k] != new[k] and _matches(k, MODEL_SHAPE_KEYS)
+             and not _matches(k, COMPUTE_ONLY_KEYS) and not k.endswith(".pretrained")}
+    if fatal:
+        listing = "; ".join(f"{k}: checkpoint {a!r}, --config {b!r}" for k, (a, b) in fatal.items())
+        raise ConfigDriftError(
+            f"--config describes another model than {where} ({listing}); pass the config the"
+            " checkpoint was trained with (the same file and arg as for frejax.main)")
 
 
 def check_config_drift(saved: Mapping[str, Any], current: ml_collections.ConfigDict, *,

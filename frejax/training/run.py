@@ -153,6 +153,8 @@ class Run:
                 step = ckpt.latest_step() if step is None else step
                 if step is None:
                     raise FileNotFoundError(f"--checkpoint: no checkpoint in {directory}")
+                drift.check_model_shape(ckpt.restore_config(step), self.config,
+                                        where=f"checkpoint step {step} in {directory}")
                 self._set_tokenizer(ckpt.restore_tokenizer(step))
                 with sharding.axis_rules(self.config.sharding.rules):
                     params = ckpt.restore_params(step, self.setup.abstract_state)

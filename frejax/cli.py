@@ -1,0 +1,70 @@
+"""The command lines' way with a user's bad input: one line on stderr, exit status 2.
+
+    if __name__ == "__main__":
+        cli.run(main)          # instead of absl's app.run(main)
+
+A bad file, folder, video, question or config key raises an error whose message
+names it (``ValueError``, ``OSError`` and their kin: a config key, a missing or
+unreadable file, an undecodable video, a checkpoint of another config, more bad
+data than ``data.max_bad_fraction`` allows). ``run`` prints that message's first
+line as ``<program>: error: ...`` and exits with status 2, without a traceback;
+``--debug`` shows the traceback instead. Everything else (a bug, a lost peer of a
+multi-host run) keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import logging as py_logging
+import sys
+from collections.abc import Callable
+
+from absl import app, flags, logging
+
+from data_pipelines import input_pipeline
+
+_DEBUG = flags.DEFINE_bool("debug", False, "Show the traceback of an input error too.")
+
+# What a user's input raises; the messages name the file, field or config key.
+INPUT_ERRORS = (ValueError, OSError, KeyError, input_pipeline.BadInputError)
+# A long question or file name is not echoed whole.
+MAX_MESSAGE = 300
+
+
+def one_line(error: BaseException) -> str:
+    """``error``'s message on one line (its lines joined), shortened to ``MAX_MESSAGE``."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    text = " ".join(lines) if lines else type(error).__name__
+    if isinstance(error, KeyError) and text.startswith(("'", '"')):
+        text = text.strip("'\"")
+    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE - 3] + "..."
+
+
+class _QuietLibraries(py_logging.Filter):
+    """Drops INFO chatter of Orbax and Grain (they log every save stage); warnings pass."""
+
+    def filter(self, record: py_logging.LogRecord) -> bool:
+        noisy = ("/orbax/", "/grain/", "/etils/")
+        return record.levelno >= py_logging.WARNING or not any(
+            n in record.pathname for n in noisy)
+
+
+def quiet_libraries() -> None:
+    """Keeps the libraries' INFO lines out of a command's output (their warnings stay)."""
+    logging.get_absl_handler().addFilter(_QuietLibraries())
+
+
+def run(main: Callable[[list[str]], object], program: str = "") -> None:
+    """``app.run(main)`` with input errors as one line on stderr and exit status 2."""
+    name = program or (sys.argv[0] if sys.argv else "frejax")
+
+    def guarded(argv: list[str]):
+        try:
+            return main(argv)
+        except INPUT_ERRORS as e:
+            if _DEBUG.value:
+                raise
+            print(f"{name}: error: {one_line(e)} (--debug shows the traceback)",
+                  file=sys.stderr)
+            sys.exit(2)
+
+    app.run(guarded)
