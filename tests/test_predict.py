@@ -283,3 +283,20 @@ def test_input_errors_are_one_line_with_exit_status_2_and_create_nothing(trained
         assert "Traceback" not in out.stderr, out.stderr[-2000:]
         assert last.startswith(f"{argv[0]}: error:") and names in last and says in last, last
     assert not (tmp_path / "absent").exists()  # a failed path creates nothing
+
+
+def test_the_engine_streams_a_video_with_the_trained_encoder_and_compressor(trained, qa):
+    """``engine.chunked_compressor()`` (docs/inference.md): a clip of one chunk gives the
+    tokens the engine's own encode and compress give it."""
+    from frejax.inference import streaming  # noqa: PLC0415
+
+    root, _, videos = trained
+    path = str(root / videos[0][0])
+    compressor = qa.engine.chunked_compressor()
+    with open(path, "rb") as f:
+        frames = video_decode.iter_frames(f.read(), qa.config.data.image_size)
+        streamed = compressor(streaming.chunk_frames(frames, compressor.chunk_frames))
+    direct, _ = qa.video_tokens(path)
+    np.testing.assert_allclose(streamed.tokens, np.asarray(direct.tokens)[0], rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_array_equal(streamed.mask, np.asarray(direct.mask)[0])
