@@ -55,6 +55,8 @@ class DataSource:
     tokenizer: Callable[[], tokenizer_lib.Tokenizer] | None = None
     # A Grain random map over training records, seeded per read (``None``: none).
     train_transform: Callable[[ml_collections.ConfigDict], Any] | None = None
+    # Checks of its own keys on the flat ``{"data.x": value}`` config; errors name the key.
+    validate: Callable[[dict], None] | None = None
 
 
 _SOURCES: dict[str, DataSource] = {}
@@ -149,8 +151,20 @@ def _synthetic_text_lengths(config, tokenizer) -> tuple[int, int]:
                                        config.data.prompt_template)
 
 
+def _synthetic_validate(v: dict) -> None:
+    try:
+        video_qa_synthetic.family_cycle(video_qa_synthetic.FAMILIES,
+                                        v["data.synthetic.train_family_weights"])
+    except ValueError as e:
+        raise ValueError(f"config.data.synthetic.train_{e}") from None
+    if v["data.synthetic.background_noise"] not in video_qa_synthetic.BACKGROUNDS:
+        raise ValueError(f"config.data.synthetic.background_noise must be one of"
+                         f" {video_qa_synthetic.BACKGROUNDS},"
+                         f" got {v['data.synthetic.background_noise']!r}")
+
+
 register(DataSource(
-    name="synthetic_video_qa", make=_synthetic_source,
+    name="synthetic_video_qa", make=_synthetic_source, validate=_synthetic_validate,
     catalog=lambda config: dict(families=list(video_qa_synthetic.FAMILIES), words=[]),
     text_lengths=_synthetic_text_lengths, keys=("data.synthetic.",), skip_bad_text=False,
     tokenizer=video_qa_synthetic.tokenizer))

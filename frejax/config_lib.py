@@ -11,7 +11,7 @@ import math
 
 import ml_collections
 
-from data_pipelines import sources, video_decode, video_qa_synthetic
+from data_pipelines import sources, video_decode
 from frejax import compression, sharding
 from frejax.nn import attention
 from frejax.nn.layers import REMAT_POLICIES
@@ -382,15 +382,8 @@ def _validate_data(v: dict) -> None:
     if v["data.tokenizer"] != "auto" and not v["data.tokenizer_path"]:
         raise ValueError(
             f"config.data.tokenizer_path must name the {v['data.tokenizer']} tokenizer file")
-    try:
-        video_qa_synthetic.family_cycle(video_qa_synthetic.FAMILIES,
-                                        v["data.synthetic.train_family_weights"])
-    except ValueError as e:
-        raise ValueError(f"config.data.synthetic.train_{e}") from None
-    if v["data.synthetic.background_noise"] not in video_qa_synthetic.BACKGROUNDS:
-        raise ValueError(f"config.data.synthetic.background_noise must be one of"
-                         f" {video_qa_synthetic.BACKGROUNDS},"
-                         f" got {v['data.synthetic.background_noise']!r}")
+    if source.validate is not None:
+        source.validate(v)
     # Keys that another source reads and this one does not would be silently ignored:
     # refuse them when set.
     defaults = _flatten(base_config().data, "data.")
