@@ -66,9 +66,16 @@ def _replies(n=300, seed=0):
     rng = random.Random(seed)
     out = ["", "B", "(C) bird", "The best answer is B.", "Answer: D", "D. A book", "B. dog",
            "The correct option is C", "I am not sure which one of these options matches",
-           "He reads a book", "B. He reads a book.", "It is (A) or maybe (B)"]
+           "He reads a book", "B. He reads a book.", "It is (A) or maybe (B)",
+           # Replies that mix letter formats, as real ones do: which format wins decides.
+           "I think (C), not D.", "D. or rather (A)", "(B) and C.", "C: (D)", "A) B. (C)"]
+    formats = ("({})", "{}.", "{}:", "{})", "{}")
     for _ in range(n):
         out.append(" ".join(rng.choice(FRAGMENTS) for _ in range(rng.randint(1, 8))))
+        # Two letters in two formats, with words around them.
+        first, second = rng.sample("ABCD", 2)
+        out.append(f"{rng.choice(['I think', 'maybe', ''])} {rng.choice(formats).format(first)}"
+                   f" {rng.choice(['not', 'or', ',', ''])} {rng.choice(formats).format(second)}")
     return out
 
 
