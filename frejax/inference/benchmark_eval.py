@@ -36,6 +36,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tqdm
 from absl import flags, logging
 from ml_collections import config_flags
 
@@ -132,7 +133,7 @@ def evaluate_benchmark(ev: BenchmarkAnswerer, task: Any, docs: list, sampling: A
         timing["decode_video_s"] += time.perf_counter() - start
         return clip
 
-    for start in range(0, len(docs), ev.batch_size):
+    for start in tqdm.trange(0, len(docs), ev.batch_size, desc=task.NAME, unit="batch"):
         batch = docs[start:start + ev.batch_size]
         new = [p for p in dict.fromkeys(d.video for d in batch) if p not in cache and p not in bad]
         clips, paths = [], []

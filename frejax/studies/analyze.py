@@ -38,6 +38,7 @@ import time
 from typing import Any
 
 import numpy as np
+import tqdm
 
 from data_pipelines import package_assets, video_decode
 from frejax.studies import kept_information as info
@@ -169,7 +170,7 @@ def measure(clips: list[Clip], frames: int, strides: list[int], ratios: list[flo
 
 def run(videos: str = "", encoder: str = "dinov2_small", image_size: int = 224, frames: int = 32,
         strides: tuple[int, ...] = (1, 4, 16), ratios: tuple[float, ...] = (8, 10, 16),
-        coeffs: int = 4, out: str = "docs/natural_video", cache: str = "",
+        coeffs: int = 4, out: str = "workdirs/natural_video", cache: str = "",
         command: str = "") -> list[str]:
     """The whole analysis; returns the paths written."""
     start = time.time()
@@ -184,7 +185,8 @@ def run(videos: str = "", encoder: str = "dinov2_small", image_size: int = 224, 
     enc = Encoder(encoder, image_size)
     cache = cache or package_assets.asset_dir("latents")
     os.makedirs(cache, exist_ok=True)
-    clips = [load_clip(p, enc, cache) for p in paths]
+    clips = [load_clip(p, enc, cache) for p in tqdm.tqdm(paths, desc="decode and encode",
+                                                           unit="video")]
     measured = measure(clips, frames, list(strides), list(ratios), coeffs)
     if not any(e["windows"] for e in measured.values()):
         raise ValueError(f"no shot of {videos} holds a window of {frames} frames at strides"
@@ -222,6 +224,7 @@ if __name__ == "__main__":
     flags.DEFINE_list("strides", ["1", "4", "16"], "every s-th frame, one analysis each")
     flags.DEFINE_list("ratios", ["8", "10", "16"], "compression ratios T*N / budget")
     flags.DEFINE_integer("coeffs", 4, "K lowest temporal coefficients for the energy share")
-    flags.DEFINE_string("out", "docs/natural_video", "report prefix (.md, .json, .png)")
+    flags.DEFINE_string("out", "workdirs/natural_video", "report prefix (.md, .json, .png);"
+                        " the committed report is --out=docs/natural_video")
     flags.DEFINE_string("cache", "", "latent cache folder (default $FREJAX_ASSETS/latents)")
     app.run(main)
