@@ -1,8 +1,9 @@
 """The train step and the run: train (resuming), evaluate, write results.
 
 Read top to bottom: the jitted train step, then ``train_and_evaluate``, the
-whole run. The model, optimiser and sharded train state come from
-``frejax.training.train_state``.
+whole run, inside its run context (``frejax.training.run.Run``: mesh, axis rules,
+tokenizer, model setup, init and restore). The one training loop: ``python -m
+frejax.main``, the studies and the benchmarks all train through it.
 """
 
 from __future__ import annotations

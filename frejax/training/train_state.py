@@ -1,8 +1,7 @@
 """Model, optimiser and train state of a run, built from its config.
 
-Shared by training (``frejax.training.train``), evaluation, ``predict``, ``export`` and
-``aot``: everything that needs the model's structure or its sharded state
-without the training loop.
+Used through the run context (``frejax.training.run.Run``), which every tool starts
+from: the model's structure and its sharded state, without the training loop.
 
 The train state is a plain dict ``{step, params, opt_state}`` of arrays; the
 model is rebuilt from its ``nnx.GraphDef`` inside every jitted function
