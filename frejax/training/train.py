@@ -3,7 +3,7 @@
 Read top to bottom: the jitted train step, then ``train_and_evaluate``, the
 whole run, inside its run context (``frejax.training.run.Run``: mesh, axis rules,
 tokenizer, model setup, init and restore). The one training loop: ``python -m
-frejax.main``, the studies and the benchmarks all train through it.
+frejax.main`` and the natural-video QA study train through it; benchmarks time its step.
 """
 
 from __future__ import annotations
