@@ -17,6 +17,7 @@ import pytest
 from flax import nnx
 
 from configs import long_video
+from frejax.training import aot
 from data_pipelines import datasets as data_lib
 from frejax import sharding
 from frejax.training import train
@@ -126,3 +127,21 @@ def test_unsharded_params_lists_largest_first():
         ("c", (16, 16), jax.P(None, "tensor")), ("b", (100,), jax.P(None))]
     assert sharding.unsharded_params(params, specs, min_size=200) == [
         ("c", (16, 16), jax.P(None, "tensor"))]
+
+
+def test_an_out_of_memory_report_keeps_the_largest_allocations():
+    message = "\n".join([
+        "RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory"
+        " space hbm. Used 27.06G of 15.75G hbm. Exceeded hbm capacity by 11.31G.",
+        "", "Total hbm usage >= 27.31G:", "    reserved        258.00M",
+        "    program          27.06G", "",
+        "Output size 1.53G; shares 0.00 with arguments.", "",
+        "Program hbm requirement 27.06G:",
+        "Largest program allocations in hbm:", "",
+        "  1. Size: 6.00G", "     Operator: op_name=\"jit(train_step)/llm/mlp/dot\"",
+        "     Shape: bf16[64,8192,6144]{2,1,0}",
+        "  2. Size: 3.00G", "     Shape: f32[64,8192,1536]{2,1,0}"])
+    report = aot.allocation_report(message)
+    assert report.startswith("RESOURCE_EXHAUSTED") and "1. Size: 6.00G" in report
+    assert "jit(train_step)/llm/mlp/dot" in report and "2. Size: 3.00G" in report
+    assert aot.allocation_report("one line only") == "one line only"

@@ -33,14 +33,17 @@ from ml_collections import config_flags
 # JAX is imported inside functions only: the fake CPU devices are an XLA flag
 # that must be set before JAX starts (``use_fake_cpu_devices``).
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file, optionally with an arg: configs/x.py:arg.", lock_config=True)
-_DEVICES = flags.DEFINE_integer(
-    "devices", 0, "Number of fake CPU devices (0: the product of config.mesh.shape).")
-_TOPOLOGY = flags.DEFINE_string(
-    "topology", None, "Compile for compile-only TPU devices of this topology instead, e.g."
-    " v5e:16x16 or v5p:8x8x4 (needs libtpu).")
-flags.mark_flags_as_required(["config"])
+def define_flags() -> None:
+    """The command's flags; defined when it runs, so importing this module defines none."""
+    config_flags.DEFINE_config_file(
+        "config", None, "Config file, optionally with an arg: configs/x.py:arg.",
+        lock_config=True)
+    flags.DEFINE_integer(
+        "devices", 0, "Number of fake CPU devices (0: the product of config.mesh.shape).")
+    flags.DEFINE_string(
+        "topology", None, "Compile for compile-only TPU devices of this topology instead,"
+        " e.g. v5e:16x16 or v5p:8x8x4 (needs libtpu).")
+    flags.mark_flags_as_required(["config"])
 
 GIB = 2**30
 # Per-chip high-bandwidth memory of the TPUs this check is usually run for.
@@ -164,6 +167,25 @@ def fake_devices(num_devices: int, topology: str | None):
     return devices
 
 
+def allocation_report(message: str, max_lines: int = 60) -> str:
+    """The compiler's out-of-memory report: its first line, then the sections that list
+    the largest allocations (what dominates), not only the first line."""
+    lines = message.splitlines()
+    keep = lines[:1]
+    in_list = False
+    for line in lines[1:]:
+        if "largest" in line.lower() or "allocation" in line.lower():
+            in_list = True
+        if in_list:
+            keep.append(line)
+        if len(keep) >= max_lines:
+            keep.append(f"... ({len(lines) - len(keep)} more lines)")
+            break
+    if len(keep) == 1:  # no allocation list in the message: show its start
+        keep = lines[:max_lines]
+    return "\n".join(keep)
+
+
 def use_fake_cpu_devices(num_devices: int) -> None:
     """Asks XLA for ``num_devices`` CPU devices; must run before JAX initialises."""
     flags_ = [f for f in os.environ.get("XLA_FLAGS", "").split()
@@ -176,11 +198,11 @@ def use_fake_cpu_devices(num_devices: int) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    config = _CONFIG.value.copy_and_resolve_references()
+    config = flags.FLAGS.config.copy_and_resolve_references()
     if config.train.dtype == "auto":
         config.train.dtype = "bfloat16"  # what "auto" means on the TPU/GPU being sized
-    num_devices = _DEVICES.value
-    if not _TOPOLOGY.value:
+    num_devices = flags.FLAGS.devices
+    if not flags.FLAGS.topology:
         if num_devices <= 0:
             num_devices = 1
             for s in config.mesh.shape:
@@ -188,7 +210,7 @@ def main(argv):
                     raise app.UsageError("--devices is needed: config.mesh.shape has a -1 entry")
                 num_devices *= s
         use_fake_cpu_devices(num_devices)
-    devices = fake_devices(num_devices, _TOPOLOGY.value)
+    devices = fake_devices(num_devices, flags.FLAGS.topology)
     import jax  # noqa: PLC0415  (after use_fake_cpu_devices)
 
     logging.info("Compiling %s for %d %s devices", config.name, len(devices),
@@ -201,7 +223,7 @@ def main(argv):
         # The TPU compiler refuses a program that cannot fit its HBM and says by how much.
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
-        print(f"does not fit: {str(e).splitlines()[0]}")
+        print("does not fit:\n" + allocation_report(str(e)))
         sys.exit(1)
     print(report.format())
 
@@ -210,4 +232,5 @@ if __name__ == "__main__":
     from frejax import config_lib  # noqa: PLC0415  (here: nothing runs on import)
 
     config_lib.check_override_flags(sys.argv)
+    define_flags()
     app.run(main)
