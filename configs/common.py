@@ -13,6 +13,7 @@ import os
 import ml_collections
 
 from frejax import compression
+from frejax.models.convert import hf_configs
 
 
 def parse_arg(arg: str | None, **defaults):
@@ -78,8 +79,6 @@ def apply_pretrained(c: ml_collections.ConfigDict, vision: str = "", llm: str = 
     ``vision``: a SigLIP / SigLIP2 / DINOv2 folder; ``llm``: a Qwen2 / Qwen2.5 / Llama-3
     folder (its ``tokenizer.json``, when there, becomes the tokenizer).
     """
-    from frejax.models.convert import hf_import  # noqa: PLC0415  (imports JAX: only when asked)
-
     def read(folder: str, what: str) -> dict:
         path = os.path.join(folder, "config.json")
         if not os.path.isfile(path):
@@ -88,7 +87,7 @@ def apply_pretrained(c: ml_collections.ConfigDict, vision: str = "", llm: str = 
             return json.load(f)
 
     if vision:
-        c.model.vision.update(hf_import.vision_config_from_hf(read(vision, "vision")),
+        c.model.vision.update(hf_configs.vision_config_from_hf(read(vision, "vision")),
                               pretrained=vision)
         if c.model.vision.image_size % c.model.vision.patch_size:
             # DINOv2 resizes its position table to any grid: 224 px, the resolution it
@@ -96,7 +95,7 @@ def apply_pretrained(c: ml_collections.ConfigDict, vision: str = "", llm: str = 
             c.model.vision.image_size = 16 * c.model.vision.patch_size
         c.data.image_size = c.model.vision.image_size
     if llm:
-        llm_cfg = hf_import.llm_config_from_hf(read(llm, "llm"))
+        llm_cfg = hf_configs.llm_config_from_hf(read(llm, "llm"))
         c.model.llm.rope_scaling.update(llm_cfg.pop("rope_scaling"))
         c.model.llm.update(llm_cfg, pretrained=llm)
         if os.path.isfile(os.path.join(llm, "tokenizer.json")):
@@ -117,13 +116,11 @@ def apply_llava(c: ml_collections.ConfigDict, folder: str) -> None:
     pooling and newline, Qwen2 LLM, tokenizer and chat template, all from its files."""
     if not folder:
         return
-    from frejax.models.convert import hf_import  # noqa: PLC0415  (imports JAX: only when asked)
-
     path = os.path.join(folder, "config.json")
     if not os.path.isfile(path):
         raise ValueError(f"config arg llava={folder}: no config.json in that folder")
     with open(path) as f:
-        keys = hf_import.llava_model_config(json.load(f))
+        keys = hf_configs.llava_model_config(json.load(f))
     c.model.vision.update(keys["vision"], pretrained=folder)
     llm_cfg = keys["llm"]
     c.model.llm.rope_scaling.update(llm_cfg.pop("rope_scaling"))

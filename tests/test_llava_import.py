@@ -34,12 +34,12 @@ def _tiny_llava(tmp_path, feature_layer):
     return torch, model, folder
 
 
-def _frejax_model(folder, compressor="full", ratio=1.0):
+def _frejax_model(folder, compressor="full", ratio=1.0, param_dtype=jnp.float32):
     config = short_video.get_config(f"smoke,llava={folder},compressor={compressor},"
                                     f"frames={FRAMES},ratio={ratio}")
     config_lib.validate(config)
     model = VideoMLLM(config.model, config.compressor, num_frames=FRAMES, vocab_size=VOCAB,
-                      video_token_id=VIDEO_ID, rngs=nnx.Rngs(0))
+                      video_token_id=VIDEO_ID, rngs=nnx.Rngs(0), param_dtype=param_dtype)
     state = nnx.state(model, nnx.Param)
     params = hf_import.load_pretrained(config, nnx.to_pure_dict(state))
     nnx.replace_by_pure_dict(state, params)
@@ -47,10 +47,15 @@ def _frejax_model(folder, compressor="full", ratio=1.0):
     return config, model
 
 
-@pytest.mark.parametrize("feature_layer", [-1, -2])
-def test_video_logits_match_transformers(tmp_path, feature_layer):
+@pytest.mark.parametrize("feature_layer, param_dtype", [(-1, "float32"), (-2, "float32"),
+                                                        (-1, "bfloat16")])
+def test_video_logits_match_transformers(tmp_path, feature_layer, param_dtype):
+    """float32 weights: within 1e-4. bfloat16 weights (half the memory; compute stays
+    float32 on CPU): within what rounding every weight to 8 bits of mantissa allows."""
     torch, hf, folder = _tiny_llava(tmp_path, feature_layer)
-    config, model = _frejax_model(folder)
+    config, model = _frejax_model(folder, param_dtype=jnp.dtype(param_dtype))
+    assert {p.dtype for p in jax.tree.leaves(nnx.state(model, nnx.Param))} == \
+        {jnp.dtype(param_dtype)}
     assert config.model.vision.depth == 3 + 1 + feature_layer
     assert not config.model.vision.final_norm and config.model.newline
     assert model.num_visual_tokens == FRAMES * 3 * 3 + 1  # pooled 3 x 3 per frame, the newline
@@ -71,7 +76,13 @@ def test_video_logits_match_transformers(tmp_path, feature_layer):
         theirs = hf(input_ids=ids, pixel_values_videos=pixels).logits[0].numpy()
     p = len(before)
     places = list(range(p)) + [p + m - 1] + [p + m + i for i in range(len(after))]
-    np.testing.assert_allclose(ours, theirs[places], atol=1e-4, rtol=1e-4)
+    if param_dtype == "float32":
+        np.testing.assert_allclose(ours, theirs[places], atol=1e-4, rtol=1e-4)
+    else:
+        scale = np.abs(theirs[places]).max()
+        error = np.abs(ours - theirs[places]).max() / scale
+        assert error < 2e-2, error  # bf16 weights: about 1% of the logits' range
+        assert error > 1e-4, error  # the weights really are rounded
 
 
 def test_bilinear_matrix_is_torch_interpolate():

@@ -118,8 +118,8 @@ def test_redrawn_temporal_rows_keep_their_answer_on_new_footage(tmp_path):
         moved += not np.array_equal(latents, record["latents"])
     assert moved > 0  # new footage windows, not the cached ones
     # Standardised by the training split's statistics: about zero mean, unit scale.
-    train = np.stack([source[r]["latents"] for r in range(len(source))]).astype(np.float64)
-    assert abs(train.mean()) < 0.05 and abs(train.std() - 1) < 0.05
+    latents = np.stack([source[r]["latents"] for r in range(len(source))]).astype(np.float64)
+    assert abs(latents.mean()) < 0.05 and abs(latents.std() - 1) < 0.05
 
 
 def test_pooling_halves_each_side_by_averaging():

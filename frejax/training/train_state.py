@@ -53,7 +53,7 @@ def create_model(config: ml_collections.ConfigDict, tokenizer: Any, *, seed: int
         model_cfg, config.compressor, num_frames=config.data.num_frames,
         vocab_size=model_cfg.llm.vocab_size, video_token_id=tokenizer.video_id,
         rngs=nnx.Rngs(seed), dtype=compute_dtype(config.train.dtype),
-        param_dtype=jnp.float32)
+        param_dtype=jnp.dtype(config.model.param_dtype))
     lora_cfg = model_cfg.llm.lora
     if lora_cfg.rank:  # own rng stream: the base init is unchanged
         lora.apply_lora(model.llm, lora_cfg.rank, lora_cfg.alpha, rngs=nnx.Rngs(seed + 1))

@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 
 
-
-
 def vision_section(config: dict) -> dict:
     """The vision part of a SigLIP / SigLIP2 ``config.json`` (full model or tower)."""
     return config.get("vision_config", config)
