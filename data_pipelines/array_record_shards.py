@@ -28,13 +28,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import grain
+import tqdm
 from absl import logging
 
 from data_pipelines import annotations as annotations_lib
 from data_pipelines import tokenizer as tokenizer_lib
-from data_pipelines import video_decode
-from data_pipelines import video_folder
-import tqdm
+from data_pipelines import video_decode, video_folder
 
 _MAGIC = b"FXV1"
 METADATA = "metadata.json"

@@ -39,8 +39,7 @@ import av
 import numpy as np
 from absl import app, flags
 
-from data_pipelines import video_decode
-from data_pipelines import natural_footage, package_assets
+from data_pipelines import natural_footage, package_assets, video_decode
 
 FAMILIES = ("direction", "speed", "freeze", "order",
             "static_detail", "brief_event", "counting", "object_motion")

@@ -17,8 +17,8 @@ from typing import Any
 
 import jax
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 from jax.experimental import mesh_utils
+from jax.sharding import NamedSharding, PartitionSpec
 
 # Every logical axis a frejax module may name. A rule set must map all of them.
 LOGICAL_AXES = (

@@ -18,19 +18,17 @@ compilation and reports the time spent in ``next(batch)`` over the wall time
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
 
-
 import av
-import numpy as np
-import json
-from data_pipelines import array_record_shards
-from data_pipelines import video_decode
-from data_pipelines import video_folder
 import jax
+import numpy as np
+
 from configs import long_video
+from data_pipelines import array_record_shards, video_decode, video_folder
 from data_pipelines import datasets as data_lib
 from frejax.training import train
 from frejax.training.run import Run

@@ -32,22 +32,23 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import os
 import subprocess
 import sys
 import time
-from frejax import reporting
-from frejax.reporting import REPO
-import importlib
+
 import jax
 import numpy as np
 from flax import nnx
+
 from data_pipelines import datasets as data_lib
+from frejax import reporting
 from frejax.compression import energy
 from frejax.models import vit
+from frejax.reporting import REPO
 from frejax.training import run as run_lib
-
 
 CONFIGS = {"short": "configs/short_video.py", "long": "configs/long_video.py"}
 # Every registry entry; `full` runs once per length, at ratio 0 (all tokens).

@@ -33,12 +33,12 @@ import json
 
 import jax
 import ml_collections
+from flax import nnx
 
+from data_pipelines import datasets as data_lib
+from frejax import config_lib
 from frejax.benchmarks import accelerator_scale
 from frejax.benchmarks.dct_and_compressor import median_seconds, median_step_seconds
-from frejax import config_lib
-from flax import nnx
-from data_pipelines import datasets as data_lib
 from frejax.training import train as train_lib
 from frejax.training.run import Run
 

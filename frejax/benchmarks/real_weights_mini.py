@@ -23,9 +23,9 @@ import subprocess
 import sys
 
 from absl import app, flags
+
 from data_pipelines import package_assets
-from frejax.models.convert import dinov2_onnx
-from frejax.models.convert import gguf_import
+from frejax.models.convert import dinov2_onnx, gguf_import
 
 _STEPS = flags.DEFINE_integer("steps", 250, "Stage-1 training steps per compressor.")
 _BATCH = flags.DEFINE_integer("batch_size", 4, "Clips per step.")

@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import argparse
 
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from frejax.benchmarks.dct_and_compressor import median_seconds, median_step_seconds
 from configs import long_video
-from frejax import config_lib
 from data_pipelines import datasets as data_lib
+from frejax import config_lib
+from frejax.benchmarks.dct_and_compressor import median_seconds, median_step_seconds
 from frejax.training import train
 from frejax.training.run import Run
 

@@ -25,7 +25,6 @@ import statistics
 import tempfile
 import time
 
-
 import av
 import jax
 

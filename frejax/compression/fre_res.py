@@ -34,13 +34,18 @@ from flax import nnx
 
 from frejax import sharding
 from frejax.compression import anchors as anchors_lib
+from frejax.compression import budget as budget_lib
 from frejax.compression import residual_freq
 from frejax.compression.absorber import SpatialGuidedAbsorber
 from frejax.compression.anchors import reconstruct
-from frejax.compression.base import CompressedTokens, Compressor, VideoGeometry, register
-from frejax.compression import budget as budget_lib
-from frejax.compression.budget import FreResPlan, make_plan
+from frejax.compression.base import (
+    CompressedTokens,
+    Compressor,
+    VideoGeometry,
+    register,
+)
 from frejax.compression.baselines import interpolate_frames
+from frejax.compression.budget import FreResPlan, make_plan
 
 __all__ = ["AnchorsOnly", "FreRes", "FreResParts", "TemporalDctOnly", "fre_res_parts",
            "reconstruct"]

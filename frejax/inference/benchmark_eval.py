@@ -47,7 +47,6 @@ from frejax.compression import CompressedTokens
 from frejax.inference.engine import Engine
 from frejax.training.run import FIT, Run
 
-
 PAD_TO = 16  # prompt lengths round up to a multiple: few compiled shapes
 
 

@@ -33,14 +33,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from data_pipelines import annotations as annotations_lib
-from data_pipelines import video_decode
 from data_pipelines import tokenizer as tokenizer_lib
+from data_pipelines import video_decode
 from frejax import cli, config_lib
 from frejax.compression import CompressedTokens
 from frejax.inference import token_cache

@@ -37,19 +37,18 @@ import os
 import time
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import tqdm
+from absl import flags
+from flax import nnx
 
-from data_pipelines import package_assets, video_decode
+from data_pipelines import natural_footage, package_assets, video_decode
+from frejax import cli, compression
 from frejax.studies import kept_information as info
 from frejax.studies.analyze_report import summarize, write_report
 from frejax.studies.frozen_encoder import Encoder, find_videos
-from flax import nnx
-from frejax import compression
-import jax
-import jax.numpy as jnp
-from data_pipelines import natural_footage
-from absl import flags
 
 # The Fre-Res splits measured beside the registry's defaults (``fre_res``: segment-mean
 # anchors, energy-chosen coefficients): name -> compressor.fre_res options.
@@ -202,6 +201,7 @@ def run(videos: str = "", encoder: str = "dinov2_small", image_size: int = 224, 
 
 def main(argv):
     del argv
+    cli.quiet_libraries()
     f = flags.FLAGS
     flagged = [f"--{name}={f[name].serialize().split('=', 1)[-1]}"
                for name in ("videos", "encoder", "image_size", "frames", "strides", "ratios",
@@ -214,8 +214,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import app, flags
-
     flags.DEFINE_string("videos", "", "folders and files of videos, comma-separated (default:"
                         " the natural footage of data_pipelines.natural_footage)")
     flags.DEFINE_string("encoder", "dinov2_small", "dinov2_small | pixels | a model folder")
@@ -227,4 +225,4 @@ if __name__ == "__main__":
     flags.DEFINE_string("out", "workdirs/natural_video", "report prefix (.md, .json, .png);"
                         " the committed report is --out=docs/natural_video")
     flags.DEFINE_string("cache", "", "latent cache folder (default $FREJAX_ASSETS/latents)")
-    app.run(main)
+    cli.run(main, "frejax.studies.analyze")

@@ -8,9 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from frejax import reporting
+from frejax import compression, reporting
 from frejax.studies import kept_information as info
-from frejax import compression
 
 
 def family(label: str) -> str:

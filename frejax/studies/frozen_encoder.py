@@ -19,7 +19,6 @@ from data_pipelines import package_assets
 from frejax.models.convert import dinov2_onnx, hf_import
 from frejax.models.vit import patchify
 
-
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
 
 

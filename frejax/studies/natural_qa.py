@@ -57,6 +57,7 @@ from configs import natural_qa as natural_qa_config
 from data_pipelines import datasets as data_lib
 from data_pipelines import latent_source
 from data_pipelines import natural_footage, package_assets
+from frejax import cli
 from frejax import compression
 from frejax import config_lib
 from frejax.studies import frozen_encoder
@@ -395,6 +396,7 @@ def run(out: str, part: str = "headline", scale: str = "cpu", config=None, foota
 
 def main(argv):
     del argv
+    cli.quiet_libraries()
     f = flags.FLAGS
     if f.part != "cache" and not f.out:
         raise app.UsageError("--out is needed (the report path without extension)")
@@ -411,4 +413,4 @@ if __name__ == "__main__":
     flags.DEFINE_string("footage", "", "videos: folders and files, comma-separated (default:"
                         " the camera-recorded clips of data_pipelines.natural_footage)")
     flags.DEFINE_string("workdir", "workdirs/natural_qa", "where every run trains")
-    app.run(main)
+    cli.run(main, "frejax.studies.natural_qa")

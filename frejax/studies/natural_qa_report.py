@@ -14,8 +14,7 @@ import os
 
 import numpy as np
 
-from frejax import reporting
-from frejax import compression
+from frejax import compression, reporting
 
 FAMILY_GROUPS = {
     "temporal (real motion)": ("direction", "speed", "freeze", "order"),

@@ -24,11 +24,10 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from data_pipelines import datasets as data_lib
-from frejax.training import evaluate as eval_lib
-from frejax.training import metric_logging
-from frejax.training import preemption as preemption_lib
 from frejax import sharding
-from frejax.training import train_state
+from frejax.training import evaluate as eval_lib
+from frejax.training import metric_logging, train_state
+from frejax.training import preemption as preemption_lib
 from frejax.training.run import Run, workdir_checkpoints
 from frejax.training.train_state import TrainSetup
 

@@ -30,8 +30,7 @@ from absl import flags
 from flax import nnx
 from safetensors.numpy import save_file
 
-from data_pipelines import package_assets
-from data_pipelines import video_decode
+from data_pipelines import package_assets, video_decode
 from frejax.models import vit
 from frejax.models.convert import hf_import
 

