@@ -53,5 +53,10 @@ def state_checksums(state: Any) -> dict[str, int]:
     leaves = jax.tree_util.tree_leaves_with_path(state)
     arrays = [(jax.tree_util.keystr(p, simple=True, separator="/"), x) for p, x in leaves
               if hasattr(x, "dtype") and hasattr(x, "shape")]
-    sums = jax.jit(lambda xs: [_array_checksum(x) for x in xs])([x for _, x in arrays])
+    sums = _all_checksums([x for _, x in arrays])
     return {name: int(v) for (name, _), v in zip(arrays, jax.device_get(sums))}
+
+
+# One jitted function: every save of the same state reuses its compiled program (a
+# lambda jitted per call compiled it again at every checkpoint).
+_all_checksums = jax.jit(lambda xs: [_array_checksum(x) for x in xs])
