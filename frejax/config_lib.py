@@ -206,6 +206,12 @@ SAFE_KEYS = ("name", "eval.", "train.log_every", "train.progress_bar",
              "data.prefetch_buffer_size")
 
 
+def matches_key(key: str, patterns) -> bool:
+    """Whether a flat key (``"data.root"``) is one of ``patterns``: an exact key, or every
+    key under a prefix ending in a dot (``"model."``)."""
+    return any(key.startswith(p) if p.endswith(".") else key == p for p in patterns)
+
+
 _CHOICES = {
     "data.name": sources.names(),
     "data.sampling": video_decode.SAMPLING_MODES,
@@ -393,14 +399,11 @@ def _validate_data(v: dict) -> None:
     # refuse them when set.
     defaults = _flatten(base_config().data, "data.")
 
-    def reads(key: str, keys: tuple[str, ...]) -> bool:
-        return any(key.startswith(k) if k.endswith(".") else key == k for k in keys)
-
     others = tuple(sources.all_keys())
-    ignored = [k for k in defaults if v[k] != defaults[k] and reads(k, others)
-               and not reads(k, source.keys)]
+    ignored = [k for k in defaults if v[k] != defaults[k] and matches_key(k, others)
+               and not matches_key(k, source.keys)]
     if ignored:
-        owners = [n for n in sources.names() if reads(ignored[0], sources.get(n).keys)]
+        owners = [n for n in sources.names() if matches_key(ignored[0], sources.get(n).keys)]
         raise ValueError(f"config.{ignored[0]}: a key of data.name {' / '.join(owners)}, but"
                          f" config.data.name is {v['data.name']!r}, which does not read it")
     if not 0 <= v["data.max_bad_fraction"] <= 1:

@@ -49,7 +49,6 @@ class Engine:
         self.cache = cache if cache is not None else token_cache.VideoTokenCache()
         model = nnx.eval_shape(
             lambda: train_state.create_model(self.config, self.tokenizer, seed=0))
-        self.model_shape = model
         self.graphdef = nnx.graphdef(model)
         self.num_visual = model.num_visual_tokens        # M, the LLM's visual length
         self.full_visual = model.full_visual_tokens      # T * N

@@ -66,7 +66,7 @@ from frejax.studies.natural_qa_report import (HEADLINE_RATIO, compression_family
                                               write_report)
 from frejax.training import train
 from frejax.training.evaluate import MODEL_INPUTS
-from frejax.training.run import Run
+from frejax.training.run import Run, workdir_checkpoints
 
 RATIOS = (8.0, 10.0, 16.0)
 # Fre-Res ablations beside the registry's own (anchors_only, temporal_dct_only):
@@ -260,7 +260,7 @@ class Protocol:
         run_id = f"ceiling/seed{seed}"
         done = self._done(run_id)
         # Read back only while its weights, which later runs start from, are there too.
-        if done and os.path.isdir(os.path.join(self.run_dir(run_id), "checkpoints")):
+        if done and os.path.isdir(workdir_checkpoints(self.run_dir(run_id))):
             return done
         steps = self.config.train.num_steps
         cfg = run_config(self.config, None, 0.0, seed, steps=steps, adapt=False,

@@ -90,7 +90,7 @@ def _save_failure(directory: str, step: int | None, error: BaseException) -> str
     intact = sorted(int(n) for n in (os.listdir(directory) if os.path.isdir(directory) else ())
                     if n.isdigit())
     which = f"step {step}" if step is not None else "a step"
-    return (f"saving checkpoint {which} in {directory} failed: {cause} ({_first_line(error)})."
+    return (f"saving checkpoint {which} in {directory} failed: {cause} ({first_line(error)})."
             f" Committed steps, intact: {intact or 'none'}; the unfinished save is left as"
             f" '<step>{_UNFINISHED_SUFFIX}' and is never resumed from. {fix} to resume"
             + (f" from step {intact[-1]}." if intact else "."))
@@ -266,7 +266,7 @@ class Checkpointer:
                 except ChecksumMismatchError as e:
                     reason = str(e)
                 except Exception as e:  # noqa: BLE001  (TensorStore raises bare Exception)
-                    reason = f"cannot be read back: {type(e).__name__}: {_first_line(e)}"
+                    reason = f"cannot be read back: {type(e).__name__}: {first_line(e)}"
             reason = _agreed_reason(reason)
             if reason is None:
                 if damaged:
@@ -298,7 +298,7 @@ class Checkpointer:
             with open(path) as f:
                 saved = json.load(f)
         except (OSError, ValueError) as e:
-            raise ChecksumMismatchError(f"checksums/metadata is unreadable ({_first_line(e)})") \
+            raise ChecksumMismatchError(f"checksums/metadata is unreadable ({first_line(e)})") \
                 from None
         now = state_checksums(state)  # what was restored: all of the state, or its params
         bad = sorted(k for k in now if saved.get(k) != now[k])
@@ -381,7 +381,7 @@ def find_damage(step_dir: str, data_iter_file: str | None = None) -> str | None:
             with open(os.path.join(step_dir, name)) as f:
                 content = json.load(f)
         except (OSError, ValueError) as e:
-            return f"{name} is not valid JSON ({_first_line(e)})"
+            return f"{name} is not valid JSON ({first_line(e)})"
         if name == _STEP_METADATA and not content.get("commit_timestamp_nsecs"):
             return f"{name} has no commit timestamp (the save never finished)"
     return None
@@ -435,7 +435,7 @@ def _layer_layout_hint(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> s
             " --config.model.llm.scan_layers=True.")
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0][:300] if text else repr(e)
 

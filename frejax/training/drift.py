@@ -15,7 +15,8 @@ import ml_collections
 from absl import logging
 
 from data_pipelines import tokenizer as tokenizer_lib
-from frejax.config_lib import COMPUTE_ONLY_KEYS, MODEL_SHAPE_KEYS, MUST_MATCH_KEYS, SAFE_KEYS
+from frejax.config_lib import (COMPUTE_ONLY_KEYS, MODEL_SHAPE_KEYS, MUST_MATCH_KEYS,
+                               SAFE_KEYS, matches_key)
 
 
 class ConfigDriftError(ValueError):
@@ -32,8 +33,8 @@ def check_model_shape(saved: Mapping[str, Any], current: ml_collections.ConfigDi
     old = _flatten(saved)
     new = _flatten(json.loads(json.dumps(current.to_dict())))
     fatal = {k: (old[k], new[k]) for k in sorted(set(old) & set(new))
-             if old[k] != new[k] and _matches(k, MODEL_SHAPE_KEYS)
-             and not _matches(k, COMPUTE_ONLY_KEYS) and not k.endswith(".pretrained")}
+             if old[k] != new[k] and matches_key(k, MODEL_SHAPE_KEYS)
+             and not matches_key(k, COMPUTE_ONLY_KEYS) and not k.endswith(".pretrained")}
     if fatal:
         listing = "; ".join(f"{k}: checkpoint {a!r}, --config {b!r}" for k, (a, b) in fatal.items())
         raise ConfigDriftError(
@@ -56,14 +57,14 @@ def check_config_drift(saved: Mapping[str, Any], current: ml_collections.ConfigD
     changed = {k: (old.get(k, _ABSENT), new.get(k, _ABSENT))
                for k in sorted(set(old) | set(new)) if old.get(k, _ABSENT) != new.get(k, _ABSENT)}
     fatal = {k: v for k, v in changed.items()
-             if _matches(k, MUST_MATCH_KEYS) and not _matches(k, COMPUTE_ONLY_KEYS)
+             if matches_key(k, MUST_MATCH_KEYS) and not matches_key(k, COMPUTE_ONLY_KEYS)
              and _ABSENT not in v}
     if fatal:
         lines = "\n  ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in fatal.items())
         raise ConfigDriftError(
             f"config differs from {where} in keys that fix the model shape:\n  {lines}\n"
             "Resume with the checkpoint's values, or train in a new --workdir.")
-    risky = {k: v for k, v in changed.items() if not _matches(k, SAFE_KEYS)}
+    risky = {k: v for k, v in changed.items() if not matches_key(k, SAFE_KEYS)}
     if risky:
         logging.warning("Resuming from %s with changed settings: %s", where,
                         ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in risky.items()))
@@ -87,10 +88,6 @@ def check_tokenizer_drift(saved: Any, current: Any, *, where: str) -> None:
         f"the tokenizer differs from the one saved at {where} ({a.get('kind')} vs"
         f" {b.get('kind')}{detail}); resume with the data and tokenizer the run started with,"
         " or start a new workdir")
-
-
-def _matches(key: str, patterns: tuple[str, ...]) -> bool:
-    return any(key.startswith(p) if p.endswith(".") else key == p for p in patterns)
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -216,7 +216,7 @@ class Run:
                 taken = ckpt.restore_params(step, dict(params=abstract))
             except (ValueError, KeyError) as e:
                 raise ValueError(f"config.init.groups: {', '.join(names)} of step {step} in"
-                                 f" {directory} do not fit this model ({_first_line(e)})") from e
+                                 f" {directory} do not fit this model ({checkpointing.first_line(e)})") from e
         finally:
             ckpt.close()
         logging.info("Took %s from step %d in %s", ", ".join(names), step, directory)
@@ -232,8 +232,3 @@ class Run:
 def workdir_checkpoints(workdir: str) -> str:
     """``<workdir>/checkpoints``, where ``frejax.main`` saves."""
     return os.path.join(workdir, "checkpoints")
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
