@@ -232,6 +232,38 @@ def test_frame_budgets_bad_temperature():
         _build("frame_budgets", 32, {"temperature": 0.0})
 
 
+# ----------------------------------------------------------------------------- EVS
+
+def test_evs_keeps_the_first_frame_and_the_tokens_that_changed():
+    still = np.repeat(np.asarray(_video(7, batch=1))[:, :1], GEOM.frames, axis=1)
+    x = still + 1e-3 * np.asarray(_video(8, batch=1))
+    x[0, 3, 5] = -still[0, 0, 5]          # one token flips at frame 3 (and back at 4) ...
+    x[0, 6, 9] = -still[0, 0, 9]          # ... another at frame 6 (and back at 7)
+    comp = _build("evs", GEOM.tokens + 4)
+    tokens, mask = _run(comp, jnp.asarray(x))
+    assert mask.all()
+    kept = [(int(s) // 16, int(s) % 16) for s in
+            np.asarray(temporal_baselines.evs_selection(jnp.asarray(x), jnp.ones((1, 8), bool),
+                                                        GEOM.tokens + 4)[0][0])]
+    assert kept[:16] == [(0, i) for i in range(16)]           # the first frame, whole
+    assert kept[16:] == [(3, 5), (4, 5), (6, 9), (7, 9)]       # the changes, in time order
+    np.testing.assert_allclose(tokens[0, 16], x[0, 3, 5], rtol=1e-6)
+    # Reconstruction holds the latest kept token at each position.
+    out = np.asarray(comp.reconstruct(jnp.asarray(x)))
+    np.testing.assert_allclose(out[0, 3, 5], x[0, 3, 5], rtol=1e-6)
+    np.testing.assert_allclose(out[0, 5, 5], x[0, 4, 5], rtol=1e-6)
+    np.testing.assert_allclose(out[0, 2, 5], x[0, 0, 5], rtol=1e-6)
+    np.testing.assert_allclose(out[0, 7, 9], x[0, 7, 9], rtol=1e-6)
+
+
+def test_evs_never_keeps_masked_frames():
+    x = _video(9)
+    frame_mask = jnp.array([[True] * 8, [True, True, False, False, False, False, False, False]])
+    tokens, mask = _run(_build("evs", 40), x, frame_mask)
+    assert mask[0].sum() == 40 and mask[1].sum() == 32       # video 1 has 2 frames = 32 tokens
+    np.testing.assert_array_equal(tokens[1, 32:], 0.0)
+
+
 # ----------------------------------------------------------------- frame masks
 
 @pytest.mark.parametrize("name, budget", [("full", 128), ("uniform_frames", 64),

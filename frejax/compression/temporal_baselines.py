@@ -315,3 +315,67 @@ class FrameBudgets(Compressor):
         frame_mean = jnp.where(frame_count > 0, frame_sum / jnp.maximum(frame_count, 1), overall)
         fill = jnp.where(found[..., None], same_position, frame_mean[:, :, None])
         return jnp.where(kept[..., None], latents, fill)
+
+
+# ------------------------------------------------- EVS (vLLM / SGLang's pruning)
+
+
+def evs_selection(latents: jax.Array, frame_mask: jax.Array,
+                  budget: int) -> tuple[jax.Array, jax.Array]:
+    """Which ``budget`` tokens EVS keeps: those that changed most since the previous frame.
+
+    A token's score is ``1 - cos(token, same position in the previous frame)``; every
+    token of the first valid frame scores above all others (nothing precedes it), and
+    masked frames score ``-inf``. Returns ``(batch, budget)`` flat indices
+    ``frame * N + position`` in ``(frame, position)`` order and their validity.
+    """
+    b, t, n, _ = latents.shape
+    x = latents.astype(jnp.float32)
+    change = 1.0 - _cosine(x[:, 1:], x[:, :-1])                           # (B, T-1, N)
+    # The previous *valid* frame: masked frames are padding at the end, so a valid
+    # frame's predecessor is valid whenever it is not the first frame.
+    first = jnp.cumsum(frame_mask, axis=1) == 1                          # (B, T)
+    score = jnp.concatenate([jnp.full((b, 1, n), 3.0), change], axis=1)
+    score = jnp.where(first[..., None], 3.0, score)
+    score = jnp.where(frame_mask[..., None], score, -jnp.inf).reshape(b, t * n)
+    return frame_order(*jax.lax.top_k(score, budget), t * n)
+
+
+@register
+class Evs(Compressor):
+    """Efficient Video Sampling: drop the tokens that changed least since the previous frame.
+
+    The pruning vLLM and SGLang ship for video MLLMs (EVS, 2510.14624): per token, the
+    cosine dissimilarity to the same position one frame earlier; the first frame is
+    kept whole, then the ``budget`` most changed tokens over the whole video, in
+    ``(frame, position)`` order. Training-free, query-agnostic, no parameters.
+    ``(batch, frames, tokens, embed)`` -> ``(batch, budget, embed)``; exactly
+    ``min(budget, valid tokens)`` are valid.
+    """
+
+    name = "evs"
+
+    @property
+    def num_valid_tokens(self) -> int:
+        return self.budget
+
+    def compress(self, latents: jax.Array, frame_mask: jax.Array) -> CompressedTokens:
+        def fn(x, fm):
+            b, t, n, d = x.shape
+            sel, chosen = evs_selection(x, fm, self.budget)
+            tokens = jnp.take_along_axis(x.reshape(b, t * n, d), sel[..., None], axis=1)
+            return jnp.where(chosen[..., None], tokens, 0.0), chosen
+
+        return CompressedTokens(*sharding.batch_local(fn)(latents, frame_mask))
+
+    def reconstruct(self, latents: jax.Array) -> jax.Array:
+        """Kept tokens exact; a dropped token repeats the latest kept token at its
+        position (a dropped token is one that barely changed, so the last kept state
+        is EVS's own assumption about it)."""
+        b, t, n, d = latents.shape
+        sel, chosen = evs_selection(latents, jnp.ones((b, t), bool), self.budget)
+        kept = kept_grid(sel, chosen, t, n)
+        frame = jnp.arange(t)[None, :, None]
+        source = jax.lax.cummax(jnp.where(kept, frame, 0), axis=1)         # frame 0 is kept
+        held = jnp.take_along_axis(latents, source[..., None], axis=1)
+        return jnp.where(kept[..., None], latents, held)
