@@ -18,7 +18,8 @@ trains on it like on any other source:
 Layout of a cache folder::
 
     manifest.json              settings, footage, grid, width, counts per split
-    <split>_latents.npy        (examples, T, N, D) float16
+    <split>_latents.npy        (examples, T, N, D) float16 (train, eval; a dense-video
+                               cache: train, select, test)
     <split>.jsonl              per example: family, question, options, answer, source
     footage_<i>.npy            (frames, N, D) float16: every frame of clip i (sorted by name)
 """
@@ -96,7 +97,7 @@ def _opened(folder: str, stamp: float) -> tuple[dict, dict[str, Split], Standard
     """Manifest, both splits, the standardisation and the rendered texts of a cache (once)."""
     del stamp  # part of the key: a rebuilt cache is read again
     info = manifest(folder)
-    splits = {s: load(folder, s) for s in ("train", "eval")}
+    splits = {s: load(folder, s) for s in info["splits"]}
     train = splits["train"].latents
     d = train.shape[-1]
     total, square, count = np.zeros(d), np.zeros(d), 0
@@ -185,9 +186,17 @@ def check_config(config: Any) -> dict:
 
 
 def make_source(config: Any, split: str, num_examples: int) -> Any:
-    check_config(config)
-    cap = None if split == "train" else num_examples
-    return LatentCacheSource(config.data.root, split, cap)
+    """``split`` train, or eval: the cache's ``data.latents.eval_split`` (a dense-video
+    cache holds ``select`` and ``test``)."""
+    info = check_config(config)
+    if split == "train":
+        return LatentCacheSource(config.data.root, "train")
+    name = config.data.latents.eval_split
+    if name not in info["splits"] or name == "train":
+        raise ValueError(f"config.data.latents.eval_split: {name!r} is not an evaluation split"
+                         f" of the latent cache {config.data.root} (it has"
+                         f" {sorted(set(info['splits']) - {'train'})})")
+    return LatentCacheSource(config.data.root, name, num_examples)
 
 
 def train_transform(config: Any) -> grain.transforms.RandomMap | None:

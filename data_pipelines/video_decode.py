@@ -45,6 +45,7 @@ DECODE_ERRORS: tuple[str, ...] = (
 # PyAV cannot decode as text.
 _MEDIA_ERRORS = (av.error.FFmpegError, UnicodeDecodeError)
 
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
 SAMPLING_MODES = ("uniform", "fps", "dense", "linspace")
 RESIZE_MODES = ("crop", "pad", "stretch")
 
@@ -187,6 +188,56 @@ def iter_frames(data: bytes, image_size: int, resize: str = "crop",
                                f" frames ({e})") from None
     if not yielded:
         raise VideoDecodeError("no_frames", "no frame could be decoded")
+
+
+def decode_timed(data: bytes, image_size: int, resize: str = "crop",
+                 max_frames: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Every frame (up to ``max_frames``; 0: all) with its presentation time in seconds:
+    ``frames (F, S, S, 3) uint8``, ``times (F,)`` float64 from the first frame.
+
+    Times come from each frame's timestamp, so a variable-frame-rate file keeps its real
+    timing; a frame without one is placed one nominal frame interval after the last.
+    """
+    if not data:
+        raise VideoDecodeError("empty_file", "the file has 0 bytes")
+    container, stream = _open(data)
+    step = 1.0 / float(stream.average_rate or 25)
+    frames, times = [], []
+    try:
+        with container:
+            for frame in container.decode(stream):
+                t = frame.time if frame.time is not None else (times[-1] + step if times
+                                                               else 0.0)
+                frames.append(resize_frame(frame, image_size, resize))
+                times.append(float(t))
+                if max_frames and len(frames) >= max_frames:
+                    break
+    except _MEDIA_ERRORS as e:
+        raise VideoDecodeError("corrupt_video", f"decoding failed after {len(frames)}"
+                               f" frames ({e})") from None
+    if not frames:
+        raise VideoDecodeError("no_frames", "no frame could be decoded")
+    times = np.asarray(times) - times[0]
+    order = np.argsort(times, kind="stable")  # decode order is presentation order, mostly
+    return np.stack(frames)[order], times[order]
+
+
+def effective_fps(times: np.ndarray) -> float:
+    """Frames per second over a clip's timestamps (0 for a single frame)."""
+    span = float(times[-1] - times[0]) if len(times) > 1 else 0.0
+    return (len(times) - 1) / span if span > 0 else 0.0
+
+
+def resample_by_time(times: np.ndarray, fps: float) -> np.ndarray:
+    """Indices of the frames nearest to ``0, 1/fps, 2/fps, ...`` over the clip's span:
+    a constant-rate view of a file whose frames come at irregular times."""
+    if fps <= 0:
+        raise ValueError(f"resample_by_time: fps must be positive, got {fps}")
+    grid = np.arange(0.0, float(times[-1]) + 0.5 / fps, 1.0 / fps)
+    right = np.clip(np.searchsorted(times, grid), 1, len(times) - 1)
+    left = right - 1
+    return np.where(grid - times[left] <= times[right] - grid, left, right) if len(times) > 1 \
+        else np.zeros(len(grid), int)
 
 
 def _open(data: bytes) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:

@@ -96,6 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
         # A frozen encoder's latent cache (data.name latent_cache, data.root its folder).
         latents=dict(
             redraw=True,             # temporal training examples drawn afresh per read
+            eval_split="eval",       # the split evaluated (a dense-video cache: select | test)
         ),
     ))
 

@@ -2,17 +2,21 @@
 
 Studies (``frejax.studies``) and benchmarks (``frejax.benchmarks``) write a JSON and a
 Markdown report with the command that made them; this module is the one place that
-sets up matplotlib for files and asks git which code produced a figure.
+sets up matplotlib for files, asks git which code produced a figure, and gives the
+95% interval every report uses.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from typing import Any
+
+import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -71,3 +75,15 @@ def save_figure(fig: Any, path: str, dpi: int = 100) -> str:
 
     plt.close(fig)
     return path
+
+
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+        9: 2.262}  # two-sided 95% Student t by degrees of freedom
+
+
+def interval(values) -> tuple[float, float]:
+    """Mean and the half-width of its two-sided 95% Student-t interval (0 for one value)."""
+    x = np.asarray(list(values), float)
+    if len(x) < 2:
+        return float(x.mean()), 0.0
+    return float(x.mean()), float(_T95.get(len(x) - 1, 1.96) * x.std(ddof=1) / math.sqrt(len(x)))

@@ -15,11 +15,11 @@ import jax
 import numpy as np
 from flax import nnx
 
-from data_pipelines import package_assets
+from data_pipelines import package_assets, video_decode
 from frejax.models.convert import dinov2_onnx, hf_import
 from frejax.models.vit import patchify
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
+VIDEO_EXTENSIONS = video_decode.VIDEO_EXTENSIONS
 
 
 def find_videos(spec: str) -> list[str]:
@@ -74,6 +74,16 @@ class Encoder:
         graphdef, state = nnx.split(model)
         fn = jax.jit(lambda s, x: nnx.merge(graphdef, s).encode_images(x))
         self._encode = lambda x: np.asarray(fn(state, x))
+        self._flops = lambda: fn.lower(state, np.zeros((1, self.image_size, self.image_size, 3),
+                                                       np.uint8)).compile().cost_analysis()
+
+    def flops_per_frame(self) -> float:
+        """XLA's FLOP count of encoding one frame (0 for ``pixels``)."""
+        if self.spec == "pixels":
+            return 0.0
+        cost = self._flops()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        return float(cost.get("flops", float("nan")))
 
     def __call__(self, frames: np.ndarray, batch: int = 16) -> np.ndarray:
         if self.spec == "pixels":

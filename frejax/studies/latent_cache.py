@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from data_pipelines import dense_video_qa as dense
 from data_pipelines import natural_video_qa as qa
-from frejax.nn.grid import bilinear_matrix
+from frejax.nn.grid import adaptive_pool_matrix, bilinear_matrix
 
 _VERSION = 2  # bump when the way latents are computed or stored changes
 
@@ -63,16 +64,21 @@ def cache_key(spec: CacheSpec, footage: list[str], encoder_id: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
-def pool_latents(latents: np.ndarray, grid: tuple[int, int], pool: int) -> np.ndarray:
-    """``(F, h*w, D)`` -> ``(F, ceil(h/pool) * ceil(w/pool), D)`` by bilinear resizing."""
+def pool_latents(latents: np.ndarray, grid: tuple[int, int], pool: int,
+                 mode: str = "bilinear") -> np.ndarray:
+    """``(F, h*w, D)`` -> ``(F, ceil(h/pool) * ceil(w/pool), D)``: ``bilinear`` resizing
+    (LLaVA-OneVision's video pooling) or ``area`` averaging (every latent counts; bilinear
+    resizing by 4 or more skips rows and columns)."""
     if pool == 1:
         return latents
-
+    if mode not in ("bilinear", "area"):
+        raise ValueError(f"pool_latents: mode must be bilinear or area, got {mode!r}")
+    matrix = bilinear_matrix if mode == "bilinear" else adaptive_pool_matrix
     h, w = grid
     h2, w2 = -(-h // pool), -(-w // pool)
     x = latents.reshape(latents.shape[0], h, w, -1).astype(np.float32)
-    x = np.einsum("ph,fhwd->fpwd", bilinear_matrix(h, h2), x)
-    x = np.einsum("qw,fpwd->fpqd", bilinear_matrix(w, w2), x)
+    x = np.einsum("ph,fhwd->fpwd", matrix(h, h2), x)
+    x = np.einsum("qw,fpwd->fpqd", matrix(w, w2), x)
     return x.reshape(latents.shape[0], h2 * w2, -1)
 
 
@@ -155,6 +161,107 @@ def build(footage: list[str], root: str, encoder: Any, spec: CacheSpec = CacheSp
                     footage={os.path.basename(p): n for p, n in zip(footage, lengths)},
                     grid=list(pooled_grid(grid, spec.pool)), width=int(source_latents[0].shape[-1]),
                     splits=counts)
+    with open(os.path.join(folder, "manifest.tmp.json"), "w") as f:
+        json.dump(manifest, f, indent=2)
+    os.replace(os.path.join(folder, "manifest.tmp.json"), os.path.join(folder, "manifest.json"))
+    return folder
+
+
+# ----------------------------------------------------------------------------- dense video
+
+
+@dataclasses.dataclass(frozen=True)
+class DenseSpec:
+    """What a dense-video cache holds (``data_pipelines.dense_video_qa``); every field
+    enters its key."""
+
+    frames: int = 128
+    size: int = 112
+    pool: int = 4
+    pooling: str = "area"
+    probe_side: int = 0        # pixels; 0: size // 4
+    min_fps: float = 15.0
+    camera_clips: int = 2
+    camera_frames: int = 256
+    select_fraction: float = 0.2
+    train_per_family: int = 200
+    select_per_family: int = 50
+    test_per_family: int = 100
+    seed: int = 0
+    families: tuple[str, ...] = dense.FAMILIES
+
+
+def build_dense(sources: "dense.Sources", root: str, encoder: Any, spec: DenseSpec = DenseSpec(),
+                log=print, progress=None) -> str:
+    """Encodes the dense-video benchmark into ``<root>/<key>`` (once); returns the folder.
+
+    Every frame of every clip is encoded once; an example's window is a slice of its
+    clip's latents, and only the frames its squares touch are rendered and encoded
+    again. Splits are ``train``, ``select`` and ``test`` (``<split>_latents.npy`` of
+    ``(examples, frames, tokens, width)`` float16), each written whole or not at all,
+    so an interrupted build goes on from the first unfinished split.
+    """
+    stamps = [_file_stamp(p) for group in dataclasses.astuple(sources) for p in group]
+    key = hashlib.sha1(json.dumps(dict(version=_VERSION, kind="dense",
+                                       spec=dataclasses.asdict(spec), encoder=encoder.id,
+                                       sources=stamps), sort_keys=True).encode()).hexdigest()[:16]
+    folder = os.path.join(root, key)
+    if os.path.isfile(os.path.join(folder, "manifest.json")):
+        return folder
+    os.makedirs(folder, exist_ok=True)
+    grid, side = tuple(encoder.grid), spec.probe_side or spec.size // 4
+    clips, skipped = dense.load_clips(
+        sources, size=spec.size, frames=spec.frames, min_fps=spec.min_fps,
+        camera_clips=spec.camera_clips, camera_frames=spec.camera_frames,
+        select_fraction=spec.select_fraction, seed=spec.seed, log=log)
+    counts = dict(train=spec.train_per_family, select=spec.select_per_family,
+                  test=spec.test_per_family)
+    planned = dense.plan_splits(clips, counts, frames=spec.frames, size=spec.size, side=side,
+                                seed=spec.seed, families=spec.families)
+
+    def encode(frames: np.ndarray) -> np.ndarray:
+        return pool_latents(encoder(frames), grid, spec.pool, spec.pooling).astype(np.float16)
+
+    width = 0
+    for split in dense.SPLITS:
+        path = os.path.join(folder, f"{split}_latents.npy")
+        examples = planned[split]
+        if not os.path.isfile(path):
+            clip_latents = [encode(c.frames) for c in clips[split]]
+            width = clip_latents[0].shape[-1]
+            tmp = os.path.join(folder, f"{split}_latents.tmp.npy")
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(
+                len(examples), spec.frames) + clip_latents[0].shape[1:])
+            touched = 0
+            for i, ex in enumerate(examples):
+                out[i] = clip_latents[ex.clip][ex.start:ex.start + spec.frames]
+                frames = ex.frames_touched()
+                if frames:
+                    window = dense.render(ex, clips[split][ex.clip].frames, spec.frames)
+                    out[i, list(frames)] = encode(window[list(frames)])
+                    touched += len(frames)
+                if progress is not None:
+                    progress(split, i + 1, len(examples))
+            out.flush()
+            del out
+            with open(os.path.join(folder, f"{split}.jsonl"), "w") as f:
+                for ex in examples:
+                    text, options = dense.question(ex)
+                    f.write(json.dumps(dict(ex.to_json(), question=text, options=options,
+                                            source=clips[split][ex.clip].source,
+                                            clip=clips[split][ex.clip].name)) + "\n")
+            os.replace(tmp, path)
+            log(f"latent_cache: {split}: {len(examples)} examples from {len(clips[split])} clips,"
+                f" {sum(len(c.frames) for c in clips[split])} clip frames and {touched} probe"
+                " frames encoded")
+        width = width or int(np.load(path, mmap_mode="r").shape[-1])
+    sources_table = dense.source_table(clips)
+    manifest = dict(
+        kind="dense", spec=dict(dataclasses.asdict(spec), probe_side=side), encoder=encoder.id,
+        grid=list(pooled_grid(grid, spec.pool)), width=int(width), sources=sources_table,
+        skipped=skipped, clips=[],
+        splits={s: dict(examples=len(planned[s]),
+                        videos=sorted({c.source for c in clips[s]})) for s in dense.SPLITS})
     with open(os.path.join(folder, "manifest.tmp.json"), "w") as f:
         json.dump(manifest, f, indent=2)
     os.replace(os.path.join(folder, "manifest.tmp.json"), os.path.join(folder, "manifest.json"))

@@ -132,9 +132,10 @@ def build_cache(config, sizes: dict, footage: str = "", encoder: str = "dinov2_s
 
 
 def run_config(base, method: Method | None, ratio: float, seed: int, *, steps: int,
-               adapt: bool, ceiling: str = "", eval_every: int = 0):
+               adapt: bool, ceiling: str = "", eval_every: int = 0, eval_split: str = ""):
     """The base config set for one run (``method`` None: full tokens); ``ceiling``: the
-    workdir whose projector and LLM the run starts from."""
+    workdir whose projector and LLM the run starts from; ``eval_split``: the cache split
+    evaluated ("" keeps the base config's)."""
     c = base.copy_and_resolve_references()
     c.seed = int(seed)
     if method is None:
@@ -144,6 +145,8 @@ def run_config(base, method: Method | None, ratio: float, seed: int, *, steps: i
         if method.options:
             c.compressor[compression.get(method.name).section].update(method.options)
     c.train.update(num_steps=int(steps), eval_every=int(eval_every))
+    if eval_split:
+        c.data.latents.eval_split = eval_split
     if ceiling:
         c.init.update(checkpoint=ceiling, groups=CEILING_GROUPS)
     if adapt:
@@ -267,23 +270,40 @@ class Protocol:
                          eval_every=max(1, steps // 6))
         return self._train(run_id, cfg)
 
-    def compressed(self, method: Method | None, ratio: float, seed: int, adapt: bool) -> dict:
-        """Training-free (``adapt`` False) or adapted run of ``method`` (None: full tokens)."""
+    def compressed(self, method: Method | None, ratio: float, seed: int, adapt: bool = False,
+                   *, kind: str = "", eval_split: str = "") -> dict:
+        """One run of ``method`` (None: full tokens) at ``ratio`` on ``seed``'s data.
+
+        ``kind``: ``free`` (the ceiling's weights, no training; where the method has no
+        parameters at that budget), ``adapted`` (from the ceiling, the same short
+        adaptation for every method) or ``scratch`` (the ceiling's own recipe at the
+        method's budget, from scratch); default from ``adapt``. ``eval_split``: the
+        cache split evaluated (a selection run evaluates ``select``); it names the run.
+        """
+        kind = kind or ("adapted" if adapt else "free")
+        if kind not in ("free", "adapted", "scratch"):
+            raise ValueError(f"run kind must be free, adapted or scratch, got {kind!r}")
         label = "full" if method is None else method.label
-        kind = "adapted" if adapt else "free"
-        run_id = f"{kind}/{label}@{ratio:g}x/seed{seed}"
+        prefix = f"{eval_split}:" if eval_split else ""
+        run_id = f"{prefix}{kind}/{label}@{ratio:g}x/seed{seed}"
         done = self._done(run_id)
         if done:
             return done
-        self.ceiling(seed)
-        steps = self.scale["adapt_steps"] if adapt else 0
+        steps = dict(free=0, adapted=self.scale["adapt_steps"],
+                     scratch=self.config.train.num_steps)[kind]
+        ceiling = ""
+        if kind != "scratch":
+            self.ceiling(seed)
+            ceiling = self.run_dir(f"ceiling/seed{seed}")
         try:
-            cfg = run_config(self.config, method, ratio, seed, steps=steps, adapt=adapt,
-                             ceiling=self.run_dir(f"ceiling/seed{seed}"))
+            cfg = run_config(self.config, method, ratio, seed, steps=steps,
+                             adapt=kind == "adapted", ceiling=ceiling, eval_split=eval_split,
+                             eval_every=max(1, steps // 6) if kind == "scratch" else 0)
             setup = Run(cfg).setup  # abstract: is the method buildable at this budget?
         except ValueError as e:  # not buildable at this budget: say so in the report
             return self._write(run_id, dict(run=run_id, unavailable=str(e)))
-        if not adapt and jax.tree.leaves(setup.abstract_state["params"].get("compressor", {})):
+        if kind == "free" and jax.tree.leaves(setup.abstract_state["params"].get("compressor",
+                                                                                {})):
             return self._write(run_id, dict(
                 run=run_id, unavailable="has parameters at this budget: no training-free run"))
         return self._train(run_id, cfg)

@@ -15,6 +15,7 @@ import os
 import numpy as np
 
 from frejax import compression, reporting
+from frejax.reporting import interval
 
 FAMILY_GROUPS = {
     "temporal (real motion)": ("direction", "speed", "freeze", "order"),
@@ -24,8 +25,6 @@ FAMILY_GROUPS = {
 CHANCE = dict(direction=1 / 2, speed=1 / 3, freeze=1 / 3, order=1 / 2, static_detail=1 / 4,
               brief_event=1 / 3, counting=1 / 3, object_motion=1 / 2)
 HEADLINE_RATIO = 10.0
-_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
-        9: 2.262}  # two-sided 95% Student t by degrees of freedom
 
 
 def group_chance(families) -> float:
@@ -34,14 +33,6 @@ def group_chance(families) -> float:
 
 def compression_family(name: str) -> str:
     return "fre_res" if compression.get(name).section == "fre_res" else "baseline"
-
-
-def interval(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of its two-sided 95% Student-t interval (0 for one value)."""
-    x = np.asarray(values, float)
-    if len(x) < 2:
-        return float(x.mean()), 0.0
-    return float(x.mean()), float(_T95.get(len(x) - 1, 1.96) * x.std(ddof=1) / math.sqrt(len(x)))
 
 
 def summarize(records: list[dict], families: tuple[str, ...]) -> dict:
