@@ -231,6 +231,13 @@ def test_a_study_slice_runs_every_part_through_the_loop_and_resumes(tmp_path, mo
     out = str(tmp_path / "report" / "dense")
     args = dict(scale="smoke", config=config, sources=_sources(tmp_path),
                 workdir=str(tmp_path / "w"), encoder="pixels")
+    # Learnable first: a ceiling below the bar stops the study after seed 0's ceiling.
+    monkeypatch.setattr(dense_video_report, "LEARNED", 1.01)
+    dense_video.run(out, "headline", **args)
+    assert [r for r in os.listdir(out + "_runs")] == ["ceiling__seed0.json"]
+    assert "no retention figure is reported" in open(out + ".md").read()
+    # The bar met (for this slice: 2 steps learn nothing): the rest runs from that ceiling.
+    monkeypatch.setattr(dense_video_report, "LEARNED", 0.0)
     files = dense_video.run(out, "headline", **args)
     assert out + ".md" in files and out + ".json" in files
     with open(out + ".json") as f:

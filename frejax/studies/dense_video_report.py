@@ -77,7 +77,7 @@ def summarize(records: list[dict], meta: dict) -> dict:
                        s: dict(accuracy=r["accuracy"],
                                by_group={g: _group_acc(r, fs) for g, fs in groups.items()})
                        for s, r in zip(seeds, rs)})
-        both = [s for s in seeds if s in ceilings]
+        both = [s for s in seeds if s in ceilings and ceilings[s]["accuracy"] > 0]
         if learned and kind != "ceiling" and both:
             out["retained"] = interval(by_seed[s]["accuracy"] / ceilings[s]["accuracy"]
                                        for s in both)
