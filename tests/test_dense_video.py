@@ -13,6 +13,7 @@ from data_pipelines import dense_video_qa as dq
 from data_pipelines import latent_source, video_decode
 from data_pipelines.natural_video_qa import write_video
 from frejax import config_lib
+from frejax.benchmarks import dense_ttft
 from frejax.studies import dense_video, dense_video_report, frozen_encoder, latent_cache
 
 SIZE, T = 56, 32
@@ -254,3 +255,19 @@ def test_a_study_slice_runs_every_part_through_the_loop_and_resumes(tmp_path, mo
     assert {r: os.path.getmtime(os.path.join(out + "_runs", r)) for r in runs} == mtimes
     text = open(out + ".md").read()
     assert "Learnable first" in text and "fast.mp4" in text and "slow.mp4" in text
+
+
+def test_time_to_first_token_compares_every_frame_streamed_with_32_sparse_frames():
+    config = dense_video_config.get_config("smoke")
+    config.data.update(num_frames=T, image_size=SIZE)
+    config.model.vision.image_size = SIZE
+    result = dense_ttft.measure(config, frozen_encoder.Encoder("pixels", SIZE), seconds=3,
+                                fps=25, methods=["fre_res", "evs"], repeats=1,
+                                log=lambda *_: None)
+    assert result["chunks"] == 3 and result["frames"] == 75               # 75 frames, 32 each
+    dense_row, sparse = result["rows"]["dense/evs"], result["rows"]["sparse32"]
+    assert dense_row["frames_encoded"] == 75 and sparse["frames_encoded"] == 32
+    assert dense_row["visual_tokens"] == 3 * (T * 4 // 2)                 # 3 chunks at 2x
+    assert sparse["visual_tokens"] == 32 * 4 and sparse["ttft_vs_sparse32"] == 1.0
+    assert dense_row["ttft_s"] == pytest.approx(
+        dense_row["encoder_s"] + dense_row["compressor_s"] + dense_row["prefill_s"])

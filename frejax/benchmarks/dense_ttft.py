@@ -1,0 +1,208 @@
+r"""Time to first token for a one-minute 30 fps video: every frame streamed, or 32 sparse frames.
+
+    python -m frejax.benchmarks.dense_ttft --out=docs/dense_ttft
+
+The cost side of ``frejax.studies.dense_video``, side by side in one process on the
+study's model (``configs/dense_video.py``: frozen DINOv2-S/14 at 112 px, latents
+averaged to 2 x 2 per frame, the study's LLM):
+
+* ``dense/<method>``: all ``--seconds * --fps`` frames (1,800) through the encoder in
+  chunks of the model's 128-frame clip, each chunk compressed at the study's ratio as it
+  comes (``frejax.inference.streaming``'s order: a chunk's tokens, then the next), then
+  one prefill of every chunk's tokens and the question, which yields the first token;
+* ``sparse32``: 32 uniform frames at full per-frame tokens (LLaVA-OneVision's sampling),
+  the same encoder, no compressor, one prefill.
+
+Time to first token = encoder + compressor + prefill. Frames are random pixels held in
+memory: decoding is left out of both paths (a sparse reader seeks to 32 frames, a
+dense one decodes every frame; ``frejax.benchmarks.data_throughput`` measures decoding).
+Weights are random: the time of a forward does not depend on them. Each stage is the
+median of ``--repeats`` timed runs after one untimed run (compilation excluded).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from configs import dense_video as dense_video_config
+from data_pipelines import dense_video_qa as dense
+from data_pipelines import tokenizer as tokenizer_lib
+from frejax import cli, config_lib, reporting
+from frejax.compression import CompressedTokens
+from frejax.inference.engine import Engine
+from frejax.studies import dense_video, frozen_encoder, latent_cache
+from frejax.training.run import FIT, Run
+
+QUESTION = "How many times does the square flash?"
+
+
+def _median(fn, repeats: int) -> tuple[object, float]:
+    out = fn()  # untimed: compiles
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return out, float(np.median(times))
+
+
+def benchmark_tokenizer(config):
+    """The words of the dense-video questions and answers (the study's vocabulary)."""
+    words = {w for text, options in dense.QUESTIONS.values() for t in [text, *options]
+             for w in tokenizer_lib.split_words(t)} | set("abcd")
+    return tokenizer_lib.word_tokenizer_for(sorted(words), config.data.prompt_template)
+
+
+def _engine(config, frames: int, method: str, ratio: float) -> Engine:
+    c = config.copy_and_resolve_references()
+    c.data.update(num_frames=frames, root="(no cache: the benchmark's own words)")
+    c.compressor = config_lib.compressor_config(method, ratio=0.0 if method == "full" else ratio)
+    # One video at a time: the data axis of size 1 (as predict runs).
+    run = Run(c, devices=FIT, shape=(1, *c.mesh.shape[1:]), tokenizer=benchmark_tokenizer(c))
+    return Engine(run, run.init_params(), max_new_tokens=1)
+
+
+def _first_token(engine: Engine, visual: CompressedTokens, repeats: int) -> float:
+    """Seconds of both prefills (video, then the question), which give the first token."""
+    tok = engine.tokenizer
+    ids = [tok.bos_id] + tok.encode(tokenizer_lib.format_prompt(
+        QUESTION, template=engine.config.data.prompt_template))
+    p = ids.index(tok.video_id)
+    before, after = ids[:p], ids[p + 1:]
+    max_len = len(before) + engine.num_visual + len(after) + 2
+    prefix = jnp.asarray([before], jnp.int32)
+    rest = jnp.asarray([after], jnp.int32)
+    length = jnp.asarray([len(after)], jnp.int32)
+    _, seconds = _median(lambda: engine.call(engine.prefill, visual, prefix, rest, length,
+                                             max_len=max_len)[0], repeats)
+    return seconds
+
+
+def measure(config, encoder: frozen_encoder.Encoder, *, seconds: float, fps: float,
+            methods: list[str], repeats: int, log=print) -> dict:
+    chunk = config.data.num_frames
+    total = int(round(seconds * fps))
+    chunks = -(-total // chunk)
+    size, grid = config.data.image_size, tuple(config.model.vision.latent_grid)
+    pool = encoder.grid[0] // grid[0]
+    frames = np.random.default_rng(0).integers(0, 256, (total, size, size, 3), np.uint8)
+
+    def encode(x):
+        return latent_cache.pool_latents(encoder(x), encoder.grid, pool, "area")
+
+    # The encoder over every frame, and over 32 uniform ones.
+    dense_latents, dense_encoder = _median(lambda: encode(frames), repeats)
+    sparse_idx = ((np.arange(32) + 0.5) * total / 32).astype(int)
+    sparse_latents, sparse_encoder = _median(lambda: encode(frames[sparse_idx]), repeats)
+    log(f"dense_ttft: encoder {total} frames {dense_encoder:.2f} s, 32 frames"
+        f" {sparse_encoder:.3f} s")
+    config = config.copy_and_resolve_references()
+    config.model.vision.width = int(dense_latents.shape[-1])  # the encoder's latent width
+    padded = np.zeros((chunks * chunk,) + dense_latents.shape[1:], np.float32)
+    padded[:total] = dense_latents
+    mask = np.arange(chunks * chunk) < total
+    ratio = dense_video.ratio(config)
+    rows = {}
+    long_engine = None
+    for method in methods:
+        engine = _engine(config, chunk, method, ratio)
+
+        def compress_all():
+            outs = [engine.call(engine.compress, jnp.asarray(padded[None, k * chunk:(k + 1) * chunk]),
+                                jnp.asarray(mask[None, k * chunk:(k + 1) * chunk]))[0]
+                    for k in range(chunks)]
+            return CompressedTokens(jnp.concatenate([o.tokens for o in outs], axis=1),
+                                    jnp.concatenate([o.mask for o in outs], axis=1))
+
+        visual, compress_s = _median(compress_all, repeats)
+        if long_engine is None or long_engine.num_visual != visual.tokens.shape[1]:
+            # The LLM over every chunk's tokens: the model built for chunks * chunk frames.
+            long_engine = _engine(config, chunks * chunk, method, ratio)
+            if long_engine.num_visual != visual.tokens.shape[1]:
+                raise RuntimeError(f"dense_ttft: {method}: {chunks} chunks give"
+                                   f" {visual.tokens.shape[1]} tokens, the long model takes"
+                                   f" {long_engine.num_visual}")
+            prefill_s = _first_token(long_engine, visual, repeats)
+        rows[f"dense/{method}"] = dict(
+            frames_encoded=total, visual_tokens=int(visual.tokens.shape[1]),
+            encoder_s=dense_encoder, compressor_s=compress_s, prefill_s=prefill_s,
+            ttft_s=dense_encoder + compress_s + prefill_s)
+        log(f"dense_ttft: {method}: compressor {compress_s:.3f} s, prefill {prefill_s:.3f} s")
+    engine = _engine(config, 32, "full", 0.0)
+    visual = CompressedTokens(jnp.asarray(sparse_latents.reshape(1, -1, sparse_latents.shape[-1])),
+                              jnp.ones((1, sparse_latents.shape[0] * sparse_latents.shape[1]),
+                                       bool))
+    # The full compressor is the identity: its projection happens in the prefill.
+    prefill_s = _first_token(engine, visual, repeats)
+    rows["sparse32"] = dict(frames_encoded=32, visual_tokens=int(visual.tokens.shape[1]),
+                            encoder_s=sparse_encoder, compressor_s=0.0, prefill_s=prefill_s,
+                            ttft_s=sparse_encoder + prefill_s)
+    base = rows["sparse32"]["ttft_s"]
+    for row in rows.values():
+        row["ttft_vs_sparse32"] = row["ttft_s"] / base
+    return dict(frames=total, chunk=chunk, chunks=chunks, ratio=ratio, rows=rows)
+
+
+def write(out: str, result: dict, meta: dict) -> list[str]:
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out + ".json", "w") as f:
+        json.dump(dict(meta=meta, **result), f, indent=1)
+    lines = [
+        f"# Time to first token: {meta['seconds']:g} s of {meta['fps']:g} fps video, dense or"
+        " sparse",
+        "",
+        f"Written by `{meta['command']}` on {meta['device']} (revision {meta['revision']})."
+        f" {result['frames']} frames of {meta['size']} px, in {result['chunks']} chunks of"
+        f" {result['chunk']}; dense methods at {result['ratio']:g}x; medians of"
+        f" {meta['repeats']} runs; decoding excluded.",
+        "",
+        "| path | frames encoded | visual tokens | encoder s | compressor s | prefill s |"
+        " time to first token s | vs sparse32 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in result["rows"].items():
+        lines.append(f"| {name} | {r['frames_encoded']} | {r['visual_tokens']} |"
+                     f" {r['encoder_s']:.3f} | {r['compressor_s']:.3f} | {r['prefill_s']:.3f} |"
+                     f" {r['ttft_s']:.3f} | {r['ttft_vs_sparse32']:.1f}x |")
+    with open(out + ".md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return [out + ".json", out + ".md"]
+
+
+def main(argv):
+    del argv
+    cli.quiet_libraries()
+    f = flags.FLAGS
+    config = dense_video_config.get_config()
+    encoder = frozen_encoder.Encoder(f.encoder, config.data.image_size)
+    result = measure(config, encoder, seconds=f.seconds, fps=f.fps, methods=f.methods,
+                     repeats=f.repeats)
+    flags_set = "".join(f" --{n}={f[n].value if n != 'methods' else ','.join(f.methods)}"
+                        for n in ("seconds", "fps", "methods", "repeats", "encoder")
+                        if not f[n].using_default_value)
+    meta = dict(command=f"python -m frejax.benchmarks.dense_ttft --out={f.out}{flags_set}",
+                seconds=f.seconds, fps=f.fps,
+                device=jax.devices()[0].device_kind, revision=reporting.git_rev(),
+                size=config.data.image_size, repeats=f.repeats, encoder=f.encoder,
+                cpu_count=os.cpu_count())
+    for path in write(f.out, result, meta):
+        print(path)
+
+
+if __name__ == "__main__":
+    flags.DEFINE_string("out", None, "report path without extension (docs/dense_ttft)")
+    flags.DEFINE_float("seconds", 60.0, "video length in seconds")
+    flags.DEFINE_float("fps", 30.0, "frame rate")
+    flags.DEFINE_list("methods", ["fre_res", "evs", "temporal_merge", "frame_budgets",
+                                  "temporal_dct", "fre_res_frames"], "dense methods")
+    flags.DEFINE_integer("repeats", 3, "timed runs per stage (median)")
+    flags.DEFINE_string("encoder", "dinov2_small", "frozen encoder (dinov2_small | pixels)")
+    flags.mark_flag_as_required("out")
+    cli.run(main, "frejax.benchmarks.dense_ttft")
