@@ -47,6 +47,18 @@ def test_frame_times_come_from_timestamps_in_a_variable_rate_file(tmp_path):
     np.testing.assert_array_equal(video_decode.resample_by_time(got, 2.0), [0, 3, 5, 6, 8])
 
 
+def test_the_model_free_analysis_samples_a_variable_rate_file_by_time(tmp_path):
+    from frejax.studies import analyze
+    times = [0.0, 0.05, 0.1, 0.5, 0.55, 1.0, 1.6, 1.65, 2.0]
+    _write_vfr(tmp_path / "vfr.mp4", times, size=28)
+    encoder = frozen_encoder.Encoder("pixels", 28)
+    every = analyze.load_clip(str(tmp_path / "vfr.mp4"), encoder, str(tmp_path), fps=0.0)
+    by_time = analyze.load_clip(str(tmp_path / "vfr.mp4"), encoder, str(tmp_path), fps=2.0)
+    assert len(every.latents) == 9 and every.fps == pytest.approx(4.0, rel=1e-2)
+    assert len(by_time.latents) == 5 and by_time.fps == pytest.approx(2.0, rel=1e-2)
+    np.testing.assert_array_equal(by_time.latents, every.latents[[0, 3, 5, 6, 8]])
+
+
 def _photo(path, seed):
     rng = np.random.default_rng(seed)
     image = rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)

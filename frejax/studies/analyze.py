@@ -6,7 +6,9 @@ r"""What each compressor keeps of real videos' latents, model-free: ``python -m 
 Without ``--videos`` the camera-recorded clips of ``data_pipelines.natural_footage``
 are fetched (once) and measured. For every video of ``--videos`` (folders and files,
 comma-separated), every frame is
-decoded at its native rate (short side resized to ``--image_size``, centre crop), the
+decoded with its timestamp (short side resized to ``--image_size``, centre crop) and
+kept at the file's own rate, or at ``--fps`` frames per second by time; the report
+gives each clip's effective rate. The
 clip is split into shots at hard cuts, and the frames are encoded once by
 ``--encoder`` (latents cached on disk). Windows of ``--frames`` frames taking every
 ``s``-th frame (``s`` in ``--strides``) are cut inside shots without overlap. Per
@@ -71,17 +73,23 @@ VARIANTS: dict[str, dict[str, Any]] = {
 @dataclasses.dataclass
 class Clip:
     name: str
-    latents: np.ndarray            # (F, N, D) float32, every frame
+    latents: np.ndarray            # (F, N, D) float32, every frame (at ``fps``)
     shots: list[tuple[int, int]]   # frame ranges between hard cuts
     grid: tuple[int, int]
+    fps: float = 0.0               # effective frame rate of ``latents``, from timestamps
 
 
-def load_clip(path: str, encoder: Encoder, cache_dir: str) -> Clip:
-    """Decodes, cuts into shots and encodes one video (latents cached under ``cache_dir``)."""
+def load_clip(path: str, encoder: Encoder, cache_dir: str, fps: float = 0.0) -> Clip:
+    """Decodes, cuts into shots and encodes one video (latents cached under ``cache_dir``).
+
+    Frames are placed by their timestamps: ``fps`` 0 keeps every decoded frame (the
+    file's own rate, measured from its timestamps), ``fps`` > 0 takes the frame nearest
+    each ``k / fps`` seconds, so a variable-frame-rate file is sampled by time.
+    """
     with open(path, "rb") as f:
         data = f.read()
-    frames = np.stack(list(video_decode.iter_frames(data, encoder.image_size)))
-    shots = info.detect_shots(info.frame_differences(frames))
+    frames, times = video_decode.decode_timed(data, encoder.image_size)
+    keep = video_decode.resample_by_time(times, fps) if fps else np.arange(len(frames))
     stat = os.stat(path)
     key = hashlib.sha1(f"{encoder.id}|{os.path.realpath(path)}|{stat.st_size}|"
                        f"{stat.st_mtime_ns}".encode()).hexdigest()
@@ -92,7 +100,9 @@ def load_clip(path: str, encoder: Encoder, cache_dir: str) -> Clip:
         latents = encoder(frames)
         np.save(cached + ".tmp.npy", latents)
         os.replace(cached + ".tmp.npy", cached)
-    return Clip(os.path.basename(path), latents, shots, tuple(encoder.grid))
+    shots = info.detect_shots(info.frame_differences(frames[keep]))
+    return Clip(os.path.basename(path), latents[keep], shots, tuple(encoder.grid),
+                video_decode.effective_fps(times[keep]))
 
 
 # ------------------------------------------------------------------------ measuring
@@ -170,7 +180,7 @@ def measure(clips: list[Clip], frames: int, strides: list[int], ratios: list[flo
 def run(videos: str = "", encoder: str = "dinov2_small", image_size: int = 224, frames: int = 32,
         strides: tuple[int, ...] = (1, 4, 16), ratios: tuple[float, ...] = (8, 10, 16),
         coeffs: int = 4, out: str = "workdirs/natural_video", cache: str = "",
-        command: str = "") -> list[str]:
+        command: str = "", fps: float = 0.0) -> list[str]:
     """The whole analysis; returns the paths written."""
     start = time.time()
     if frames < 2 or coeffs < 1 or coeffs > frames - 1:
@@ -184,7 +194,7 @@ def run(videos: str = "", encoder: str = "dinov2_small", image_size: int = 224, 
     enc = Encoder(encoder, image_size)
     cache = cache or package_assets.asset_dir("latents")
     os.makedirs(cache, exist_ok=True)
-    clips = [load_clip(p, enc, cache) for p in tqdm.tqdm(paths, desc="decode and encode",
+    clips = [load_clip(p, enc, cache, fps) for p in tqdm.tqdm(paths, desc="decode and encode",
                                                            unit="video")]
     measured = measure(clips, frames, list(strides), list(ratios), coeffs)
     if not any(e["windows"] for e in measured.values()):
@@ -194,7 +204,8 @@ def run(videos: str = "", encoder: str = "dinov2_small", image_size: int = 224, 
     meta = dict(command=command or "frejax.studies.analyze.run", encoder=encoder, image_size=image_size,
                 frames=frames, strides=list(strides), ratios=[f"{r:g}" for r in ratios],
                 coeffs=coeffs, videos=[c.name for c in clips],
-                shots={c.name: c.shots for c in clips}, tokens=int(clips[0].latents.shape[1]),
+                shots={c.name: c.shots for c in clips},
+                fps={c.name: round(c.fps, 2) for c in clips}, tokens=int(clips[0].latents.shape[1]),
                 embed=int(clips[0].latents.shape[2]), seconds=time.time() - start)
     return write_report(out, summary, measured, meta)
 
@@ -205,11 +216,11 @@ def main(argv):
     f = flags.FLAGS
     flagged = [f"--{name}={f[name].serialize().split('=', 1)[-1]}"
                for name in ("videos", "encoder", "image_size", "frames", "strides", "ratios",
-                            "coeffs", "out") if f[name].present]
+                            "coeffs", "out", "fps") if f[name].present]
     command = " ".join(["python -m frejax.studies.analyze"] + flagged)
     for path in run(f.videos, f.encoder, f.image_size, f.frames,
                     tuple(int(s) for s in f.strides), tuple(float(r) for r in f.ratios),
-                    f.coeffs, f.out, f.cache, command):
+                    f.coeffs, f.out, f.cache, command, f.fps):
         print(path)
 
 
@@ -225,4 +236,5 @@ if __name__ == "__main__":
     flags.DEFINE_string("out", "workdirs/natural_video", "report prefix (.md, .json, .png);"
                         " the committed report is --out=docs/natural_video")
     flags.DEFINE_string("cache", "", "latent cache folder (default $FREJAX_ASSETS/latents)")
+    flags.DEFINE_float("fps", 0.0, "frames per second by timestamp (0: every decoded frame)")
     cli.run(main, "frejax.studies.analyze")

@@ -104,7 +104,10 @@ def _markdown(summary: dict, meta: dict, plots: list[str]) -> str:
              f"Videos: {', '.join(meta['videos'])}; {meta['image_size']} px, T = {frames}"
              f" frames per window, N = {meta['tokens']} tokens of width {meta['embed']}."
              f" Shots (hard cuts split a clip): "
-             + "; ".join(f"{n} {len(s)}" for n, s in meta["shots"].items()) + ".", ""]
+             + "; ".join(f"{n} {len(s)}" for n, s in meta["shots"].items()) + "."
+             + (" Effective frame rates from timestamps: "
+                + "; ".join(f"{n} {r:g} fps" for n, r in meta["fps"].items()) + "."
+                if meta.get("fps") else ""), ""]
     lines += _findings(summary, meta, strides)
     lines += ["## Residual energy in the lowest temporal frequencies", "",
               f"Share of residual energy in the lowest {k} of {frames - 1} temporal DCT"
