@@ -4,7 +4,10 @@
 
 Sampling modes (``FrameSampling.mode``):
 
-  uniform  N frames spread evenly over the whole clip (centres of N equal bins).
+  uniform  N frames spread evenly over the whole clip's time (the frame showing at the
+           centre of each of N equal time bins, from the stream's timestamps: a
+           variable-frame-rate file is sampled by time; by frame index where a
+           container has no timestamps).
   fps      frames at a fixed rate (``fps`` per second) from the start, up to N.
   dense    N consecutive frames: a window of a long video; its start comes from
            ``window_seed`` (a per-example seed, train) or is centred (None, eval).
@@ -142,10 +145,14 @@ def decode_video(data: bytes, sampling: FrameSampling, window_seed: int | None =
     if sampling.mode == "fps":
         picked = _decode_at_fps(data, sampling)
     else:
-        count = _count_frames(data)
+        times = _packet_times(data)
+        count = len(times)
         if count == 0:
             raise VideoDecodeError("no_frames", "the video stream holds no frames")
-        wanted = sample_indices(count, sampling.num_frames, sampling.mode, window_seed)
+        if sampling.mode == "uniform" and times_known(times):
+            wanted = uniform_by_time(times, sampling.num_frames)
+        else:
+            wanted = sample_indices(count, sampling.num_frames, sampling.mode, window_seed)
         picked, decoded = _decode_indices(data, wanted, sampling, cut_short)
         if len(picked) < len(wanted) and decoded:
             # Fewer frames decode than packets were demuxed (a cut-off stream, packets
@@ -294,12 +301,40 @@ def check_complete(data: bytes, where: str, min_fraction: float) -> float:
 
 def _count_frames(data: bytes) -> int:
     """Frames in the first video stream, by demuxing (no decoding; WebM/MKV lack a count)."""
+    return len(_packet_times(data))
+
+
+def _packet_times(data: bytes) -> np.ndarray:
+    """Presentation times (seconds, ascending) of the first video stream's frames, by
+    demuxing; NaN where a packet has no timestamp."""
     container, stream = _open(data)
+    base = float(stream.time_base) if stream.time_base else float("nan")
     try:
         with container:
-            return sum(1 for packet in container.demux(stream) if packet.size)
+            pts = [p.pts for p in container.demux(stream) if p.size]
     except _MEDIA_ERRORS as e:
         raise VideoDecodeError("corrupt_video", f"demuxing failed ({e})") from None
+    times = np.array([np.nan if t is None else t * base for t in pts], np.float64)
+    return np.sort(times) if times_known(times) else times
+
+
+def times_known(times: np.ndarray) -> bool:
+    """Every frame has a distinct timestamp (else sampling falls back to frame indices)."""
+    return len(times) > 1 and bool(np.isfinite(times).all()) and len(np.unique(times)) == len(times)
+
+
+def uniform_by_time(times: np.ndarray, num_frames: int) -> np.ndarray:
+    """``uniform`` sampling by time: the frame showing at the centre of each of
+    ``num_frames`` equal time bins over the clip (its last frame lasting the median frame
+    interval). For a constant frame rate these are the indices ``sample_indices`` gives;
+    a variable-frame-rate file is sampled evenly in time, not in frame count."""
+    if len(times) <= num_frames:
+        return np.arange(len(times))
+    start = times[0]
+    end = times[-1] + float(np.median(np.diff(times)))
+    centres = start + (np.arange(num_frames) + 0.5) * (end - start) / num_frames
+    # Rounding guard: a centre that falls on a frame's start shows that frame.
+    return np.clip(np.searchsorted(times, centres + 1e-9, side="right") - 1, 0, len(times) - 1)
 
 
 def _decode_indices(data: bytes, wanted: np.ndarray, sampling: FrameSampling,

@@ -47,6 +47,20 @@ def test_frame_times_come_from_timestamps_in_a_variable_rate_file(tmp_path):
     np.testing.assert_array_equal(video_decode.resample_by_time(got, 2.0), [0, 3, 5, 6, 8])
 
 
+def test_uniform_sampling_of_a_variable_rate_file_is_even_in_time(tmp_path):
+    times = [0.0, 0.05, 0.1, 0.5, 0.55, 1.0, 1.6, 1.65, 2.0]
+    _write_vfr(tmp_path / "vfr.mp4", times)
+    data = (tmp_path / "vfr.mp4").read_bytes()
+    frames, mask = video_decode.decode_video(data, video_decode.FrameSampling(4, 16))
+    # Bins of 0.55 s over [0, 2.2): the frames showing at 0.275, 0.825, 1.375, 1.925 s
+    # (by frame count it would be frames 1, 3, 5, 7).
+    assert mask.all()
+    np.testing.assert_array_equal(frames[:, 0, 0, 0] // 20, [2, 4, 5, 7])
+    # A constant rate: the same frames as sampling by index.
+    idx = video_decode.uniform_by_time(np.arange(50) / 25.0, 16)
+    np.testing.assert_array_equal(idx, video_decode.sample_indices(50, 16, "uniform"))
+
+
 def test_the_model_free_analysis_samples_a_variable_rate_file_by_time(tmp_path):
     from frejax.studies import analyze
     times = [0.0, 0.05, 0.1, 0.5, 0.55, 1.0, 1.6, 1.65, 2.0]
