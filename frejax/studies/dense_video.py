@@ -31,8 +31,10 @@ every frame), with runs of ``python -m frejax.main``'s loop on cached latents:
    differences against uniform frames and the best baseline with 95% intervals, the
    goals, and the cost per method (visual tokens, prefill, compressor and encoder FLOPs).
 
-Runs are seed-major (seed 0's ceiling, the selection, every method of seed 0, then the
-next seed), and stop at a ceiling that misses a family group. Each run trains in its own
+Runs are seed-major (seed 0's ceiling, the selection, every method of seed 0 training-free
+and adapted, then trained from scratch; then the next seed), and stop at a ceiling that
+misses a family group. ``fre_res:selected`` is run when the selection chose other than
+the default (else ``fre_res`` is the selected one). Each run trains in its own
 workdir under
 ``--workdir``, one JSON per finished run under ``<out>_runs/``; a rerun reads finished
 runs back, so the report resumes. It is rewritten after every run.
@@ -78,16 +80,19 @@ PARTS = ("cache", "ceiling", "select", "headline")
 
 
 def methods(selected: dict | None) -> list[Method]:
-    """Every compared method (``selected``: the chosen Fre-Res options)."""
-    out = [Method(REFERENCE, REFERENCE), Method("fre_res", "fre_res")]
-    if selected is not None:
+    """Every compared method, most needed first: uniform frames, Fre-Res as selected (when
+    the selection chose other than the default) and as default, the baselines, then
+    ``fre_res_frames`` and the ablations."""
+    out = [Method(REFERENCE, REFERENCE)]
+    if selected:
         out.append(Method("fre_res:selected", "fre_res", selected))
-    out += [Method("fre_res_frames", "fre_res_frames"),
-            Method("fre_res:paper", "fre_res", PAPER),
-            Method("fre_res:no_absorber", "fre_res", dict(absorber=dict(enabled=False))),
-            Method("anchors_only", "anchors_only"),
-            Method("temporal_dct_only", "temporal_dct_only")]
-    return out + [Method(b, b) for b in BASELINES]
+    out.append(Method("fre_res", "fre_res"))
+    out += [Method(b, b) for b in BASELINES]
+    return out + [Method("fre_res_frames", "fre_res_frames"),
+                  Method("fre_res:paper", "fre_res", PAPER),
+                  Method("fre_res:no_absorber", "fre_res", dict(absorber=dict(enabled=False))),
+                  Method("anchors_only", "anchors_only"),
+                  Method("temporal_dct_only", "temporal_dct_only")]
 
 
 def ratio(config) -> float:
@@ -169,11 +174,13 @@ class Study:
                 return
             if selected is None:
                 selected = self.select()
+            # The cheap kinds of every method first, then the long scratch runs.
             for m in methods(selected):
                 self.p.compressed(m, self.r, s, kind="free")
                 self.p.compressed(m, self.r, s, kind="adapted")
-                self.p.compressed(m, self.r, s, kind="scratch")
             self.p.compressed(None, self.r, s, kind="adapted")  # the full-token control
+            for m in methods(selected):
+                self.p.compressed(m, self.r, s, kind="scratch")
 
 
 def run(out: str, part: str = "headline", scale: str = "cpu", config=None,
