@@ -84,3 +84,25 @@ def test_the_check_finds_a_stale_module_and_flag():
     assert importlib.util.find_spec("frejax.predict") is None  # moved to frejax.inference
     assert "question" in _module_flags("frejax.inference.predict")
     assert "nonsense" not in _module_flags("frejax.inference.predict")
+
+
+def _run_help(module: str) -> tuple[str, int, str]:
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    return module, proc.returncode, (proc.stderr or proc.stdout)[-400:]
+
+
+def test_every_documented_module_runs_as_a_command():
+    """``python -m <module> --help`` exits 0 for every documented module: it imports on a
+    fresh interpreter and its flags are defined without clashes (two at a time)."""
+    import concurrent.futures
+    modules = sorted({argv[0] for _, argv in COMMANDS} - {"pytest", "venv", "pip"})
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(_run_help, modules))
+    # absl prints the help and exits 1, argparse exits 0; a module that fails to import
+    # or to define its flags prints a traceback instead of the usage.
+    failed = [f"{m} (exit {rc}): {tail}" for m, rc, tail in results
+              if "Traceback" in tail or rc not in (0, 1) or not re.search(r"(?i)usage|flags", tail)]
+    assert not failed, "\n".join(failed)
