@@ -255,6 +255,7 @@ def test_a_study_slice_runs_every_part_through_the_loop_and_resumes(tmp_path, mo
     config.data.update(num_frames=T, image_size=SIZE)
     config.model.vision.update(image_size=SIZE, width=3 * 14 * 14, heads=4)
     config.train.num_steps = 2
+    config.eval.num_examples = 2            # the study scores every example regardless
     out = str(tmp_path / "report" / "dense")
     args = dict(scale="smoke", config=config, sources=_sources(tmp_path),
                 workdir=str(tmp_path / "w"), encoder="pixels")
@@ -262,6 +263,8 @@ def test_a_study_slice_runs_every_part_through_the_loop_and_resumes(tmp_path, mo
     monkeypatch.setattr(dense_video_report, "LEARNED", 1.01)
     dense_video.run(out, "headline", **args)
     assert [r for r in os.listdir(out + "_runs")] == ["ceiling__seed0.json"]
+    with open(os.path.join(out + "_runs", "ceiling__seed0.json")) as f:
+        assert json.load(f)["num_examples"] == 5                  # 1 per family, all of them
     assert "no retention figure is reported" in open(out + ".md").read()
     # The bar met (for this slice: 2 steps learn nothing): the rest runs from that ceiling.
     monkeypatch.setattr(dense_video_report, "LEARNED", 0.0)

@@ -202,6 +202,10 @@ def run(out: str, part: str = "headline", scale: str = "cpu", config=None,
     config = config.copy_and_resolve_references()
     config.data.root = folder
     cache = latent_source.check_config(config)
+    # Score every example of the evaluated split: the loop caps evaluation at
+    # eval.num_examples, and a split's examples come family by family.
+    config.eval.num_examples = max(v["examples"] for s, v in cache["splits"].items()
+                                   if s != "train")
     config_lib.validate(config)
     protocol = Protocol(out, config, sizes, workdir)
     study = Study(protocol, sizes["seeds"])
