@@ -103,8 +103,12 @@ def ratio(config) -> float:
 
 
 def spec_for(config, sizes: dict, pool: int) -> latent_cache.DenseSpec:
+    # Squares the size of one visual token's cell: a quarter of a cell (probe_side=28 at
+    # 2 x 2 tokens) left the full-token model at chance on every family group.
+    cell = config.data.image_size // config.model.vision.latent_grid[0]
     return latent_cache.DenseSpec(
         frames=config.data.num_frames, size=config.data.image_size, pool=pool,
+        probe_side=cell,
         train_per_family=sizes["train_per_family"],
         select_per_family=sizes["select_per_family"],
         test_per_family=sizes["test_per_family"])
