@@ -103,8 +103,8 @@ def ratio(config) -> float:
 
 
 def spec_for(config, sizes: dict, pool: int) -> latent_cache.DenseSpec:
-    # Squares the size of one visual token's cell: a quarter of a cell (probe_side=28 at
-    # 2 x 2 tokens) left the full-token model at chance on every family group.
+    # Squares the size of one visual token's cell (as in the natural-video benchmark):
+    # the smallest detail a full-resolution token holds and a pooled one blurs.
     cell = config.data.image_size // config.model.vision.latent_grid[0]
     return latent_cache.DenseSpec(
         frames=config.data.num_frames, size=config.data.image_size, pool=pool,
