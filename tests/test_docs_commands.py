@@ -91,7 +91,7 @@ def _run_help(module: str) -> tuple[str, int, str]:
     import sys
     proc = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
-    return module, proc.returncode, (proc.stderr or proc.stdout)[-400:]
+    return module, proc.returncode, proc.stdout + proc.stderr
 
 
 def test_every_documented_module_runs_as_a_command():
@@ -103,6 +103,6 @@ def test_every_documented_module_runs_as_a_command():
         results = list(pool.map(_run_help, modules))
     # absl prints the help and exits 1, argparse exits 0; a module that fails to import
     # or to define its flags prints a traceback instead of the usage.
-    failed = [f"{m} (exit {rc}): {tail}" for m, rc, tail in results
-              if "Traceback" in tail or rc not in (0, 1) or not re.search(r"(?i)usage|flags", tail)]
+    failed = [f"{m} (exit {rc}): {out[-400:]}" for m, rc, out in results
+              if "Traceback" in out or rc not in (0, 1) or not re.search(r"(?i)usage|flags", out)]
     assert not failed, "\n".join(failed)
