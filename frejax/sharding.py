@@ -183,7 +183,11 @@ def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None)
 
 def check_mesh_shape(shape: Sequence[int]) -> list[int]:
     """Checks a ``(data, fsdp, tensor)`` shape's syntax; returns it as ints."""
-    shape = [int(s) for s in shape]
+    try:
+        shape = [int(s) for s in shape]
+    except (TypeError, ValueError):
+        raise ValueError(f"mesh.shape: expected {len(MESH_AXES)} integers for {MESH_AXES},"
+                         f" got {shape!r}") from None
     if len(shape) != len(MESH_AXES):
         raise ValueError(f"mesh.shape: expected {len(MESH_AXES)} entries for {MESH_AXES}, got {shape}")
     if shape.count(-1) > 1:
