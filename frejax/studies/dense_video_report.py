@@ -74,7 +74,7 @@ def summarize(records: list[dict], meta: dict) -> dict:
                    prefill_flops=r0["flops"]["prefill"], compressor_flops=r0["flops"]["compressor"],
                    encoder_flops=frames_encoded * encoder, frames_encoded=frames_encoded,
                    seconds=float(np.mean([r["seconds"] for r in rs])), per_seed={
-                       s: dict(accuracy=r["accuracy"],
+                       s: dict(accuracy=r["accuracy"], by_family=dict(r["accuracy_by_family"]),
                                by_group={g: _group_acc(r, fs) for g, fs in groups.items()})
                        for s, r in zip(seeds, rs)})
         both = [s for s in seeds if s in ceilings and ceilings[s]["accuracy"] > 0]
@@ -236,12 +236,18 @@ def _markdown(summary: dict, meta: dict, plots: list[str]) -> str:
     for s in meta["skipped"]:
         lines.append(f"| {s['source']} | skipped | | | | {s['reason']} |")
     lines += ["", "## Findings", "", *[f"- {x}" for x in findings(summary, meta)], ""]
+    fams = meta["families"]
+    ceiling = next((r for r in summary["rows"] if r["kind"] == "ceiling"), None)
     lines += ["## The ceiling per seed (test split)", "",
-              "| seed | " + " | ".join(groups) + " |", "|---|" + "---|" * len(groups),
+              "| seed | " + " | ".join(groups) + " | " + " | ".join(fams) + " |",
+              "|---|" + "---|" * (len(groups) + len(fams)),
               "| chance | " + " | ".join(f"{np.mean([chance(f) for f in meta['groups'][g]]):.3f}"
-                                          for g in groups) + " |"]
+                                          for g in groups) + " | "
+              + " | ".join(f"{chance(f):.3f}" for f in fams) + " |"]
     for seed, by in summary["gate"].items():
-        lines.append(f"| {seed} | " + " | ".join(f"{by[g]:.3f}" for g in groups) + " |")
+        fam = ceiling["per_seed"][seed]["by_family"] if ceiling else {}
+        lines.append(f"| {seed} | " + " | ".join(f"{by[g]:.3f}" for g in groups) + " | "
+                     + " | ".join(f"{fam[f]:.3f}" if f in fam else "-" for f in fams) + " |")
     if summary["selection"]:
         lines += ["", "## Selection (select split, seed 0, adapted)", "",
                   "| candidate | options | accuracy |", "|---|---|---|"]
@@ -294,10 +300,21 @@ def _plot(out: str, summary: dict, meta: dict) -> list[str]:
     if plt is None:
         return []
     kinds = [k for k in ("adapted", "scratch") if any(r["kind"] == k for r in summary["rows"])]
-    if not kinds:
-        return []
     groups = list(meta["groups"])
     ceiling = next((r for r in summary["rows"] if r["kind"] == "ceiling"), None)
+    if not kinds:
+        if ceiling is None:
+            return []
+        # Only the ceiling so far: its accuracy per family group against the bar.
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.bar(groups, [ceiling["by_group"][g][0] for g in groups],
+               yerr=[ceiling["by_group"][g][1] for g in groups], color="tab:gray")
+        ax.axhline(LEARNED, color="k", ls="--", label=f"the bar ({LEARNED:.2f})")
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("test accuracy")
+        ax.set_title(f"full-token ceiling, {ceiling['seeds']} seed(s)")
+        ax.legend()
+        return [reporting.save_figure(fig, out + "_groups.png", dpi=80)]
     fig, axes = plt.subplots(1, len(kinds), figsize=(7 * len(kinds), 5), squeeze=False)
     for ax, kind in zip(axes[0], kinds):
         rows = [r for r in summary["rows"] if r["kind"] == kind]
