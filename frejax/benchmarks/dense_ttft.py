@@ -29,7 +29,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from configs import dense_video as dense_video_config
 from data_pipelines import dense_video_qa as dense
