@@ -41,6 +41,18 @@ def kept_grid(sel: jax.Array, chosen: jax.Array, frames: int, tokens: int) -> ja
         chosen).reshape(-1, frames, tokens)
 
 
+def selected_tokens(latents: jax.Array, frame_mask: jax.Array, select) -> CompressedTokens:
+    """The tokens ``select(latents, frame_mask) -> (flat indices, validity)`` keeps, gathered
+    per example on its own shard; invalid slots are zeros."""
+    def fn(x, fm):
+        b, t, n, d = x.shape
+        sel, chosen = select(x, fm)
+        tokens = jnp.take_along_axis(x.reshape(b, t * n, d), sel[..., None], axis=1)
+        return jnp.where(chosen[..., None], tokens, 0.0), chosen
+
+    return CompressedTokens(*sharding.batch_local(fn)(latents, frame_mask))
+
+
 def novelty_scores(latents: jax.Array, frame_mask: jax.Array, threshold: float) -> jax.Array:
     """Per-token novelty from a running temporal merge at each spatial position.
 
@@ -286,13 +298,8 @@ class FrameBudgets(Compressor):
         return self.budget
 
     def compress(self, latents: jax.Array, frame_mask: jax.Array) -> CompressedTokens:
-        def fn(x, fm):
-            b, t, n, d = x.shape
-            sel, chosen = frame_token_selection(x, fm, self.budget, self.temperature)
-            tokens = jnp.take_along_axis(x.reshape(b, t * n, d), sel[..., None], axis=1)
-            return jnp.where(chosen[..., None], tokens, 0.0), chosen
-
-        return CompressedTokens(*sharding.batch_local(fn)(latents, frame_mask))
+        return selected_tokens(latents, frame_mask, lambda x, fm: frame_token_selection(
+            x, fm, self.budget, self.temperature))
 
     def reconstruct(self, latents: jax.Array) -> jax.Array:
         """Kept tokens exact; a dropped one takes the kept token at its position in the
@@ -360,13 +367,8 @@ class Evs(Compressor):
         return self.budget
 
     def compress(self, latents: jax.Array, frame_mask: jax.Array) -> CompressedTokens:
-        def fn(x, fm):
-            b, t, n, d = x.shape
-            sel, chosen = evs_selection(x, fm, self.budget)
-            tokens = jnp.take_along_axis(x.reshape(b, t * n, d), sel[..., None], axis=1)
-            return jnp.where(chosen[..., None], tokens, 0.0), chosen
-
-        return CompressedTokens(*sharding.batch_local(fn)(latents, frame_mask))
+        return selected_tokens(latents, frame_mask,
+                               lambda x, fm: evs_selection(x, fm, self.budget))
 
     def reconstruct(self, latents: jax.Array) -> jax.Array:
         """Kept tokens exact; a dropped token repeats the latest kept token at its
