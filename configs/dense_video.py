@@ -35,7 +35,7 @@ def get_config(arg=None):
     c.compressor = config_lib.compressor_config("full", ratio=0.0)
 
     c.optim.update(learning_rate=2e-3, warmup_steps=100, weight_decay=0.05, clip_norm=1.0)
-    c.train.update(batch_size=32, num_steps=1200, progress_bar=False)
+    c.train.update(batch_size=32, num_steps=1500, progress_bar=False)
     # Every held-out example is scored (the study raises this to its splits' sizes).
     c.eval.update(batch_size=100, max_new_tokens=2, num_examples=1000)
 

@@ -404,12 +404,18 @@ def source_table(clips: dict[str, list[Clip]]) -> dict[str, dict]:
 def plan_splits(clips: dict[str, list[Clip]], counts: dict[str, int], *, frames: int,
                 size: int, side: int, seed: int,
                 families: tuple[str, ...] = FAMILIES) -> dict[str, list[Example]]:
-    """Every split's examples (``counts``: examples per family per split), seeded."""
-    rng = np.random.default_rng(seed)
-    return {split: [ex for family in families
-                    for ex in plan([len(c.frames) for c in clips[split]], family,
-                                   counts[split], frames, size, side, rng)]
-            for split in SPLITS}
+    """Every split's examples (``counts``: examples per family per split), seeded.
+
+    Each split draws from its own stream, so growing the training split leaves the
+    ``select`` and ``test`` examples as they were.
+    """
+    out = {}
+    for index, split in enumerate(SPLITS):
+        rng = np.random.default_rng([seed, index])
+        out[split] = [ex for family in families
+                      for ex in plan([len(c.frames) for c in clips[split]], family,
+                                     counts[split], frames, size, side, rng)]
+    return out
 
 
 # ----------------------------------------------------------------------------- files

@@ -116,6 +116,12 @@ def test_splits_are_by_source_and_slow_footage_is_a_counted_skip(tmp_path):
     table = dq.source_table(clips)
     assert table["fast.mp4"]["fps"] == pytest.approx(25.0, rel=1e-2)
     assert table["p0.png"]["fps"] == dq.CAMERA_FPS and table["p0.png"]["frames"] == 48
+    # A larger training split leaves the examples settings are chosen and reported on.
+    small, large = (dq.plan_splits(clips, dict(train=n, select=2, test=2), frames=T, size=SIZE,
+                                   side=8, seed=0) for n in (1, 3))
+    assert len(large["train"]) == 3 * len(small["train"])
+    for split in ("select", "test"):
+        assert [e.to_json() for e in small[split]] == [e.to_json() for e in large[split]]
     with pytest.raises(ValueError, match="both training and test"):
         dq.load_clips(dq.Sources(videos=("a/x.mp4",), test_videos=("b/x.mp4",)), size=SIZE,
                       frames=T, min_fps=15, camera_clips=1, camera_frames=48,

@@ -107,7 +107,8 @@ def summarize(records: list[dict], meta: dict) -> dict:
                                         for g in groups} if ref and r is not ref else None)
     return dict(rows=rows, gate=gate, learned=learned, failing=failing,
                 selection=selection, unavailable=unavailable,
-                ceiling_curves={s: r.get("eval_curve", []) for s, r in sorted(ceilings.items())})
+                ceiling_curves={s: r.get("eval_curve", []) for s, r in sorted(ceilings.items())},
+                ceiling_fit={s: r.get("train_fit") for s, r in sorted(ceilings.items())})
 
 
 def _pm(x) -> str:
@@ -239,15 +240,19 @@ def _markdown(summary: dict, meta: dict, plots: list[str]) -> str:
     fams = meta["families"]
     ceiling = next((r for r in summary["rows"] if r["kind"] == "ceiling"), None)
     lines += ["## The ceiling per seed (test split)", "",
-              "| seed | " + " | ".join(groups) + " | " + " | ".join(fams) + " |",
-              "|---|" + "---|" * (len(groups) + len(fams)),
+              "Train fit: answer-token accuracy on the training batches of the last tenth of"
+              " training (near 1 with held-out accuracy far below it is memorising).", "",
+              "| seed | " + " | ".join(groups) + " | " + " | ".join(fams) + " | train fit |",
+              "|---|" + "---|" * (len(groups) + len(fams) + 1),
               "| chance | " + " | ".join(f"{np.mean([chance(f) for f in meta['groups'][g]]):.3f}"
                                           for g in groups) + " | "
-              + " | ".join(f"{chance(f):.3f}" for f in fams) + " |"]
+              + " | ".join(f"{chance(f):.3f}" for f in fams) + " | - |"]
     for seed, by in summary["gate"].items():
         fam = ceiling["per_seed"][seed]["by_family"] if ceiling else {}
+        fit = summary["ceiling_fit"].get(seed)
         lines.append(f"| {seed} | " + " | ".join(f"{by[g]:.3f}" for g in groups) + " | "
-                     + " | ".join(f"{fam[f]:.3f}" if f in fam else "-" for f in fams) + " |")
+                     + " | ".join(f"{fam[f]:.3f}" if f in fam else "-" for f in fams)
+                     + f" | {'-' if fit is None else f'{fit:.3f}'} |")
     if summary["selection"]:
         lines += ["", "## Selection (select split, seed 0, adapted)", "",
                   "| candidate | options | accuracy |", "|---|---|---|"]

@@ -32,7 +32,7 @@ from data_pipelines import dense_video_qa as dense
 from data_pipelines import natural_video_qa as qa
 from frejax.nn.grid import adaptive_pool_matrix, bilinear_matrix
 
-_VERSION = 2  # bump when the way latents are computed or stored changes
+_VERSION = 3  # bump when the way latents are computed or stored changes
 
 
 @dataclasses.dataclass(frozen=True)

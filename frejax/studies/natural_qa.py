@@ -191,6 +191,24 @@ def _eval_curve(workdir: str) -> list[tuple[int, float]]:
     return curve
 
 
+def _train_fit(workdir: str) -> float | None:
+    """Answer-token accuracy on the training batches of the last tenth of training
+    (``metrics.jsonl``): beside held-out accuracy, it tells memorising from not fitting."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    points = []
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                record = json.loads(line)
+                if "train/token_accuracy" in record:
+                    points.append((int(record["step"]), float(record["train/token_accuracy"])))
+    if not points:
+        return None
+    last = points[-1][0]
+    tail = [a for step, a in points if step > 0.9 * last] or [points[-1][1]]
+    return round(float(np.mean(tail)), 4)
+
+
 # ----------------------------------------------------------------------------- protocol
 
 
@@ -249,7 +267,8 @@ class Protocol:
             visual_tokens_used=results["visual_tokens_used_per_video"],
             full_visual_tokens=results["full_visual_tokens_per_video"],
             flops=self._flops(run_id, config), seconds=round(time.time() - start, 1),
-            steps=config.train.num_steps, eval_curve=_eval_curve(workdir)))
+            steps=config.train.num_steps, eval_curve=_eval_curve(workdir),
+            train_fit=_train_fit(workdir)))
 
     def _flops(self, run_id: str, config) -> dict:
         """FLOPs depend on the method and budget, not on the seed or the weights: counted
