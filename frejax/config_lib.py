@@ -142,6 +142,10 @@ def base_config() -> ml_collections.ConfigDict:
                  # type none | llama3 (Llama-3.1 frequency scaling; the rest its parameters)
                  rope_scaling=dict(type="none", factor=8.0, low_freq_factor=1.0,
                                    high_freq_factor=4.0, original_max_position=8192),
+                 # Multimodal RoPE: how many rotary frequencies follow time, height and
+                 # width ((16, 24, 24) in Qwen2.5-VL; () = plain RoPE); interleaved as in
+                 # Qwen3-VL (frejax/models/llm.py: mrope_axes).
+                 mrope_sections=(), mrope_interleaved=False,
                  lora=dict(rank=0, alpha=16.0),  # rank > 0: LoRA on attention and MLP
                  pretrained=""),  # a Qwen2 / Llama safetensors folder; "" = random init
     ))
@@ -312,6 +316,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"config.model.vision.image_size ({v['model.vision.image_size']}) must equal"
             f" config.data.image_size ({v['data.image_size']})")
+    sections = tuple(config.model.llm.mrope_sections)
+    if sections:
+        half = (v["model.llm.head_dim"] or v["model.llm.width"] // v["model.llm.heads"]) // 2
+        if len(sections) != 3 or sum(sections) != half:
+            raise ValueError(f"config.model.llm.mrope_sections {sections} must be three sizes"
+                             f" (time, height, width) that sum to head_dim / 2 = {half}")
     divides = list(_DIVIDES)
     if not v["model.llm.head_dim"]:  # head_dim 0 means width / heads
         divides.append(("model.llm.heads", "model.llm.width"))

@@ -74,26 +74,67 @@ def rope_scaling_from_config(cfg: Any) -> Llama3RopeScaling | None:
         original_max_position=int(scaling.original_max_position))
 
 
+def mrope_axes(head_dim: int, sections: tuple[int, ...] = (),
+               interleaved: bool = False) -> tuple[int, ...] | None:
+    """Which position axis (time, height, width) drives each of the ``head_dim / 2``
+    rotary frequencies under multimodal RoPE; None for plain 1D RoPE (no sections).
+
+    Qwen2.5-VL gives contiguous blocks of frequencies to t, h, w (``sections`` like
+    16, 24, 24); Qwen3-VL interleaves them (t, h, w, t, h, w, ... while h and w last,
+    then t), so every axis sees high and low frequencies.
+    """
+    if not sections:
+        return None
+    half = head_dim // 2
+    if len(sections) != 3 or sum(sections) != half:
+        raise ValueError(f"model.llm.mrope_sections {tuple(sections)} must be three sizes that sum"
+                         f" to head_dim / 2 = {half}")
+    if not interleaved:
+        return tuple(axis for axis, n in enumerate(sections) for _ in range(n))
+    axes = [0] * half
+    for axis in (1, 2):
+        for j in range(axis, 3 * sections[axis], 3):
+            axes[j] = axis
+    return tuple(axes)
+
+
 def rope_angles(positions: jax.Array, head_dim: int, theta: float,
-                scaling: Llama3RopeScaling | None = None) -> tuple[jax.Array, jax.Array]:
-    """``(batch, length)`` int positions -> cos, sin ``(batch, length, 1, head_dim/2)`` float32."""
+                scaling: Llama3RopeScaling | None = None,
+                axes: tuple[int, ...] | None = None) -> tuple[jax.Array, jax.Array]:
+    """Positions -> cos, sin ``(batch, length, 1, head_dim/2)`` float32.
+
+    ``positions``: ``(batch, length)`` int, or ``(batch, length, 3)`` (time, height,
+    width) with ``axes`` from ``mrope_axes`` naming the axis of each frequency. A text
+    token has three equal coordinates, so it rotates as under plain RoPE.
+    """
     inv_freq = theta ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
     if scaling is not None:
         inv_freq = scaling(inv_freq)
-    angles = positions.astype(jnp.float32)[..., None] * inv_freq
+    positions = positions.astype(jnp.float32)
+    if positions.ndim == 3:
+        if axes is None:
+            raise ValueError("llm: (batch, length, 3) positions need model.llm.mrope_sections")
+        positions = jnp.take(positions, jnp.asarray(axes), axis=-1)   # (B, L, head_dim/2)
+    else:
+        positions = positions[..., None]
+    angles = positions * inv_freq
     return jnp.cos(angles)[:, :, None], jnp.sin(angles)[:, :, None]
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, theta: float,
-               scaling: Llama3RopeScaling | None = None) -> jax.Array:
-    """Rotary embedding, rotate-half convention (HF Llama / Qwen2).
-
-    ``x``: ``(batch, length, heads, head_dim)``; ``positions``: ``(batch, length)``.
-    """
-    cos, sin = rope_angles(positions, x.shape[-1], theta, scaling)
+def rotate(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotate-half rotary embedding (HF Llama / Qwen2) of ``x (..., head_dim)`` by angles
+    whose cos and sin ``(..., head_dim/2)`` broadcast against ``x``'s halves."""
     x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return out.astype(x.dtype)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, theta: float,
+               scaling: Llama3RopeScaling | None = None,
+               axes: tuple[int, ...] | None = None) -> jax.Array:
+    """Rotary embedding of ``x (batch, length, heads, head_dim)`` at ``positions``
+    (``(batch, length)``, or ``(batch, length, 3)`` with ``axes``: see ``rope_angles``)."""
+    return rotate(x, *rope_angles(positions, x.shape[-1], theta, scaling, axes))
 
 
 class Attention(nnx.Module):
@@ -101,12 +142,15 @@ class Attention(nnx.Module):
 
     def __init__(self, width: int, heads: int, kv_heads: int, head_dim: int, *, qkv_bias: bool,
                  rope_theta: float, dtype: Any, param_dtype: Any, rngs: nnx.Rngs,
-                 rope_scaling: Llama3RopeScaling | None = None, implementation: str = "auto"):
+                 rope_scaling: Llama3RopeScaling | None = None, implementation: str = "auto",
+                 rope_axes: tuple[int, ...] | None = None):
         if heads % kv_heads:
             raise ValueError(f"model.llm.heads {heads} not divisible by model.llm.kv_heads {kv_heads}")
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.rope_theta = float(rope_theta)
         self.rope_scaling = rope_scaling
+        self.rope_axes = rope_axes
+        self.head_dim = head_dim
         self.implementation = implementation
         self.query = Dense(width, (heads, head_dim), ("embed", "heads", "head_dim"),
                            use_bias=qkv_bias, **kw)
@@ -121,8 +165,9 @@ class Attention(nnx.Module):
                  kv_cache: dict[str, jax.Array] | None = None,
                  slots: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array] | None]:
         """``x (B, L, E)``; ``mask`` over the S keys; with a cache, ``slots (B, L)``."""
-        q = apply_rope(self.query(x), positions, self.rope_theta, self.rope_scaling)
-        k = apply_rope(self.key(x), positions, self.rope_theta, self.rope_scaling)
+        cos, sin = rope_angles(positions, self.head_dim, self.rope_theta,
+                               self.rope_scaling, self.rope_axes)
+        q, k = rotate(self.query(x), cos, sin), rotate(self.key(x), cos, sin)
         v = self.value(x)
         q = sharding.constrain(q, ("batch", "length", "heads", "head_dim"))
         kv_names = ("batch", "length", "kv_heads", "head_dim")
@@ -155,12 +200,13 @@ class DecoderLayer(nnx.Module):
     def __init__(self, width: int, heads: int, kv_heads: int, head_dim: int, mlp_dim: int, *,
                  qkv_bias: bool, rope_theta: float, norm_eps: float, dtype: Any,
                  param_dtype: Any, rngs: nnx.Rngs,
-                 rope_scaling: Llama3RopeScaling | None = None, implementation: str = "auto"):
+                 rope_scaling: Llama3RopeScaling | None = None, implementation: str = "auto",
+                 rope_axes: tuple[int, ...] | None = None):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.attn_norm = RMSNorm(width, eps=norm_eps, **kw)
         self.attn = Attention(width, heads, kv_heads, head_dim, qkv_bias=qkv_bias,
                               rope_theta=rope_theta, rope_scaling=rope_scaling,
-                              implementation=implementation, **kw)
+                              implementation=implementation, rope_axes=rope_axes, **kw)
         self.mlp_norm = RMSNorm(width, eps=norm_eps, **kw)
         self.mlp = SwiGLU(width, mlp_dim, **kw)
 
@@ -197,11 +243,14 @@ class LLM(nnx.Module):
         self.embedding = make_param(nnx.initializers.normal(0.02), ("vocab", "embed"),
                                     (self.vocab_size, self.width), param_dtype, rngs)
         implementation = check_implementation(str(cfg.attention), "model.llm.attention")
+        # Multimodal RoPE (Qwen2.5-VL, Qwen3-VL): positions become (time, height, width).
+        self.rope_axes = mrope_axes(self.head_dim, tuple(cfg.get("mrope_sections", ())),
+                                    bool(cfg.get("mrope_interleaved", False)))
         layers = [DecoderLayer(self.width, self.heads, self.kv_heads, self.head_dim,
                                int(cfg.mlp_dim), qkv_bias=bool(cfg.qkv_bias),
                                rope_theta=float(cfg.rope_theta), norm_eps=float(cfg.norm_eps),
                                rope_scaling=rope_scaling_from_config(cfg),
-                               implementation=implementation, **kw)
+                               implementation=implementation, rope_axes=self.rope_axes, **kw)
                   for _ in range(self.depth)]
         self.layers = stack_modules(layers) if self.scan_layers else nnx.List(layers)
         self.final_norm = RMSNorm(self.width, eps=float(cfg.norm_eps), **kw)
@@ -240,7 +289,8 @@ class LLM(nnx.Module):
 
         Args:
           embeds: ``(B, L, E)`` input embeddings.
-          positions: ``(B, L)`` int32 RoPE positions.
+          positions: ``(B, L)`` int32 RoPE positions; ``(B, L, 3)`` (time, height,
+            width) under multimodal RoPE (``model.llm.mrope_sections``).
           attn_mask: bool. ``(B, L)`` marks valid tokens (keys); combined with a
             causal mask over sequence order. ``(B, L, S)`` is used as given
             (no cache only). None = all valid.

@@ -211,6 +211,23 @@ def _train_fit(workdir: str) -> float | None:
 
 # ----------------------------------------------------------------------------- protocol
 
+# Config keys added after runs were recorded, at the values that leave a model as it was:
+# a key at its value here is left out of the settings key, so recorded runs stay readable.
+NEUTRAL_KEYS = {("model", "llm", "mrope_sections"): (), ("model", "llm", "mrope_interleaved"): False}
+
+
+def settings_key(config, scale: dict) -> str:
+    """What a recorded run must match to be read back: the config and the protocol sizes."""
+    tree = config.to_dict()
+    for path, neutral in NEUTRAL_KEYS.items():
+        parent = tree
+        for key in path[:-1]:
+            parent = parent.get(key, {})
+        if path[-1] in parent and parent[path[-1]] == neutral:
+            del parent[path[-1]]
+    return hashlib.sha1(json.dumps(dict(config=tree, scale=scale), sort_keys=True,
+                                   default=str).encode()).hexdigest()[:12]
+
 
 class Protocol:
     """Runs (or reads back) every run of a part; each run is one JSON file."""
@@ -218,9 +235,7 @@ class Protocol:
     def __init__(self, out: str, config, scale: dict, workdir: str):
         self.out, self.config, self.scale = out, config, scale
         # Runs of other settings (model, protocol sizes, cache) are never read back.
-        self.settings = hashlib.sha1(json.dumps(
-            dict(config=config.to_dict(), scale=scale), sort_keys=True,
-            default=str).encode()).hexdigest()[:12]
+        self.settings = settings_key(config, scale)
         self.runs_dir = out + "_runs"       # one JSON per finished run: the report's data
         self.workdir = os.path.join(workdir, self.settings)  # every run's own workdir
         os.makedirs(self.runs_dir, exist_ok=True)

@@ -94,6 +94,9 @@ def llm_config_from_hf(config: dict) -> dict:
     ``text_config``) -> ``model.llm`` keys."""
     if is_llava(config):
         config = config["text_config"]
+    sections: list[int] = []
+    if config.get("model_type") in QWEN_VL_TYPES:
+        config, sections = _qwen_vl_text(config)
     kind = config.get("model_type")
     if kind not in ("qwen2", "llama"):
         raise ValueError(f"llm config: model_type {kind!r}; supported: 'qwen2', 'llama'")
@@ -116,6 +119,8 @@ def llm_config_from_hf(config: dict) -> dict:
                        original_max_position=int(rope["original_max_position_embeddings"]))
     elif rope_type != "default":
         raise ValueError(f"llm config: rope type {rope_type!r}; supported: default, llama3")
+    if sections and rope_type == "mrope":   # transformers < 5 names M-RoPE a rope type
+        rope_type = "default"
     heads = int(config["num_attention_heads"])
     head_dim = int(config.get("head_dim") or 0)
     if head_dim == int(config["hidden_size"]) // heads:
@@ -125,7 +130,27 @@ def llm_config_from_hf(config: dict) -> dict:
                 kv_heads=int(config.get("num_key_value_heads") or heads), head_dim=head_dim,
                 mlp_dim=int(config["intermediate_size"]), rope_theta=theta,
                 qkv_bias=kind == "qwen2", tie_embeddings=bool(config.get("tie_word_embeddings")),
-                norm_eps=float(config.get("rms_norm_eps", 1e-6)), rope_scaling=scaling)
+                norm_eps=float(config.get("rms_norm_eps", 1e-6)), rope_scaling=scaling,
+                mrope_sections=tuple(sections))
+
+
+QWEN_VL_TYPES = ("qwen2_5_vl", "qwen2_5_vl_text")
+
+
+def _qwen_vl_text(config: dict) -> tuple[dict, list[int]]:
+    """A Qwen2.5-VL ``config.json`` (``text_config`` in transformers >= 5, top level
+    before) -> its decoder's keys as a Qwen2 config, and the M-RoPE sections."""
+    text = dict(config.get("text_config") or config)
+    for key in ("tie_word_embeddings", "vocab_size"):
+        if key not in text and key in config:
+            text[key] = config[key]
+    rope = dict(text.get("rope_parameters") or text.get("rope_scaling") or {})
+    sections = [int(n) for n in rope.get("mrope_section", [])]
+    if not sections:
+        raise ValueError(f"llm config: model_type {config.get('model_type')!r} without"
+                         " rope mrope_section")
+    text["model_type"] = "qwen2"
+    return text, sections
 
 
 def llava_model_config(config: dict) -> dict:

@@ -281,5 +281,26 @@ class Extended:
         return out
 
 
-Source = Linear | Tensor | SplitBias | PatchConv | Reshaped | PositionTable | Stacked | Extended
+@dataclasses.dataclass(frozen=True)
+class Conv3dPatch:
+    """A patch-embedding ``Conv3d`` ``(out, c, t, p, p)`` with stride = kernel as a Dense
+    over patches flattened in the kernel's own ``(c, t, p, p)`` order (Qwen-VL)."""
+
+    name: str
+    shape_: tuple[int, ...]    # (out, c, t, p, p)
+
+    def hf_shape(self) -> tuple[int, ...]:
+        return self.shape_
+
+    def shape(self) -> tuple[int, ...]:
+        return (math.prod(self.shape_[1:]), self.shape_[0])
+
+    def read(self, folder: SafetensorsFolder, index: Index) -> np.ndarray:
+        rows, cols = index
+        w = np.asarray(folder.array(self.name)[cols])
+        return w.reshape(w.shape[0], -1).T[rows]
+
+
+Source = (Linear | Tensor | SplitBias | PatchConv | Conv3dPatch | Reshaped | PositionTable | Stacked
+          | Extended)
 ParamMap = dict[Path, Source]

@@ -1,0 +1,300 @@
+"""Qwen2.5-VL in JAX: its vision tower, its video layout and multimodal RoPE positions.
+
+The tower (``QwenVision``) embeds patches of ``temporal_patch`` frames by
+``patch x patch`` pixels, runs blocks of RMSNorm, attention with 2D rotary positions
+(height and width) and a gated SiLU MLP, and merges each ``merge x merge`` block of
+patches into one LLM token (``merger``: RMSNorm, then a GELU MLP). Attention stays
+inside one temporal patch: full over the frame in the blocks ``full_blocks`` names,
+within windows of ``window`` pixels in the others.
+
+Patches are laid out as Qwen's processor lays them out (``patchify``): per temporal
+patch, merge block by merge block, so that the ``merge**2`` patches of one LLM token
+are consecutive. The tower sees ``(batch, groups, patches, channels * temporal_patch
+* patch * patch)`` and returns ``(batch, groups, tokens, out_width)``; the LLM is
+``frejax.models.llm.LLM`` with ``mrope_sections``, at the ``(time, height, width)``
+positions ``rope_index`` gives.
+
+Attention within a temporal patch is what Qwen's ``cu_seqlens`` express; here the
+groups are a batch axis, and windows a dense mask inside a group, so the result is the
+same without reordering tokens by window.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from frejax import sharding
+from frejax.models.llm import LLM, rotate
+from frejax.nn.attention import AttentionMask, attention
+from frejax.nn.layers import Dense, RMSNorm
+
+# Qwen's processor normalises pixels with CLIP's statistics.
+PIXEL_MEAN = (0.48145466, 0.4578275, 0.40821073)
+PIXEL_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig:
+    """The tower's shape (``frejax.models.convert.qwen_vl_import.vision_config`` reads it
+    from a ``config.json``)."""
+
+    width: int = 1280
+    depth: int = 32
+    heads: int = 16
+    mlp_dim: int = 3420
+    out_width: int = 3584
+    patch: int = 14
+    temporal_patch: int = 2
+    merge: int = 2
+    window: int = 112
+    full_blocks: tuple[int, ...] = (7, 15, 23, 31)
+    rope_theta: float = 10_000.0
+    norm_eps: float = 1e-6
+
+    @property
+    def patch_dim(self) -> int:
+        return 3 * self.temporal_patch * self.patch * self.patch
+
+
+# ----------------------------------------------------------------------------- layout
+
+
+def patchify(frames: jax.Array, cfg: VisionConfig) -> jax.Array:
+    """Normalised frames ``(B, T, H, W, 3)`` -> patches ``(B, T / tp, h * w, 3 * tp * p * p)``.
+
+    Per temporal patch, merge block by merge block (row-major over blocks, then over
+    the patches of a block); each patch flattened as (channel, time, row, column), the
+    order of Qwen's processor and of its ``Conv3d`` kernel.
+    """
+    b, t, hh, ww, c = frames.shape
+    p, tp, m = cfg.patch, cfg.temporal_patch, cfg.merge
+    if t % tp or hh % (p * m) or ww % (p * m):
+        raise ValueError(f"qwen_vl: frames {t} x {hh} x {ww} must be multiples of"
+                         f" {tp} frames and {p * m} pixels")
+    x = frames.reshape(b, t // tp, tp, hh // (p * m), m, p, ww // (p * m), m, p, c)
+    # -> (b, groups, block row, block col, row in block, col in block, c, tp, p, p)
+    x = x.transpose(0, 1, 3, 6, 4, 7, 9, 2, 5, 8)
+    return x.reshape(b, t // tp, (hh // p) * (ww // p), c * tp * p * p)
+
+
+def normalize(frames: jax.Array) -> jax.Array:
+    """uint8 or [0, 1] float RGB -> Qwen's normalised pixels."""
+    x = frames.astype(jnp.float32)
+    if frames.dtype == jnp.uint8:
+        x = x / 255.0
+    return (x - jnp.asarray(PIXEL_MEAN)) / jnp.asarray(PIXEL_STD)
+
+
+def patch_positions(grid: tuple[int, int], merge: int) -> np.ndarray:
+    """``(h * w, 2)`` (row, column) of every patch in ``patchify``'s block-major order."""
+    h, w = grid
+    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+
+    def blocks(a):
+        return a.reshape(h // merge, merge, w // merge, merge).transpose(0, 2, 1, 3).reshape(-1)
+
+    return np.stack([blocks(rows), blocks(cols)], axis=-1)
+
+
+def window_ids(grid: tuple[int, int], cfg: VisionConfig) -> np.ndarray:
+    """``(h * w,)`` the attention window of every patch: squares of ``window`` pixels
+    (``window / patch / merge`` LLM tokens a side), the last ones cut by the frame."""
+    side = cfg.window // cfg.merge // cfg.patch
+    pos = patch_positions(grid, cfg.merge) // cfg.merge          # merge-block coordinates
+    across = -(-(grid[1] // cfg.merge) // side)
+    return (pos[:, 0] // side) * across + pos[:, 1] // side
+
+
+# ----------------------------------------------------------------------------- tower
+
+
+class VisionBlock(nnx.Module):
+    def __init__(self, cfg: VisionConfig, *, dtype: Any, param_dtype: Any, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        d, hd = cfg.width, cfg.width // cfg.heads
+        self.norm1 = RMSNorm(d, eps=cfg.norm_eps, **kw)
+        self.norm2 = RMSNorm(d, eps=cfg.norm_eps, **kw)
+        # q, k and v in one projection, as the checkpoint holds them.
+        self.qkv = Dense(d, (3, cfg.heads, hd), ("embed", None, "heads", "head_dim"), **kw)
+        self.out = Dense((cfg.heads, hd), d, ("heads", "head_dim", "embed"), **kw)
+        self.gate = Dense(d, cfg.mlp_dim, ("embed", "mlp"), **kw)
+        self.up = Dense(d, cfg.mlp_dim, ("embed", "mlp"), **kw)
+        self.down = Dense(cfg.mlp_dim, d, ("mlp", "embed"), **kw)
+
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array,
+                 mask: AttentionMask | None) -> jax.Array:
+        q, k, v = jnp.moveaxis(self.qkv(self.norm1(x)), -3, 0)
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        x = x + self.out(attention(q, k, v.astype(q.dtype), mask))
+        h = self.norm2(x)
+        h = jax.nn.silu(self.gate(h)) * self.up(h)
+        return sharding.constrain(x + self.down(h), ("batch", "length", "embed"))
+
+
+class Merger(nnx.Module):
+    """Each ``merge x merge`` block of patches -> one token of the LLM's width."""
+
+    def __init__(self, cfg: VisionConfig, *, dtype: Any, param_dtype: Any, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        hidden = cfg.width * cfg.merge ** 2
+        self.norm = RMSNorm(cfg.width, eps=1e-6, **kw)
+        self.fc1 = Dense(hidden, hidden, ("mlp", "mlp"), **kw)
+        self.fc2 = Dense(hidden, cfg.out_width, ("mlp", "embed"), **kw)
+        self.group = cfg.merge ** 2
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = self.norm(x)
+        x = x.reshape(x.shape[:-2] + (x.shape[-2] // self.group, self.group * x.shape[-1]))
+        return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+
+
+class QwenVision(nnx.Module):
+    """Qwen2.5-VL's vision tower with its patch merger."""
+
+    def __init__(self, cfg: VisionConfig, *, rngs: nnx.Rngs, dtype: Any = jnp.float32,
+                 param_dtype: Any = jnp.float32):
+        self.cfg = cfg
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.patch_embed = Dense(cfg.patch_dim, cfg.width, (None, "embed"), use_bias=False, **kw)
+        self.blocks = nnx.List([VisionBlock(cfg, **kw) for _ in range(cfg.depth)])
+        self.merger = Merger(cfg, **kw)
+
+    def rope(self, grid: tuple[int, int]) -> tuple[jax.Array, jax.Array]:
+        """2D rotary angles per patch: the first half of the frequencies follow the row,
+        the second the column (one frequency set of ``head_dim / 4`` for both)."""
+        hd = self.cfg.width // self.cfg.heads
+        inv = self.cfg.rope_theta ** (-np.arange(0, hd // 2, 2, dtype=np.float32) / (hd // 2))
+        pos = patch_positions(grid, self.cfg.merge).astype(np.float32)
+        angles = np.concatenate([pos[:, :1] * inv, pos[:, 1:] * inv], axis=-1)
+        return jnp.asarray(np.cos(angles))[:, None], jnp.asarray(np.sin(angles))[:, None]
+
+    def __call__(self, patches: jax.Array, grid: tuple[int, int]) -> jax.Array:
+        """``(B, G, h * w, patch_dim)`` -> ``(B, G, h * w / merge**2, out_width)``;
+        ``grid``: ``(h, w)`` patches per frame."""
+        b, g, n, _ = patches.shape
+        if n != grid[0] * grid[1]:
+            raise ValueError(f"qwen_vl: {n} patches per group for a {grid} grid")
+        x = self.patch_embed(patches.reshape(b * g, n, -1))
+        cos, sin = self.rope(grid)
+        ids = jnp.asarray(window_ids(grid, self.cfg))
+        windowed = AttentionMask(dense=(ids[:, None] == ids[None, :])[None])
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, None if i in self.cfg.full_blocks else windowed)
+        x = self.merger(x)
+        return x.reshape(b, g, x.shape[1], x.shape[2])
+
+
+# ----------------------------------------------------------------------------- positions
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoSpan:
+    """A video's tokens in a prompt: ``groups`` temporal patches of ``rows x cols`` LLM
+    tokens; ``interval``: position steps between consecutive groups (Qwen2.5-VL:
+    ``tokens_per_second * seconds per temporal patch``)."""
+
+    groups: int
+    rows: int
+    cols: int
+    interval: float = 1.0
+
+    @property
+    def tokens(self) -> int:
+        return self.groups * self.rows * self.cols
+
+
+def rope_index(segments: Sequence[int | VideoSpan]) -> np.ndarray:
+    """``(length, 3)`` (time, height, width) positions of a prompt of text runs (ints:
+    their token counts) and videos, by Qwen2.5-VL's rule as released: text counts on
+    from one past the largest position so far; a video's tokens sit at (start +
+    floor(group * interval), start + row, start + column)."""
+    out, start = [], 0
+    for seg in segments:
+        if isinstance(seg, VideoSpan):
+            t = np.floor(np.arange(seg.groups) * seg.interval).astype(np.int64)
+            tt, rr, cc = np.meshgrid(t, np.arange(seg.rows), np.arange(seg.cols), indexing="ij")
+            block = np.stack([tt, rr, cc], axis=-1).reshape(-1, 3) + start
+        else:
+            block = np.repeat(np.arange(start, start + int(seg))[:, None], 3, axis=1)
+        if len(block):
+            out.append(block)
+            start = int(block.max()) + 1
+    return np.concatenate(out) if out else np.zeros((0, 3), np.int64)
+
+
+def video_spans(tokens: np.ndarray, video_token: int,
+                videos: Sequence[VideoSpan]) -> list[int | VideoSpan]:
+    """A prompt's token ids -> the segments ``rope_index`` takes: each run of
+    ``video_token`` is the next of ``videos`` (its token count must match)."""
+    segments: list[int | VideoSpan] = []
+    queue, i, n = list(videos), 0, len(tokens)
+    while i < n:
+        j = i
+        is_video = tokens[i] == video_token
+        while j < n and (tokens[j] == video_token) == is_video:
+            j += 1
+        if is_video:
+            if not queue:
+                raise ValueError(f"qwen_vl: a run of video tokens at {i} with no video left")
+            span = queue.pop(0)
+            if span.tokens != j - i:
+                raise ValueError(f"qwen_vl: {j - i} video tokens at {i}, the video has"
+                                 f" {span.tokens} ({span.groups} x {span.rows} x {span.cols})")
+            segments.append(span)
+        else:
+            segments.append(j - i)
+        i = j
+    if queue:
+        raise ValueError(f"qwen_vl: {len(queue)} video(s) without their tokens in the prompt")
+    return segments
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class QwenVL(nnx.Module):
+    """The tower, then the multimodal-RoPE LLM; video tokens replace the prompt's
+    ``video_token`` placeholders in order."""
+
+    def __init__(self, vision: VisionConfig, llm_cfg: Any, video_token: int, *,
+                 rngs: nnx.Rngs, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32):
+        kw = dict(dtype=dtype, param_dtype=param_dtype)
+        self.encoder = QwenVision(vision, rngs=rngs, **kw)
+        self.llm = LLM(llm_cfg, rngs=rngs, **kw)
+        self.video_token = int(video_token)
+
+    def embed(self, tokens: jax.Array, video: jax.Array) -> jax.Array:
+        """Token embeddings with ``video (B, M, width)`` written over the placeholders
+        (each example's ``M`` placeholders, in order)."""
+        x = self.llm.embed(tokens)
+        is_video = tokens == self.video_token
+        slot = jnp.clip(jnp.cumsum(is_video, axis=1) - 1, 0, video.shape[1] - 1)
+        picked = jnp.take_along_axis(video.astype(x.dtype), slot[..., None], axis=1)
+        return jnp.where(is_video[..., None], picked, x)
+
+    def __call__(self, tokens: jax.Array, patches: jax.Array, grid: tuple[int, int],
+                 positions: jax.Array, attn_mask: jax.Array | None = None) -> jax.Array:
+        """Logits ``(B, L, V)`` of a prompt ``tokens (B, L)`` around one video per example
+        (``patches`` as ``QwenVision`` takes them) at ``positions (B, L, 3)``."""
+        video = self.encoder(patches, grid)
+        video = video.reshape(video.shape[0], -1, video.shape[-1])
+        logits, _ = self.llm(self.embed(tokens, video), positions, attn_mask)
+        return logits
+
+
+def frames_to_grid(frames_shape: tuple[int, ...], cfg: VisionConfig) -> tuple[int, int]:
+    """``(..., H, W, 3)`` -> the patch grid ``(H / patch, W / patch)``."""
+    return (frames_shape[-3] // cfg.patch, frames_shape[-2] // cfg.patch)
+
+
+def llm_tokens(groups: int, grid: tuple[int, int], merge: int) -> int:
+    """How many LLM tokens a video of ``groups`` temporal patches on ``grid`` becomes."""
+    return groups * math.prod(grid) // merge ** 2
