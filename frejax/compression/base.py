@@ -4,6 +4,15 @@ A compressor maps vision latents ``(batch, frames T, tokens N, embed D)`` with a
 known spatial grid ``(h, w)`` (``N = h * w``) to a fixed-length visual token
 sequence ``(batch, M, embed D)`` plus a validity mask ``(batch, M)``.
 
+``places`` says where each output token sits in the latent video: ``(batch, M, 3)``
+float (frame, row, column), what multimodal RoPE (Qwen2.5-VL, Qwen3-VL) turns into
+positions. The rule, for every method: a kept token sits at its source; a token that
+averages sources (pooling, merging, a segment mean) sits at their centroid; a
+frequency token sits at the centre of the span it transforms (Fre-Res's residual
+tokens can also be placed at their anchor or spread over their window:
+``compressor.fre_res.residual_place``). Places are fractional where a centroid is;
+positions are not rounded.
+
 Static shapes: ``M`` depends only on the geometry and the budget, never on the
 video, so one compiled program serves every video. ``M`` equals the resolved
 budget exactly (``num_tokens``); a method whose granularity leaves part of the
@@ -20,6 +29,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from frejax.compression import options as options_lib
@@ -124,6 +134,19 @@ class Compressor(nnx.Module):
         """``(B, T, N, D)``, ``(B, T)`` bool -> tokens ``(B, M', D)``, mask ``(B, M')``, M' <= M."""
         raise NotImplementedError
 
+    def token_places(self, latents: jax.Array, frame_mask: jax.Array) -> jax.Array:
+        """``(B, M', 3)`` float32 (frame, row, column) of each token ``compress`` returns."""
+        raise NotImplementedError(f"compressor {self.name!r} has no token_places()")
+
+    def places(self, latents: jax.Array, frame_mask: jax.Array | None = None) -> jax.Array:
+        """Where each of the ``M`` output tokens sits: ``(B, M, 3)`` float32 (frame, row,
+        column) in the latents' units; padding at ``(0, 0, 0)``."""
+        self._check(latents)
+        if frame_mask is None:
+            frame_mask = jnp.ones(latents.shape[:2], bool)
+        out = self.token_places(latents, frame_mask.astype(bool)).astype(jnp.float32)
+        return jnp.pad(out, ((0, 0), (0, self.num_tokens - out.shape[1]), (0, 0)))
+
     def reconstruct(self, latents: jax.Array) -> jax.Array:
         """The latent video ``(B, T, N, D)`` that what the method keeps implies.
 
@@ -134,13 +157,16 @@ class Compressor(nnx.Module):
         """
         raise NotImplementedError(f"compressor {self.name!r} has no reconstruct()")
 
-    def __call__(self, latents: jax.Array, frame_mask: jax.Array | None = None) -> CompressedTokens:
+    def _check(self, latents: jax.Array) -> None:
         g = self.geometry
         expected = (g.frames, g.tokens, g.embed)
         if latents.ndim != 4 or tuple(latents.shape[1:]) != expected:
             raise ValueError(
                 f"{self.name}: latents must be (batch, {g.frames}, {g.tokens}, {g.embed}),"
                 f" got {tuple(latents.shape)}")
+
+    def __call__(self, latents: jax.Array, frame_mask: jax.Array | None = None) -> CompressedTokens:
+        self._check(latents)
         if frame_mask is None:
             frame_mask = jnp.ones(latents.shape[:2], bool)
         out = self.compress(latents, frame_mask.astype(bool))
@@ -157,6 +183,31 @@ def pad_to(out: CompressedTokens, length: int) -> CompressedTokens:
     tokens = jnp.pad(out.tokens, ((0, 0), (0, length - m), (0, 0)))
     mask = jnp.pad(out.mask, ((0, 0), (0, length - m)))
     return CompressedTokens(tokens, mask)
+
+
+def grid_places(grid: tuple[int, int]) -> np.ndarray:
+    """``(N, 2)`` float32 (row, column) of every token of an ``(h, w)`` grid, row-major."""
+    rows, cols = np.divmod(np.arange(grid[0] * grid[1]), grid[1])
+    return np.stack([rows, cols], axis=-1).astype(np.float32)
+
+
+def frame_places(frames: Any, grid: tuple[int, int], cells: np.ndarray | None = None) -> jax.Array:
+    """Tokens of whole frames: ``frames (..., F)`` -> ``(..., F * C, 3)`` (frame, row, column)
+    over the frames' ``cells (C, 2)`` (default every token of ``grid``), frame-major."""
+    cells = grid_places(grid) if cells is None else cells
+    t = jnp.asarray(frames, jnp.float32)[..., None, None]                      # (..., F, 1, 1)
+    t = jnp.broadcast_to(t, t.shape[:-2] + (len(cells), 1))
+    rc = jnp.broadcast_to(jnp.asarray(cells), t.shape[:-1] + (2,))
+    out = jnp.concatenate([t, rc], axis=-1)
+    return out.reshape(out.shape[:-3] + (-1, 3))
+
+
+def slot_places(index: jax.Array, grid: tuple[int, int]) -> jax.Array:
+    """Flat ``frame * N + position`` slots -> ``(..., 3)`` (frame, row, column)."""
+    n = grid[0] * grid[1]
+    frame, pos = jnp.divmod(index, n)
+    row, col = jnp.divmod(pos, grid[1])
+    return jnp.stack([frame, row, col], axis=-1).astype(jnp.float32)
 
 
 _REGISTRY: dict[str, type[Compressor]] = {}

@@ -37,7 +37,8 @@ from flax import nnx
 
 from frejax import sharding
 from frejax.compression import dct as dct_lib
-from frejax.compression.base import CompressedTokens, Compressor, VideoGeometry, register
+from frejax.compression.base import (CompressedTokens, Compressor, VideoGeometry, frame_places,
+                                    grid_places, register)
 from frejax.compression.options import Option
 from frejax.nn.grid import adaptive_pool_matrix, adaptive_unpool_matrix, resample_grid
 
@@ -70,6 +71,11 @@ def interpolate_frames(kept: jax.Array, frames: int, index: tuple[int, ...]) -> 
     """``(B, F, ...)`` kept frames at ``index`` -> ``(B, T, ...)`` by linear interpolation."""
     mat = jnp.asarray(frame_interpolation_matrix(frames, tuple(index)), kept.dtype)
     return jnp.einsum("tf,bf...->bt...", mat, kept, precision=jax.lax.Precision.HIGHEST)
+
+
+def batched(places: jax.Array, batch: int) -> jax.Array:
+    """One video's ``(M, 3)`` places for every example of a batch."""
+    return jnp.broadcast_to(places, (batch,) + places.shape)
 
 
 def _frame_tokens_mask(frame_mask: jax.Array, per_frame: int) -> jax.Array:
@@ -111,6 +117,10 @@ class Full(Compressor):
             return x.reshape(b, t * n, d), _frame_tokens_mask(fm, n)
 
         return CompressedTokens(*sharding.batch_local(fn)(latents, frame_mask))
+
+    def token_places(self, latents: jax.Array, frame_mask: jax.Array) -> jax.Array:
+        g = self.geometry
+        return batched(frame_places(np.arange(g.frames), g.grid), latents.shape[0])
 
     def reconstruct(self, latents: jax.Array) -> jax.Array:
         return latents
@@ -158,6 +168,10 @@ class UniformFrames(Compressor):
             return kept, _frame_tokens_mask(fm[:, idx], n)
 
         return CompressedTokens(*sharding.batch_local(fn)(latents, frame_mask))
+
+    def token_places(self, latents: jax.Array, frame_mask: jax.Array) -> jax.Array:
+        return batched(frame_places(np.asarray(self.frame_indices), self.geometry.grid),
+                       latents.shape[0])
 
     def reconstruct(self, latents: jax.Array) -> jax.Array:
         idx = self.frame_indices
@@ -218,21 +232,31 @@ class SpatialPool(Compressor):
     def compress(self, latents: jax.Array, frame_mask: jax.Array) -> CompressedTokens:
         (h, w), (oh, ow) = self.geometry.grid, (self.out_h, self.out_w)
         idx = np.asarray(uniform_frame_indices(self.geometry.frames, self.kept_frames))
-        mode = self.pool_mode
 
         def fn(x, fm):
             b, _, _, d = x.shape
             f = len(idx)
-            grid = x[:, idx].reshape(b, f, h, w, d)
-            if mode == "average":
-                pooled = resample_grid(grid, adaptive_pool_matrix(h, oh),
-                                       adaptive_pool_matrix(w, ow))
-            else:
-                pooled = jax.image.resize(grid, (b, f, oh, ow, d), method="bilinear",
-                                          antialias=True)
+            pooled = self._pool(x[:, idx].reshape(b, f, h, w, d))
             return pooled.reshape(b, f * oh * ow, d), _frame_tokens_mask(fm[:, idx], oh * ow)
 
         return CompressedTokens(*sharding.batch_local(fn)(latents, frame_mask))
+
+    def _pool(self, grid: jax.Array) -> jax.Array:
+        """``(B, F, h, w, D)`` -> ``(B, F, h', w', D)``: weights that sum to one per cell."""
+        (h, w), (oh, ow) = self.geometry.grid, (self.out_h, self.out_w)
+        if self.pool_mode == "average":
+            return resample_grid(grid, adaptive_pool_matrix(h, oh), adaptive_pool_matrix(w, ow))
+        return jax.image.resize(grid, grid.shape[:2] + (oh, ow, grid.shape[-1]),
+                                method="bilinear", antialias=True)
+
+    def token_places(self, latents: jax.Array, frame_mask: jax.Array) -> jax.Array:
+        """Each pooled cell at the centroid of the cells it averages (the pooling itself
+        applied to the cells' coordinates)."""
+        g = self.geometry
+        cells = self._pool(jnp.asarray(grid_places(g.grid)).reshape(1, 1, *g.grid, 2))
+        idx = uniform_frame_indices(g.frames, self.kept_frames)
+        return batched(frame_places(np.asarray(idx), g.grid, cells.reshape(-1, 2)),
+                       latents.shape[0])
 
     def reconstruct(self, latents: jax.Array) -> jax.Array:
         """Unpooling (``adaptive_unpool_matrix``) or bilinear upsampling, then linear
@@ -312,6 +336,14 @@ class Fourier2D(Compressor):
             return tokens.reshape(b, f * c, d), _frame_tokens_mask(fm[:, idx], c)
 
         return CompressedTokens(*sharding.batch_local(fn)(latents, frame_mask))
+
+    def token_places(self, latents: jax.Array, frame_mask: jax.Array) -> jax.Array:
+        """A frame's coefficients transform the whole frame: each at the frame's centre."""
+        g = self.geometry
+        centre = np.tile([[(g.grid[0] - 1) / 2, (g.grid[1] - 1) / 2]], (self.coeffs_per_frame, 1))
+        idx = uniform_frame_indices(g.frames, self.kept_frames)
+        return batched(frame_places(np.asarray(idx), g.grid, centre.astype(np.float32)),
+                       latents.shape[0])
 
     def reconstruct(self, latents: jax.Array) -> jax.Array:
         """Zero-filled inverse 2D DCT per kept frame, then linear interpolation in time."""

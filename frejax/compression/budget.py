@@ -101,6 +101,10 @@ OPTIONS: options_lib.Schema = dict(
     output=Option("dual", "absorbed anchors + residual-frequency tokens, or the anchors alone",
                   ("dual", "absorbed")),
     dct_method=Option("auto", "temporal DCT path", DCT_METHODS),
+    # Where multimodal RoPE places a residual-frequency token in time (Compressor.places).
+    residual_place=Option("centre", "a residual-frequency token's time: the centre of its"
+                          " window, its anchor's, or spread over its window by coefficient",
+                          ("centre", "anchor", "spread")),
     absorber=dict(
         window=Option(3, "neighbourhood of an anchor token (odd)",
                       check=lambda v: v >= 1 and v % 2 == 1, requirement="an odd int >= 1"),

@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from frejax import sharding
@@ -42,9 +43,11 @@ from frejax.compression.base import (
     CompressedTokens,
     Compressor,
     VideoGeometry,
+    frame_places,
+    grid_places,
     register,
 )
-from frejax.compression.baselines import interpolate_frames
+from frejax.compression.baselines import batched, interpolate_frames
 from frejax.compression.budget import FreResPlan, make_plan
 
 __all__ = ["AnchorsOnly", "FreRes", "FreResParts", "TemporalDctOnly", "fre_res_parts",
@@ -164,6 +167,7 @@ class FreRes(Compressor):
         self.plan = make_plan(geometry, self.budget, opts, variant=self.variant)
         self.residual, self.anchor = opts["residual"], opts["anchor"]
         self.dct_method = opts["dct_method"]
+        self.residual_place = opts["residual_place"]
         # Heads against the width are checked by the absorber, where one is built.
         window, heads = opts["absorber"]["window"], opts["absorber"]["heads"]
         rngs = nnx.Rngs(0) if rngs is None else rngs
@@ -224,35 +228,103 @@ class FreRes(Compressor):
         return CompressedTokens(tokens, jnp.concatenate(masks, axis=1))
 
     def _residual_tokens(self, parts: FreResParts) -> tuple[jax.Array, jax.Array]:
-        """Residual-frequency tokens ``(batch, S*K*P, D)`` with their frequency embedding.
+        """Residual-frequency tokens ``(batch, S*K*P, D)`` with their frequency embedding
+        (and, with ``coding='energy'``, the embedding of their position)."""
+        values = parts.coeffs + self.freq_embedding[...].astype(jnp.float32)[None, None, :, None]
+        if parts.selected is not None:
+            values = values + self.cell_embedding[...].astype(jnp.float32)[None, None, None]
+        return self._residual_layout(parts, values)
 
-        Bands: ``(batch, S * sum K_j P_j, D)`` in (segment, band, coefficient, cell) order.
+    def _residual_layout(self, parts: FreResParts, values: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Per-slot values ``(batch, S, C, cells, X)`` laid out as the residual tokens are:
+        ``(batch, S*K*P, X)`` and their validity; the same gathers and pooling serve the
+        tokens and their places.
+
+        Bands: ``(batch, S * sum K_j P_j, X)`` in (segment, band, coefficient, cell) order.
         """
-        b, s, c, p, d = parts.coeffs.shape
+        b, s, c, p, x = values.shape
         if parts.selected is not None:  # (coefficient, position) pairs chosen per video
-            k, cell = jnp.divmod(parts.selected, p)
-            flat = parts.coeffs.reshape(b, s, c * p, d)
-            tokens = jnp.take_along_axis(flat, parts.selected[..., None], axis=2)
-            tokens = (tokens + jnp.asarray(self.freq_embedding[...], jnp.float32)[k]
-                      + jnp.asarray(self.cell_embedding[...], jnp.float32)[cell])
+            flat = values.reshape(b, s, c * p, x)
+            out = jnp.take_along_axis(flat, parts.selected[..., None], axis=2)
             mask = jnp.repeat(parts.segment_valid, parts.selected.shape[2], axis=1)
-            return tokens.reshape(b, -1, d), mask
-        tokens = parts.coeffs + self.freq_embedding[...].astype(jnp.float32)[None, None, :, None]
+            return out.reshape(b, -1, x), mask
         if self.plan.bands:
             grid = self.geometry.grid
-            pieces = [residual_freq.pool_tokens(band, grid, pool).reshape(b, s, -1, d)
-                      for band, (_, pool) in zip(_band_slices(tokens, self.plan.bands),
+            pieces = [residual_freq.pool_tokens(band, grid, pool).reshape(b, s, -1, x)
+                      for band, (_, pool) in zip(_band_slices(values, self.plan.bands),
                                                  self.plan.bands)]
-            tokens = jnp.concatenate(pieces, axis=2)
-            mask = jnp.repeat(parts.segment_valid, tokens.shape[2], axis=1)
-            return tokens.reshape(b, -1, d), mask
+            out = jnp.concatenate(pieces, axis=2)
+            mask = jnp.repeat(parts.segment_valid, out.shape[2], axis=1)
+            return out.reshape(b, -1, x), mask
         mask = parts.slot_mask
         if parts.compact_index is not None:
-            tokens = jnp.take_along_axis(tokens.reshape(b, s * c, p, d),
+            values = jnp.take_along_axis(values.reshape(b, s * c, p, x),
                                          parts.compact_index[:, :, None, None], axis=1)
             mask = jnp.take_along_axis(mask.reshape(b, s * c), parts.compact_index, axis=1)
-        tokens = tokens.reshape(b, -1, d)
-        return tokens, jnp.repeat(mask.reshape(b, -1), p, axis=1)
+        return values.reshape(b, -1, x), jnp.repeat(mask.reshape(b, -1), p, axis=1)
+
+    def token_places(self, latents: jax.Array, frame_mask: jax.Array) -> jax.Array:
+        """Anchors at their frame (a segment-mean anchor at the centre of the frames it
+        averages), at their own cell; residual-frequency tokens at their cell's centroid,
+        in time by ``residual_place``: ``centre`` (default) the centre of the valid frames
+        their window spans (a coefficient describes that whole stretch of trajectory),
+        ``anchor`` their segment's anchor, ``spread`` coefficient ``k`` of ``K`` at the
+        ``k``-th of ``K`` equal parts of the window."""
+        g, plan = self.geometry, self.plan
+        parts = self.split(latents, frame_mask)
+        b, s, seg = latents.shape[0], plan.num_segments, plan.segment_len
+        fm = jnp.pad(frame_mask.astype(bool), ((0, 0), (0, s * seg - g.frames)))
+        fm = fm.reshape(b, s, seg)
+        start = jnp.arange(s, dtype=jnp.float32)[None, :] * seg                # (1, S)
+        offsets = jnp.arange(seg, dtype=jnp.float32)
+
+        def centre(spans: jax.Array) -> jax.Array:
+            """``(W, L)`` bool spans of a segment's frames -> ``(B, S, W)``: the mean time
+            of each span's valid frames."""
+            w = fm[:, :, None, :] & spans
+            return start[..., None] + (w * offsets).sum(-1) / jnp.maximum(w.sum(-1), 1)
+
+        if plan.mean_anchors:
+            anchor_t = centre(jnp.ones((1, seg), bool))[..., 0]
+        else:
+            anchor_t = start + parts.anchor_index.astype(jnp.float32)
+        cells = jnp.asarray(grid_places(g.grid))
+        pieces = []
+        if plan.output != "residual":
+            t = jnp.broadcast_to(anchor_t[..., None, None], (b, s, g.tokens, 1))
+            pieces.append(jnp.concatenate(
+                [t, jnp.broadcast_to(cells, (b, s, g.tokens, 2))], -1).reshape(b, -1, 3))
+        if plan.output in ("dual", "residual") and plan.num_coeffs:
+            c, p = parts.coeffs.shape[2], parts.coeffs.shape[3]
+            if p != g.tokens:
+                cells = residual_freq.pool_tokens(cells, g.grid, plan.pool)
+            times = self._slot_times(anchor_t, centre, c)                        # (B, S, C)
+            table = jnp.concatenate(
+                [jnp.broadcast_to(times[..., None, None], (b, s, c, p, 1)),
+                 jnp.broadcast_to(cells, (b, s, c, p, 2))], -1)
+            pieces.append(self._residual_layout(parts, table)[0])
+        return jnp.concatenate(pieces, axis=1)
+
+    def _slot_times(self, anchor_t: jax.Array, centre, slots: int) -> jax.Array:
+        """``(B, S, C)``: the time of each residual slot of each segment."""
+        plan, seg = self.plan, self.plan.segment_len
+        if self.residual_place == "anchor":
+            return jnp.broadcast_to(anchor_t[..., None], anchor_t.shape + (slots,))
+        windows = 1 if (plan.mean_anchors or plan.selected or plan.bands) else plan.time_windows
+        per_window = slots // windows
+        if plan.mean_anchors:
+            spans = [(0, seg - 1)]                       # deviations over the whole segment
+        else:                                            # steps w*l .. touch frames up to +1
+            steps = -(-(seg - 1) // windows)
+            spans = [(w * steps, min((w + 1) * steps, seg - 1)) for w in range(windows)]
+        if self.residual_place == "centre":
+            masks = jnp.asarray([[a <= f <= z for f in range(seg)] for a, z in spans])
+            per_span = centre(masks)                                             # (B, S, W)
+            return jnp.repeat(per_span, per_window, axis=-1)
+        rel = np.concatenate([a + (np.arange(per_window) + 0.5) * (z - a + 1) / per_window
+                              for a, z in spans]) - 0.5
+        start = jnp.arange(anchor_t.shape[1], dtype=jnp.float32)[None, :, None] * seg
+        return jnp.broadcast_to(start + jnp.asarray(rel, jnp.float32), anchor_t.shape + (slots,))
 
     def reconstruct(self, latents: jax.Array) -> jax.Array:
         """Anchors plus the kept residual-frequency tokens, unpooled and inverted.
@@ -368,6 +440,11 @@ class FreResFrames(Compressor):
         tokens = video[:, idx].reshape(b, -1, d).astype(self.dtype)
         mask = jnp.repeat(frame_mask.astype(bool)[:, idx], n, axis=1)
         return CompressedTokens(sharding.constrain(tokens, ("batch", "length", "embed")), mask)
+
+    def token_places(self, latents: jax.Array, frame_mask: jax.Array) -> jax.Array:
+        """The emitted frames are the low-pass video at their own times: each at its frame."""
+        return batched(frame_places(np.asarray(self.frame_indices), self.geometry.grid),
+                       latents.shape[0])
 
     def reconstruct(self, latents: jax.Array) -> jax.Array:
         b, t = latents.shape[:2]

@@ -11,8 +11,9 @@ from flax import nnx
 
 from frejax import sharding
 from frejax.compression import dct as dct_lib
-from frejax.compression.base import CompressedTokens, Compressor, VideoGeometry, register
-from frejax.compression.baselines import spatial_pool_layout
+from frejax.compression.base import (CompressedTokens, Compressor, VideoGeometry, grid_places,
+                                    register, slot_places)
+from frejax.compression.baselines import batched, spatial_pool_layout
 from frejax.compression.options import Option
 from frejax.nn.grid import adaptive_pool_matrix, adaptive_unpool_matrix, resample_grid
 
@@ -51,6 +52,17 @@ def selected_tokens(latents: jax.Array, frame_mask: jax.Array, select) -> Compre
         return jnp.where(chosen[..., None], tokens, 0.0), chosen
 
     return CompressedTokens(*sharding.batch_local(fn)(latents, frame_mask))
+
+
+def selected_places(latents: jax.Array, frame_mask: jax.Array, select,
+                    grid: tuple[int, int]) -> jax.Array:
+    """Where the tokens ``select`` keeps sit: their own (frame, row, column); invalid slots
+    at zero."""
+    def fn(x, fm):
+        sel, chosen = select(x, fm)
+        return jnp.where(chosen[..., None], slot_places(sel, grid), 0.0)
+
+    return sharding.batch_local(fn)(latents, frame_mask)
 
 
 def novelty_scores(latents: jax.Array, frame_mask: jax.Array, threshold: float) -> jax.Array:
@@ -125,26 +137,54 @@ class TemporalMerge(Compressor):
     def num_valid_tokens(self) -> int:
         return self.budget
 
-    def _merge(self, x: jax.Array, fm: jax.Array):
-        """Kept tokens ``(B, k, D)``, their validity, and every token's group slot ``(B, T*N)``
-        (``T*N`` for none) with the group means ``(B, T*N + 1, D)``."""
+    def _groups(self, x: jax.Array, fm: jax.Array):
+        """The kept slots ``(B, k)`` in (frame, position) order, their validity, and every
+        token's group slot ``(B, T*N)`` (``T*N`` for none)."""
         t, n, k = self.geometry.frames, self.geometry.tokens, self.budget
-        b, _, _, d = x.shape
+        b = x.shape[0]
         scores = novelty_scores(x, fm, self.merge_threshold).reshape(b, t * n)
         # (frame, position) order; unused slots (masked frames) go to the end.
         sel, chosen = frame_order(*jax.lax.top_k(scores, k), t * n)
-        rows = jnp.arange(b)[:, None]
         kept = kept_grid(sel, chosen, t, n)
         frame = jnp.arange(t)[None, :, None]
         owner = jax.lax.cummax(jnp.where(kept, frame, -1), axis=1)   # (B, T, N)
         member = fm[:, :, None] & (owner >= 0)
         target = jnp.where(member, owner * n + jnp.arange(n), t * n).reshape(b, t * n)
-        sums = jnp.zeros((b, t * n + 1, d), x.dtype).at[rows, target].add(
-            x.reshape(b, t * n, d))
-        counts = jnp.zeros((b, t * n + 1), x.dtype).at[rows, target].add(1.0)
-        means = sums / jnp.maximum(counts, 1.0)[..., None]
+        return sel, chosen, target
+
+    @staticmethod
+    def _group_means(values: jax.Array, target: jax.Array) -> jax.Array:
+        """``values (B, T*N, X)`` averaged per group slot -> ``(B, T*N + 1, X)``."""
+        b, tn, _ = values.shape
+        rows = jnp.arange(b)[:, None]
+        sums = jnp.zeros((b, tn + 1, values.shape[-1]), values.dtype).at[rows, target].add(values)
+        counts = jnp.zeros((b, tn + 1), values.dtype).at[rows, target].add(1.0)
+        return sums / jnp.maximum(counts, 1.0)[..., None]
+
+    def _merge(self, x: jax.Array, fm: jax.Array):
+        """Kept tokens ``(B, k, D)``, their validity, and every token's group slot ``(B, T*N)``
+        (``T*N`` for none) with the group means ``(B, T*N + 1, D)``."""
+        b, t, n, d = x.shape
+        sel, chosen, target = self._groups(x, fm)
+        means = self._group_means(x.reshape(b, t * n, d), target)
+        rows = jnp.arange(b)[:, None]
         tokens = jnp.where(chosen[..., None], means[rows, sel], 0.0)
         return tokens, chosen, target, means
+
+    def token_places(self, latents: jax.Array, frame_mask: jax.Array) -> jax.Array:
+        """A kept token is its group's mean: it sits at the mean frame of its members, at
+        their (shared) position."""
+        grid = self.geometry.grid
+
+        def fn(x, fm):
+            b, t, n, _ = x.shape
+            sel, chosen, target = self._groups(x, fm)
+            frames = jnp.broadcast_to(jnp.repeat(jnp.arange(t, dtype=jnp.float32), n), (b, t * n))
+            mean_t = self._group_means(frames[..., None], target)[jnp.arange(b)[:, None], sel]
+            own = slot_places(sel, grid)
+            return jnp.where(chosen[..., None], jnp.concatenate([mean_t, own[..., 1:]], -1), 0.0)
+
+        return sharding.batch_local(fn)(latents, frame_mask)
 
     def compress(self, latents: jax.Array, frame_mask: jax.Array) -> CompressedTokens:
         def fn(x, fm):
@@ -216,6 +256,17 @@ class TemporalDct(Compressor):
             return coeffs.reshape(b, -1, d), valid
 
         return CompressedTokens(*sharding.batch_local(fn)(latents, frame_mask))
+
+    def token_places(self, latents: jax.Array, frame_mask: jax.Array) -> jax.Array:
+        """A coefficient transforms its position's whole trajectory: at the clip's centre
+        frame, at the position (a pooled cell's centroid)."""
+        (h, w), (oh, ow) = self.geometry.grid, (self.out_h, self.out_w)
+        cells = jnp.asarray(grid_places((h, w))).reshape(1, 1, h, w, 2)
+        if (oh, ow) != (h, w):
+            cells = resample_grid(cells, adaptive_pool_matrix(h, oh), adaptive_pool_matrix(w, ow))
+        cells = jnp.tile(cells.reshape(-1, 2), (self.num_coeffs, 1))
+        t = jnp.full((len(cells), 1), (self.geometry.frames - 1) / 2, jnp.float32)
+        return batched(jnp.concatenate([t, cells], axis=-1), latents.shape[0])
 
     def reconstruct(self, latents: jax.Array) -> jax.Array:
         """Zero-filled inverse DCT in time (``adaptive_unpool_matrix`` when pooled)."""
@@ -297,9 +348,14 @@ class FrameBudgets(Compressor):
     def num_valid_tokens(self) -> int:
         return self.budget
 
+    def _select(self, x: jax.Array, fm: jax.Array):
+        return frame_token_selection(x, fm, self.budget, self.temperature)
+
     def compress(self, latents: jax.Array, frame_mask: jax.Array) -> CompressedTokens:
-        return selected_tokens(latents, frame_mask, lambda x, fm: frame_token_selection(
-            x, fm, self.budget, self.temperature))
+        return selected_tokens(latents, frame_mask, self._select)
+
+    def token_places(self, latents: jax.Array, frame_mask: jax.Array) -> jax.Array:
+        return selected_places(latents, frame_mask, self._select, self.geometry.grid)
 
     def reconstruct(self, latents: jax.Array) -> jax.Array:
         """Kept tokens exact; a dropped one takes the kept token at its position in the
@@ -366,9 +422,15 @@ class Evs(Compressor):
     def num_valid_tokens(self) -> int:
         return self.budget
 
+    def _select(self, x: jax.Array, fm: jax.Array):
+        return evs_selection(x, fm, self.budget)
+
     def compress(self, latents: jax.Array, frame_mask: jax.Array) -> CompressedTokens:
-        return selected_tokens(latents, frame_mask,
-                               lambda x, fm: evs_selection(x, fm, self.budget))
+        return selected_tokens(latents, frame_mask, self._select)
+
+    def token_places(self, latents: jax.Array, frame_mask: jax.Array) -> jax.Array:
+        """Each surviving token keeps its own place, as vLLM's EVS keeps its position."""
+        return selected_places(latents, frame_mask, self._select, self.geometry.grid)
 
     def reconstruct(self, latents: jax.Array) -> jax.Array:
         """Kept tokens exact; a dropped token repeats the latest kept token at its
