@@ -7,13 +7,16 @@ far more than the tolerance; ``test_a_planted_break_fails_parity`` shows it.
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from frejax import compression  # noqa: E402
 from frejax.models import llm as llm_lib  # noqa: E402
 from frejax.models import qwen_vl  # noqa: E402
 from frejax.models.convert import qwen_vl_import  # noqa: E402
@@ -90,7 +93,7 @@ def test_vision_tower_and_video_logits_match_transformers(folder):
     got = model.encoder(patches, grid)
     assert got.shape == (1, span.groups, span.rows * span.cols, 64)
     np.testing.assert_allclose(np.asarray(got).reshape(-1, 64), want.numpy(), atol=1e-4, rtol=1e-4)
-    logits = model(jnp.asarray(tokens), patches, grid, jnp.asarray(positions)[None])
+    logits = model(jnp.asarray(tokens), patches, grid, positions=jnp.asarray(positions)[None])
     np.testing.assert_allclose(np.asarray(logits), _hf_logits(hf, patches, grid, tokens, positions),
                                atol=1e-4, rtol=1e-4)
 
@@ -111,7 +114,8 @@ def test_a_planted_break_fails_parity(folder, plant, monkeypatch):
         patches = patches.reshape(1, 2, 64, -1)
     else:                                  # every block attends to the whole frame
         model.encoder.cfg = dataclasses.replace(cfg, full_blocks=tuple(range(cfg.depth)))
-    got = np.asarray(model(jnp.asarray(tokens), patches, grid, jnp.asarray(positions)[None]))
+    got = np.asarray(model(jnp.asarray(tokens), patches, grid,
+                           positions=jnp.asarray(positions)[None]))
     assert np.abs(got - want).max() > 1e-2
 
 
@@ -174,3 +178,49 @@ def test_mrope_sections_are_checked_naming_the_key():
         config_lib.validate(c)
     c.model.llm.mrope_sections = (2, 3, 3)
     config_lib.validate(c)
+
+
+def test_positions_under_jit_follow_the_rule_and_reproduce_transformers(folder):
+    path, hf = folder
+    model = qwen_vl_import.load(path)
+    patches, grid, span, tokens, positions = _inputs(model.encoder.cfg)
+    # Places count temporal patches; the interval turns them into position steps.
+    full = jnp.asarray(qwen_vl.rope_index([dataclasses.replace(span, interval=1.0)]),
+                       jnp.float32)[None]
+    got = jax.jit(qwen_vl.prompt_positions, static_argnums=(1, 3))(
+        jnp.asarray(tokens), VIDEO_TOKEN, full, 2.0)
+    np.testing.assert_array_equal(np.asarray(got[0]), positions)
+    logits = model(jnp.asarray(tokens), patches, grid, interval=2.0)
+    np.testing.assert_allclose(np.asarray(logits), _hf_logits(hf, patches, grid, tokens, positions),
+                               atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", compression.names())
+def test_every_compressor_runs_on_qwen_and_kept_tokens_keep_their_positions(folder, name):
+    path, _ = folder
+    model = qwen_vl_import.load(path)
+    patches, grid, span, _, _ = _inputs(model.encoder.cfg)
+    geometry = compression.VideoGeometry(span.groups, (span.rows, span.cols), 64)
+    budget = geometry.full_tokens if name == "full" else geometry.full_tokens // 2
+    comp = compression.build(name, geometry, budget, rngs=nnx.Rngs(0))
+    tokens = np.concatenate([np.arange(5), np.full(budget, VIDEO_TOKEN), np.arange(6)])[None]
+    logits = model(jnp.asarray(tokens), patches, grid, interval=2.0, compressor=comp)
+    assert logits.shape == (1, tokens.shape[1], 128) and np.isfinite(np.asarray(logits)).all()
+    video = model.encoder(patches, grid)
+    places = np.asarray(comp.places(video))[0]
+    valid = np.asarray(comp(video).mask)[0]
+    pos = np.asarray(qwen_vl.prompt_positions(jnp.asarray(tokens), VIDEO_TOKEN,
+                                              jnp.asarray(places)[None], 2.0))[0]
+    vid = pos[5:5 + budget]
+    np.testing.assert_allclose(vid, 5 + places * [2.0, 1.0, 1.0])
+    # Text after the video goes on one past the largest position of a valid video token.
+    assert (pos[5 + budget] == vid[valid].max() + 1).all()
+    if name in ("full", "uniform_frames", "evs", "frame_budgets"):
+        # A kept token's position is its position in the uncompressed prompt.
+        full = 5 + qwen_vl.rope_index([qwen_vl.VideoSpan(span.groups, span.rows, span.cols,
+                                                         interval=2.0)])
+        flat = (places[:, 0] * span.rows * span.cols + places[:, 1] * span.cols
+                + places[:, 2]).astype(int)
+        np.testing.assert_array_equal(vid[valid], full[flat[valid]])
+        source = np.asarray(video).reshape(-1, 64)[flat[valid]]
+        np.testing.assert_array_equal(np.asarray(comp(video).tokens)[0][valid], source)

@@ -257,6 +257,31 @@ def video_spans(tokens: np.ndarray, video_token: int,
     return segments
 
 
+def prompt_positions(tokens: jax.Array, video_token: int, places: jax.Array,
+                     interval: float) -> jax.Array:
+    """``(B, L, 3)`` float32 positions of prompts holding one video each, under jit.
+
+    ``places (B, M, 3)``: where each of the prompt's ``M`` video tokens sits in the
+    video (``Compressor.places``: temporal patch, row, column; every token of every
+    group for an uncompressed video). Text before the video counts 0, 1, ...; video
+    token ``j`` sits at ``start + (interval * t, row, column)`` from its place; text after
+    the video counts on from one past the video's largest position, the released rule
+    (``rope_index`` on the same prompt, uncompressed, gives the same positions).
+    """
+    is_video = tokens == video_token
+    index = jnp.arange(tokens.shape[1])
+    start = jnp.argmax(is_video, axis=1)[:, None]                               # (B, 1)
+    slot = jnp.clip(jnp.cumsum(is_video, axis=1) - 1, 0, places.shape[1] - 1)
+    scale = jnp.asarray([interval, 1.0, 1.0], jnp.float32)
+    video = start[..., None] + jnp.take_along_axis(
+        places.astype(jnp.float32), slot[..., None], axis=1) * scale           # (B, L, 3)
+    last = jnp.max(jnp.where(is_video, index, -1), axis=1, keepdims=True)
+    top = jnp.max(jnp.where(is_video[..., None], video, -jnp.inf), axis=(1, 2))[:, None]
+    after = (index > last) & ~is_video
+    text = jnp.where(after, top + jnp.cumsum(after, axis=1), index).astype(jnp.float32)
+    return jnp.where(is_video[..., None], video, text[..., None])
+
+
 # ----------------------------------------------------------------------------- model
 
 
@@ -280,12 +305,36 @@ class QwenVL(nnx.Module):
         picked = jnp.take_along_axis(video.astype(x.dtype), slot[..., None], axis=1)
         return jnp.where(is_video[..., None], picked, x)
 
-    def __call__(self, tokens: jax.Array, patches: jax.Array, grid: tuple[int, int],
-                 positions: jax.Array, attn_mask: jax.Array | None = None) -> jax.Array:
+    def __call__(self, tokens: jax.Array, patches: jax.Array, grid: tuple[int, int], *,
+                 interval: float = 1.0, compressor: Any = None,
+                 positions: jax.Array | None = None,
+                 attn_mask: jax.Array | None = None) -> jax.Array:
         """Logits ``(B, L, V)`` of a prompt ``tokens (B, L)`` around one video per example
-        (``patches`` as ``QwenVision`` takes them) at ``positions (B, L, 3)``."""
-        video = self.encoder(patches, grid)
-        video = video.reshape(video.shape[0], -1, video.shape[-1])
+        (``patches`` as ``QwenVision`` takes them).
+
+        ``compressor`` (a ``frejax.compression`` compressor over the merged tokens,
+        ``(groups, (rows, cols), out_width)``): the prompt then holds its ``num_tokens``
+        placeholders, its padding is masked, and each token sits where its ``places``
+        say. ``positions``: ``(B, L, 3)`` given instead of computed (``interval``: position
+        steps between temporal patches).
+        """
+        video = self.encoder(patches, grid)                   # (B, G, rows * cols, D)
+        b, g, n, d = video.shape
+        if compressor is None:
+            rows, cols = grid[0] // self.encoder.cfg.merge, grid[1] // self.encoder.cfg.merge
+            places = jnp.broadcast_to(
+                jnp.asarray(rope_index([VideoSpan(g, rows, cols)]), jnp.float32), (b, g * n, 3))
+            valid = jnp.ones((b, g * n), bool)
+            video = video.reshape(b, g * n, d)
+        else:
+            out = compressor(video)
+            places, valid, video = compressor.places(video), out.mask, out.tokens
+        if positions is None:
+            positions = prompt_positions(tokens, self.video_token, places, interval)
+        is_video = tokens == self.video_token
+        slot = jnp.clip(jnp.cumsum(is_video, axis=1) - 1, 0, valid.shape[1] - 1)
+        keep = ~is_video | jnp.take_along_axis(valid, slot, axis=1)
+        attn_mask = keep if attn_mask is None else attn_mask & keep
         logits, _ = self.llm(self.embed(tokens, video), positions, attn_mask)
         return logits
 
