@@ -146,6 +146,7 @@ def base_config() -> ml_collections.ConfigDict:
                  # width ((16, 24, 24) in Qwen2.5-VL; () = plain RoPE); interleaved as in
                  # Qwen3-VL (frejax/models/llm.py: mrope_axes).
                  mrope_sections=(), mrope_interleaved=False,
+                 qk_norm=False,  # RMSNorm of each head's query and key (Qwen3)
                  lora=dict(rank=0, alpha=16.0),  # rank > 0: LoRA on attention and MLP
                  pretrained=""),  # a Qwen2 / Llama safetensors folder; "" = random init
     ))

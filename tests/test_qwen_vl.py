@@ -1,4 +1,4 @@
-"""Qwen2.5-VL: video logits equal transformers' on a tiny random folder; M-RoPE positions.
+"""Qwen2.5-VL and Qwen3-VL: video logits equal transformers' on tiny random folders; positions.
 
 The weights are redrawn at unit gain (transformers' 0.02 init hides wrong orders in
 rounding), so a wrong rotary section, patch order or window mask moves the logits by
@@ -224,3 +224,110 @@ def test_every_compressor_runs_on_qwen_and_kept_tokens_keep_their_positions(fold
         np.testing.assert_array_equal(vid[valid], full[flat[valid]])
         source = np.asarray(video).reshape(-1, 64)[flat[valid]]
         np.testing.assert_array_equal(np.asarray(comp(video).tokens)[0][valid], source)
+
+
+# ----------------------------------------------------------------------------- Qwen3-VL
+
+
+def _hf3_config():
+    return transformers.Qwen3VLConfig(
+        vision_config=dict(depth=3, hidden_size=32, intermediate_size=48, num_heads=2,
+                           patch_size=4, temporal_patch_size=2, spatial_merge_size=2,
+                           out_hidden_size=64, num_position_embeddings=36,
+                           deepstack_visual_indexes=[0, 1]),
+        text_config=dict(vocab_size=128, hidden_size=64, intermediate_size=96,
+                         num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                         head_dim=16, max_position_embeddings=512,
+                         rope_parameters=dict(rope_type="default", rope_theta=10_000.0,
+                                              mrope_section=[4, 2, 2], mrope_interleaved=True)),
+        video_token_id=VIDEO_TOKEN, image_token_id=121, vision_start_token_id=122,
+        vision_end_token_id=123, tie_word_embeddings=False)
+
+
+def _redraw(model, seed):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or "ln_q" in name:
+                p.copy_((1 if name.endswith("weight") else 0) + 0.3 * torch.randn(p.shape, generator=gen))
+            elif p.ndim == 1:
+                p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+            elif "pos_embed" in name:
+                p.copy_(torch.randn(p.shape, generator=gen))
+            else:
+                fan_in = int(np.prod(p.shape[1:]))
+                p.copy_(torch.randn(p.shape, generator=gen) / np.sqrt(fan_in))
+
+
+@pytest.fixture(scope="module")
+def folder3(tmp_path_factory):
+    torch.manual_seed(0)
+    model = transformers.Qwen3VLForConditionalGeneration(_hf3_config()).eval()
+    _redraw(model, 2)
+    path = tmp_path_factory.mktemp("qwen3_vl")
+    model.save_pretrained(path, safe_serialization=True)
+    return str(path), model
+
+
+def _qwen3_inputs(cfg):
+    """Qwen3-VL's video prompt: each temporal patch its own block after its timestamp."""
+    rng = np.random.default_rng(0)
+    frames = rng.uniform(0, 1, (1, FRAMES, SIZE, SIZE, 3)).astype(np.float32)
+    patches = qwen_vl.patchify(qwen_vl.normalize(jnp.asarray(frames)), cfg)
+    grid = qwen_vl.frames_to_grid(frames.shape, cfg)
+    block = qwen_vl.VideoSpan(1, grid[0] // cfg.merge, grid[1] // cfg.merge)
+    segments, tokens = [], []
+    for g in range(patches.shape[1]):
+        stamp = list(rng.integers(0, 100, 3))                    # "<0.5 seconds>"
+        segments += [len(stamp), block]
+        tokens += stamp + [VIDEO_TOKEN] * block.tokens
+    segments.append(4)
+    tokens += list(rng.integers(0, 100, 4))
+    return patches, grid, np.asarray(tokens)[None], qwen_vl.rope_index(segments)
+
+
+def test_qwen3_vl_video_logits_match_transformers(folder3):
+    path, hf = folder3
+    model = qwen_vl_import.load(path)
+    cfg = model.encoder.cfg
+    assert cfg.family == "qwen3_vl" and cfg.deepstack == (0, 1) and model.llm.rope_axes
+    patches, grid, tokens, positions = _qwen3_inputs(cfg)
+    with torch.no_grad():
+        out = hf.model.visual(torch.tensor(np.asarray(patches).reshape(-1, cfg.patch_dim)),
+                              grid_thw=torch.tensor([[patches.shape[1], *grid]]))
+    got, deep = model.encoder(patches, grid, with_deepstack=True)
+    np.testing.assert_allclose(np.asarray(got).reshape(-1, 64), out.pooler_output.numpy(),
+                               atol=1e-4, rtol=1e-4)
+    assert len(deep) == len(out.deepstack_features) == 2
+    for ours, theirs in zip(deep, out.deepstack_features):
+        np.testing.assert_allclose(np.asarray(ours).reshape(-1, 64), theirs.numpy(), atol=1e-4,
+                                   rtol=1e-4)
+    logits = model(jnp.asarray(tokens), patches, grid, positions=jnp.asarray(positions)[None])
+    np.testing.assert_allclose(np.asarray(logits), _hf_logits(hf, patches, grid, tokens, positions),
+                               atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("plant", ["sectioned_rope", "no_deepstack", "table_half_pixel"])
+def test_a_planted_qwen3_break_fails_parity(folder3, plant, monkeypatch):
+    path, hf = folder3
+    model = qwen_vl_import.load(path, scan_layers=False)
+    patches, grid, tokens, positions = _qwen3_inputs(model.encoder.cfg)
+    want = _hf_logits(hf, patches, grid, tokens, positions)
+    if plant == "sectioned_rope":          # Qwen2.5-VL's layout instead of interleaved
+        axes = llm_lib.mrope_axes(16, (4, 2, 2), interleaved=False)
+        for layer in model.llm.layers:
+            layer.attn.rope_axes = axes
+    elif plant == "no_deepstack":
+        model.encoder.cfg = dataclasses.replace(model.encoder.cfg, deepstack=())
+    else:                                  # the table resampled with half-pixel centres
+        def half_pixel(size, side):
+            src = np.clip((np.arange(size) + 0.5) * side / size - 0.5, 0, side - 1)
+            low = np.floor(src).astype(int)
+            out = np.zeros((size, side), np.float32)
+            out[np.arange(size), low] += 1 - (src - low)
+            out[np.arange(size), np.minimum(low + 1, side - 1)] += src - low
+            return out
+        monkeypatch.setattr(qwen_vl, "bilinear_corners", half_pixel)
+    got = np.asarray(model(jnp.asarray(tokens), patches, grid,
+                           positions=jnp.asarray(positions)[None]))
+    assert np.abs(got - want).max() > 1e-2

@@ -143,7 +143,8 @@ class Attention(nnx.Module):
     def __init__(self, width: int, heads: int, kv_heads: int, head_dim: int, *, qkv_bias: bool,
                  rope_theta: float, dtype: Any, param_dtype: Any, rngs: nnx.Rngs,
                  rope_scaling: Llama3RopeScaling | None = None, implementation: str = "auto",
-                 rope_axes: tuple[int, ...] | None = None):
+                 rope_axes: tuple[int, ...] | None = None, qk_norm: bool = False,
+                 norm_eps: float = 1e-6):
         if heads % kv_heads:
             raise ValueError(f"model.llm.heads {heads} not divisible by model.llm.kv_heads {kv_heads}")
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -160,6 +161,9 @@ class Attention(nnx.Module):
                            use_bias=qkv_bias, **kw)
         self.out = Dense((heads, head_dim), width, ("heads", "head_dim", "embed"),
                          use_bias=False, **kw)
+        # Qwen3: RMSNorm over each head's query and key before the rotation.
+        self.query_norm = RMSNorm(head_dim, eps=norm_eps, **kw) if qk_norm else None
+        self.key_norm = RMSNorm(head_dim, eps=norm_eps, **kw) if qk_norm else None
 
     def __call__(self, x: jax.Array, positions: jax.Array, mask: AttentionMask,
                  kv_cache: dict[str, jax.Array] | None = None,
@@ -167,7 +171,10 @@ class Attention(nnx.Module):
         """``x (B, L, E)``; ``mask`` over the S keys; with a cache, ``slots (B, L)``."""
         cos, sin = rope_angles(positions, self.head_dim, self.rope_theta,
                                self.rope_scaling, self.rope_axes)
-        q, k = rotate(self.query(x), cos, sin), rotate(self.key(x), cos, sin)
+        q, k = self.query(x), self.key(x)
+        if self.query_norm is not None:
+            q, k = self.query_norm(q), self.key_norm(k)
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         v = self.value(x)
         q = sharding.constrain(q, ("batch", "length", "heads", "head_dim"))
         kv_names = ("batch", "length", "kv_heads", "head_dim")
@@ -201,12 +208,13 @@ class DecoderLayer(nnx.Module):
                  qkv_bias: bool, rope_theta: float, norm_eps: float, dtype: Any,
                  param_dtype: Any, rngs: nnx.Rngs,
                  rope_scaling: Llama3RopeScaling | None = None, implementation: str = "auto",
-                 rope_axes: tuple[int, ...] | None = None):
+                 rope_axes: tuple[int, ...] | None = None, qk_norm: bool = False):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.attn_norm = RMSNorm(width, eps=norm_eps, **kw)
         self.attn = Attention(width, heads, kv_heads, head_dim, qkv_bias=qkv_bias,
                               rope_theta=rope_theta, rope_scaling=rope_scaling,
-                              implementation=implementation, rope_axes=rope_axes, **kw)
+                              implementation=implementation, rope_axes=rope_axes,
+                              qk_norm=qk_norm, norm_eps=norm_eps, **kw)
         self.mlp_norm = RMSNorm(width, eps=norm_eps, **kw)
         self.mlp = SwiGLU(width, mlp_dim, **kw)
 
@@ -250,7 +258,8 @@ class LLM(nnx.Module):
                                int(cfg.mlp_dim), qkv_bias=bool(cfg.qkv_bias),
                                rope_theta=float(cfg.rope_theta), norm_eps=float(cfg.norm_eps),
                                rope_scaling=rope_scaling_from_config(cfg),
-                               implementation=implementation, rope_axes=self.rope_axes, **kw)
+                               implementation=implementation, rope_axes=self.rope_axes,
+                               qk_norm=bool(cfg.get("qk_norm", False)), **kw)
                   for _ in range(self.depth)]
         self.layers = stack_modules(layers) if self.scan_layers else nnx.List(layers)
         self.final_norm = RMSNorm(self.width, eps=float(cfg.norm_eps), **kw)
@@ -284,7 +293,8 @@ class LLM(nnx.Module):
 
     def __call__(self, embeds: jax.Array, positions: jax.Array, attn_mask: jax.Array | None = None,
                  cache: Cache | None = None, cache_index: jax.Array | None = None, *,
-                 return_hidden: bool = False) -> tuple[jax.Array, Cache | None]:
+                 return_hidden: bool = False,
+                 layer_inputs: jax.Array | None = None) -> tuple[jax.Array, Cache | None]:
         """Runs the decoder.
 
         Args:
@@ -297,6 +307,9 @@ class LLM(nnx.Module):
           cache: from ``init_cache``; None for a plain full-sequence pass.
           cache_index: ``(B,)`` int32 slot of each example's first new token.
           return_hidden: return final-normed hidden states instead of logits.
+          layer_inputs: ``(k, B, L, E)`` added to the hidden states after each of the
+            first ``k`` layers (Qwen3-VL's DeepStack: visual features of earlier
+            vision layers, zero off the visual places).
         Returns:
           ``(logits (B, L, V) float32 or hidden (B, L, E), new cache or None)``.
         """
@@ -308,7 +321,8 @@ class LLM(nnx.Module):
         if cache is None:
             mask = (AttentionMask(key_valid=attn_mask, causal=True) if attn_mask.ndim == 2
                     else AttentionMask(dense=attn_mask))
-            x, _ = self._run_layers(x, positions, mask, remat=self.remat)
+            x, _ = self._run_layers(x, positions, mask, remat=self.remat,
+                                    layer_inputs=layer_inputs)
             new_cache = None
         else:
             if attn_mask.ndim != 2:
@@ -321,29 +335,41 @@ class LLM(nnx.Module):
             key_valid = cache["mask"].at[rows, slots].set(attn_mask, mode="drop")
             mask = AttentionMask(key_valid=key_valid, causal=True, q_places=slots,
                                  kv_places=jnp.arange(max_len, dtype=jnp.int32)[None])
-            x, (k, v) = self._run_layers(x, positions, mask, (cache["k"], cache["v"]), slots)
+            x, (k, v) = self._run_layers(x, positions, mask, (cache["k"], cache["v"]), slots,
+                                         layer_inputs=layer_inputs)
             new_cache = {"k": k, "v": v, "mask": key_valid}
         hidden = self.final_norm(x)
         return (hidden if return_hidden else self.logits(hidden)), new_cache
 
     def _run_layers(self, x: jax.Array, positions: jax.Array, mask: AttentionMask,
                     kv: tuple[jax.Array, jax.Array] | None = None,
-                    slots: jax.Array | None = None, *, remat: str = "none"):
-        """Every decoder layer over ``x``; with ``kv`` (stacked k, v) the updated cache too."""
+                    slots: jax.Array | None = None, *, remat: str = "none",
+                    layer_inputs: jax.Array | None = None):
+        """Every decoder layer over ``x``; with ``kv`` (stacked k, v) the updated cache too;
+        ``layer_inputs`` added after the first layers."""
+        extra = 0 if layer_inputs is None else layer_inputs.shape[0]
 
-        def step(layer, x, kv_layer):
+        def add(x, i):
+            if not extra:
+                return x
+            piece = layer_inputs[jnp.minimum(i, extra - 1)].astype(x.dtype)
+            return x + jnp.where(i < extra, piece, jnp.zeros((), x.dtype))
+
+        def step(layer, x, inputs):
+            kv_layer, i = inputs
             cache = None if kv_layer is None else {"k": kv_layer[0], "v": kv_layer[1]}
             x, cache = layer(x, positions, mask, cache, slots)
-            return x, (None if cache is None else (cache["k"], cache["v"]))
+            return add(x, i), (None if cache is None else (cache["k"], cache["v"]))
 
+        index = jnp.arange(self.depth)
         if self.scan_layers:
-            return scan_layers(self.layers, step, x, kv, remat=remat)
+            return scan_layers(self.layers, step, x, (kv, index), remat=remat)
         if kv is None:
-            for layer in self.layers:
-                x = remat_call(layer, x, positions, mask, policy=remat)[0]
+            for i, layer in enumerate(self.layers):
+                x = add(remat_call(layer, x, positions, mask, policy=remat)[0], i)
             return x, None
         new_kv = []
         for i, layer in enumerate(self.layers):
-            x, out = step(layer, x, (kv[0][i], kv[1][i]))
+            x, out = step(layer, x, ((kv[0][i], kv[1][i]), i))
             new_kv.append(out)
         return x, (jnp.stack([k for k, _ in new_kv]), jnp.stack([v for _, v in new_kv]))

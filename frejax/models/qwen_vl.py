@@ -34,7 +34,7 @@ from flax import nnx
 from frejax import sharding
 from frejax.models.llm import LLM, rotate
 from frejax.nn.attention import AttentionMask, attention
-from frejax.nn.layers import Dense, RMSNorm
+from frejax.nn.layers import Dense, LayerNorm, RMSNorm, make_param
 
 # Qwen's processor normalises pixels with CLIP's statistics.
 PIXEL_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -58,6 +58,13 @@ class VisionConfig:
     full_blocks: tuple[int, ...] = (7, 15, 23, 31)
     rope_theta: float = 10_000.0
     norm_eps: float = 1e-6
+    # Qwen3-VL: LayerNorm blocks with a GELU MLP and full attention, a learned position
+    # table of side x side (resampled bilinearly to the frame's grid), and DeepStack:
+    # the outputs of the ``deepstack`` blocks, merged by their own mergers, are added to
+    # the LLM's hidden states at the video places after its first layers.
+    family: str = "qwen2_5_vl"          # qwen2_5_vl | qwen3_vl
+    position_table: int = 0             # side of the learned table (0: none)
+    deepstack: tuple[int, ...] = ()
 
     @property
     def patch_dim(self) -> int:
@@ -120,12 +127,14 @@ class VisionBlock(nnx.Module):
     def __init__(self, cfg: VisionConfig, *, dtype: Any, param_dtype: Any, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         d, hd = cfg.width, cfg.width // cfg.heads
-        self.norm1 = RMSNorm(d, eps=cfg.norm_eps, **kw)
-        self.norm2 = RMSNorm(d, eps=cfg.norm_eps, **kw)
+        self.gated = cfg.family == "qwen2_5_vl"      # RMSNorm + SiLU-gated MLP, else LN + GELU
+        norm = RMSNorm if self.gated else LayerNorm
+        self.norm1 = norm(d, eps=cfg.norm_eps, **kw)
+        self.norm2 = norm(d, eps=cfg.norm_eps, **kw)
         # q, k and v in one projection, as the checkpoint holds them.
         self.qkv = Dense(d, (3, cfg.heads, hd), ("embed", None, "heads", "head_dim"), **kw)
         self.out = Dense((cfg.heads, hd), d, ("heads", "head_dim", "embed"), **kw)
-        self.gate = Dense(d, cfg.mlp_dim, ("embed", "mlp"), **kw)
+        self.gate = Dense(d, cfg.mlp_dim, ("embed", "mlp"), **kw) if self.gated else None
         self.up = Dense(d, cfg.mlp_dim, ("embed", "mlp"), **kw)
         self.down = Dense(cfg.mlp_dim, d, ("mlp", "embed"), **kw)
 
@@ -135,25 +144,50 @@ class VisionBlock(nnx.Module):
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         x = x + self.out(attention(q, k, v.astype(q.dtype), mask))
         h = self.norm2(x)
-        h = jax.nn.silu(self.gate(h)) * self.up(h)
+        if self.gated:
+            h = jax.nn.silu(self.gate(h)) * self.up(h)
+        else:
+            h = jax.nn.gelu(self.up(h), approximate=True)
         return sharding.constrain(x + self.down(h), ("batch", "length", "embed"))
 
 
 class Merger(nnx.Module):
-    """Each ``merge x merge`` block of patches -> one token of the LLM's width."""
+    """Each ``merge x merge`` block of patches -> one token of the LLM's width.
 
-    def __init__(self, cfg: VisionConfig, *, dtype: Any, param_dtype: Any, rngs: nnx.Rngs):
+    The norm runs per patch before the blocks are joined (RMSNorm in Qwen2.5-VL,
+    LayerNorm in Qwen3-VL), or over the joined block (``after_join``: Qwen3-VL's
+    DeepStack mergers)."""
+
+    def __init__(self, cfg: VisionConfig, *, after_join: bool = False, dtype: Any,
+                 param_dtype: Any, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         hidden = cfg.width * cfg.merge ** 2
-        self.norm = RMSNorm(cfg.width, eps=1e-6, **kw)
+        norm = RMSNorm if cfg.family == "qwen2_5_vl" else LayerNorm
+        self.after_join = after_join
+        self.norm = norm(hidden if after_join else cfg.width, eps=1e-6, **kw)
         self.fc1 = Dense(hidden, hidden, ("mlp", "mlp"), **kw)
         self.fc2 = Dense(hidden, cfg.out_width, ("mlp", "embed"), **kw)
         self.group = cfg.merge ** 2
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = self.norm(x)
+        if not self.after_join:
+            x = self.norm(x)
         x = x.reshape(x.shape[:-2] + (x.shape[-2] // self.group, self.group * x.shape[-1]))
+        if self.after_join:
+            x = self.norm(x)
         return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+
+
+def bilinear_corners(size: int, side: int) -> np.ndarray:
+    """``(size, side)``: bilinear resampling of ``side`` samples to ``size`` with aligned
+    corners (the ends map to the ends), as Qwen3-VL resamples its position table."""
+    src = np.arange(size) * (side - 1) / max(size - 1, 1)
+    low = np.clip(np.floor(src).astype(int), 0, side - 1)
+    frac = src - np.floor(src)
+    out = np.zeros((size, side), np.float32)
+    out[np.arange(size), low] += 1 - frac
+    out[np.arange(size), np.minimum(low + 1, side - 1)] += frac
+    return out
 
 
 class QwenVision(nnx.Module):
@@ -163,9 +197,14 @@ class QwenVision(nnx.Module):
                  param_dtype: Any = jnp.float32):
         self.cfg = cfg
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.patch_embed = Dense(cfg.patch_dim, cfg.width, (None, "embed"), use_bias=False, **kw)
+        qwen3 = cfg.family == "qwen3_vl"
+        self.patch_embed = Dense(cfg.patch_dim, cfg.width, (None, "embed"), use_bias=qwen3, **kw)
+        self.positions = (make_param(nnx.initializers.normal(0.02), (None, "embed"),
+                                     (cfg.position_table ** 2, cfg.width), param_dtype, rngs)
+                          if cfg.position_table else None)
         self.blocks = nnx.List([VisionBlock(cfg, **kw) for _ in range(cfg.depth)])
         self.merger = Merger(cfg, **kw)
+        self.deepstack = nnx.List([Merger(cfg, after_join=True, **kw) for _ in cfg.deepstack])
 
     def rope(self, grid: tuple[int, int]) -> tuple[jax.Array, jax.Array]:
         """2D rotary angles per patch: the first half of the frequencies follow the row,
@@ -176,20 +215,42 @@ class QwenVision(nnx.Module):
         angles = np.concatenate([pos[:, :1] * inv, pos[:, 1:] * inv], axis=-1)
         return jnp.asarray(np.cos(angles))[:, None], jnp.asarray(np.sin(angles))[:, None]
 
-    def __call__(self, patches: jax.Array, grid: tuple[int, int]) -> jax.Array:
+    def position_embeddings(self, grid: tuple[int, int]) -> jax.Array:
+        """Qwen3-VL's learned table resampled to ``grid``, per patch in block-major order."""
+        side = self.cfg.position_table
+        table = self.positions[...].reshape(side, side, -1)
+        rows, cols = bilinear_corners(grid[0], side), bilinear_corners(grid[1], side)
+        full = jnp.einsum("hi,ijd,wj->hwd", rows, table.astype(jnp.float32), cols)
+        pos = patch_positions(grid, self.cfg.merge)
+        return full[pos[:, 0], pos[:, 1]]
+
+    def __call__(self, patches: jax.Array, grid: tuple[int, int], *,
+                 with_deepstack: bool = False):
         """``(B, G, h * w, patch_dim)`` -> ``(B, G, h * w / merge**2, out_width)``;
-        ``grid``: ``(h, w)`` patches per frame."""
+        ``grid``: ``(h, w)`` patches per frame. ``with_deepstack``: also the DeepStack
+        features, ``(k, B, G, tokens, out_width)`` (``k = 0`` for Qwen2.5-VL)."""
         b, g, n, _ = patches.shape
         if n != grid[0] * grid[1]:
             raise ValueError(f"qwen_vl: {n} patches per group for a {grid} grid")
         x = self.patch_embed(patches.reshape(b * g, n, -1))
+        if self.positions is not None:
+            x = x + self.position_embeddings(grid).astype(x.dtype)
         cos, sin = self.rope(grid)
         ids = jnp.asarray(window_ids(grid, self.cfg))
         windowed = AttentionMask(dense=(ids[:, None] == ids[None, :])[None])
+        full = self.cfg.family == "qwen3_vl"
+        stacked = []
         for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, None if i in self.cfg.full_blocks else windowed)
+            x = block(x, cos, sin, None if full or i in self.cfg.full_blocks else windowed)
+            if i in self.cfg.deepstack:
+                stacked.append(self.deepstack[self.cfg.deepstack.index(i)](x))
         x = self.merger(x)
-        return x.reshape(b, g, x.shape[1], x.shape[2])
+        out = x.reshape(b, g, x.shape[1], x.shape[2])
+        if not with_deepstack:
+            return out
+        deep = (jnp.stack(stacked).reshape((len(stacked),) + out.shape) if stacked
+                else jnp.zeros((0,) + out.shape, out.dtype))
+        return out, deep
 
 
 # ----------------------------------------------------------------------------- positions
@@ -286,8 +347,8 @@ def prompt_positions(tokens: jax.Array, video_token: int, places: jax.Array,
 
 
 class QwenVL(nnx.Module):
-    """The tower, then the multimodal-RoPE LLM; video tokens replace the prompt's
-    ``video_token`` placeholders in order."""
+    """Qwen2.5-VL or Qwen3-VL: the tower, then the multimodal-RoPE LLM; video tokens
+    replace the prompt's ``video_token`` placeholders in order."""
 
     def __init__(self, vision: VisionConfig, llm_cfg: Any, video_token: int, *,
                  rngs: nnx.Rngs, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32):
@@ -296,14 +357,18 @@ class QwenVL(nnx.Module):
         self.llm = LLM(llm_cfg, rngs=rngs, **kw)
         self.video_token = int(video_token)
 
-    def embed(self, tokens: jax.Array, video: jax.Array) -> jax.Array:
-        """Token embeddings with ``video (B, M, width)`` written over the placeholders
-        (each example's ``M`` placeholders, in order)."""
-        x = self.llm.embed(tokens)
+    def _at_placeholders(self, tokens: jax.Array, video: jax.Array, base: jax.Array) -> jax.Array:
+        """``base (B, L, E)`` with ``video (B, M, E)`` written over the placeholders, in order."""
         is_video = tokens == self.video_token
         slot = jnp.clip(jnp.cumsum(is_video, axis=1) - 1, 0, video.shape[1] - 1)
-        picked = jnp.take_along_axis(video.astype(x.dtype), slot[..., None], axis=1)
-        return jnp.where(is_video[..., None], picked, x)
+        picked = jnp.take_along_axis(video.astype(base.dtype), slot[..., None], axis=1)
+        return jnp.where(is_video[..., None], picked, base)
+
+    def embed(self, tokens: jax.Array, video: jax.Array) -> jax.Array:
+        """Token embeddings with ``video (B, M, width)`` written over the placeholders
+        (each example's ``M`` placeholders, in order: one run or several, such as
+        Qwen3-VL's frames between their timestamps)."""
+        return self._at_placeholders(tokens, video, self.llm.embed(tokens))
 
     def __call__(self, tokens: jax.Array, patches: jax.Array, grid: tuple[int, int], *,
                  interval: float = 1.0, compressor: Any = None,
@@ -318,8 +383,11 @@ class QwenVL(nnx.Module):
         say. ``positions``: ``(B, L, 3)`` given instead of computed (``interval``: position
         steps between temporal patches).
         """
-        video = self.encoder(patches, grid)                   # (B, G, rows * cols, D)
+        video, deep = self.encoder(patches, grid, with_deepstack=True)  # (B, G, rows*cols, D)
         b, g, n, d = video.shape
+        if compressor is not None and deep.shape[0]:
+            raise NotImplementedError("qwen_vl: compressing Qwen3-VL's DeepStack features is not"
+                                      " supported yet; run it uncompressed")
         if compressor is None:
             rows, cols = grid[0] // self.encoder.cfg.merge, grid[1] // self.encoder.cfg.merge
             places = jnp.broadcast_to(
@@ -335,7 +403,13 @@ class QwenVL(nnx.Module):
         slot = jnp.clip(jnp.cumsum(is_video, axis=1) - 1, 0, valid.shape[1] - 1)
         keep = ~is_video | jnp.take_along_axis(valid, slot, axis=1)
         attn_mask = keep if attn_mask is None else attn_mask & keep
-        logits, _ = self.llm(self.embed(tokens, video), positions, attn_mask)
+        layer_inputs = None
+        if deep.shape[0]:   # DeepStack: zero off the video places
+            zeros = jnp.zeros(tokens.shape + (d,), video.dtype)
+            layer_inputs = jnp.stack([self._at_placeholders(tokens, f.reshape(b, g * n, d), zeros)
+                                      for f in deep])
+        logits, _ = self.llm(self.embed(tokens, video), positions, attn_mask,
+                             layer_inputs=layer_inputs)
         return logits
 
 

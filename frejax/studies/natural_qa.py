@@ -214,7 +214,8 @@ def _train_fit(workdir: str) -> float | None:
 # Config keys added after runs were recorded, at the values that leave a model as it was:
 # a key at its value here is left out of the settings key, so recorded runs stay readable.
 NEUTRAL_KEYS = {("model", "llm", "mrope_sections"): (), ("model", "llm", "mrope_interleaved"): False,
-                ("compressor", "fre_res", "residual_place"): "centre"}
+                ("compressor", "fre_res", "residual_place"): "centre",
+                ("model", "llm", "qk_norm"): False}
 
 
 def settings_key(config, scale: dict) -> str:

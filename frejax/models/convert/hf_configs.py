@@ -95,11 +95,14 @@ def llm_config_from_hf(config: dict) -> dict:
     if is_llava(config):
         config = config["text_config"]
     sections: list[int] = []
-    if config.get("model_type") in QWEN_VL_TYPES:
+    interleaved = config.get("model_type") in QWEN3_VL_TYPES
+    if config.get("model_type") in QWEN_VL_TYPES + QWEN3_VL_TYPES:
         config, sections = _qwen_vl_text(config)
     kind = config.get("model_type")
-    if kind not in ("qwen2", "llama"):
-        raise ValueError(f"llm config: model_type {kind!r}; supported: 'qwen2', 'llama'")
+    if kind not in ("qwen2", "qwen3", "llama"):
+        raise ValueError(f"llm config: model_type {kind!r}; supported: 'qwen2', 'qwen3', 'llama'")
+    if kind == "qwen3" and config.get("attention_bias"):
+        raise ValueError("llm config: Qwen3 with attention_bias is not supported")
     if config.get("hidden_act", "silu") != "silu":
         raise ValueError(f"llm config: hidden_act {config['hidden_act']!r}; SwiGLU needs 'silu'")
     if kind == "llama" and (config.get("attention_bias") or config.get("mlp_bias")):
@@ -131,15 +134,19 @@ def llm_config_from_hf(config: dict) -> dict:
                 mlp_dim=int(config["intermediate_size"]), rope_theta=theta,
                 qkv_bias=kind == "qwen2", tie_embeddings=bool(config.get("tie_word_embeddings")),
                 norm_eps=float(config.get("rms_norm_eps", 1e-6)), rope_scaling=scaling,
-                mrope_sections=tuple(sections))
+                mrope_sections=tuple(sections), mrope_interleaved=interleaved,
+                qk_norm=kind == "qwen3")
 
 
 QWEN_VL_TYPES = ("qwen2_5_vl", "qwen2_5_vl_text")
+QWEN3_VL_TYPES = ("qwen3_vl", "qwen3_vl_text")
 
 
 def _qwen_vl_text(config: dict) -> tuple[dict, list[int]]:
-    """A Qwen2.5-VL ``config.json`` (``text_config`` in transformers >= 5, top level
-    before) -> its decoder's keys as a Qwen2 config, and the M-RoPE sections."""
+    """A Qwen2.5-VL or Qwen3-VL ``config.json`` (``text_config`` in transformers >= 5 and
+    in Qwen3-VL, top level in Qwen2.5-VL before) -> its decoder's keys as a Qwen2 or
+    Qwen3 config, and the M-RoPE sections."""
+    qwen3 = config.get("model_type") in QWEN3_VL_TYPES
     text = dict(config.get("text_config") or config)
     for key in ("tie_word_embeddings", "vocab_size"):
         if key not in text and key in config:
@@ -149,7 +156,7 @@ def _qwen_vl_text(config: dict) -> tuple[dict, list[int]]:
     if not sections:
         raise ValueError(f"llm config: model_type {config.get('model_type')!r} without"
                          " rope mrope_section")
-    text["model_type"] = "qwen2"
+    text["model_type"] = "qwen3" if qwen3 else "qwen2"
     return text, sections
 
 

@@ -137,6 +137,9 @@ def llm_param_map(folder: SafetensorsFolder, vocab_size: int = 0) -> ParamMap:
                 m[fj + ("attn", ours, "bias")] = SplitBias(hf + f"self_attn.{theirs}.bias",
                                                            (n, hd))
         m[fj + ("attn", "out", "kernel")] = Linear(hf + "self_attn.o_proj.weight", (heads, hd), (d,))
+        if c["qk_norm"]:
+            m[fj + ("attn", "query_norm", "scale")] = Tensor(hf + "self_attn.q_norm.weight", (hd,))
+            m[fj + ("attn", "key_norm", "scale")] = Tensor(hf + "self_attn.k_norm.weight", (hd,))
         for ours in ("gate", "up"):
             m[fj + ("mlp", ours, "kernel")] = Linear(hf + f"mlp.{ours}_proj.weight",
                                                      (d,), (c["mlp_dim"],))
