@@ -133,6 +133,44 @@ def apply_llava(c: ml_collections.ConfigDict, folder: str) -> None:
         c.data.update(tokenizer="huggingface", tokenizer_path=folder)
 
 
+QWEN_PROMPT = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+               "<|im_start|>user\n<|vision_start|><video><|vision_end|>{question}<|im_end|>\n"
+               "<|im_start|>assistant\n")
+# Seconds between sampled frames that Qwen2.5-VL's temporal positions assume: lmms-eval
+# samples its videos at 2 fps.
+QWEN_FRAME_SECONDS = 0.5
+
+
+def apply_qwen_vl(c: ml_collections.ConfigDict, folder: str) -> None:
+    """Points the model at a Qwen2.5-VL folder (Hugging Face ``qwen2_5_vl`` layout): the
+    tower with its merger as the encoder, the multimodal-RoPE LLM, tokenizer and chat
+    template, all from its files."""
+    from frejax.models.convert import qwen_vl_import  # noqa: PLC0415  (model code: lazy)
+
+    path = os.path.join(folder, "config.json")
+    if not os.path.isfile(path):
+        raise ValueError(f"config arg qwen={folder}: no config.json in that folder")
+    with open(path) as f:
+        config = json.load(f)
+    if not qwen_vl_import.is_qwen_vl(config):
+        raise ValueError(f"config arg qwen={folder}: model_type {config.get('model_type')!r},"
+                         f" expected one of {qwen_vl_import.TYPES}")
+    v = qwen_vl_import.vision_config(config)
+    c.model.vision.update(
+        family=v.family, width=v.width, depth=v.depth, heads=v.heads, mlp_dim=v.mlp_dim,
+        patch_size=v.patch, temporal_patch=v.temporal_patch, merge=v.merge, window=v.window,
+        full_blocks=v.full_blocks, position_table=v.position_table, deepstack=v.deepstack,
+        image_size=c.data.image_size, pretrained=folder,
+        mrope_time_step=(qwen_vl_import.tokens_per_second(config) * v.temporal_patch
+                         * QWEN_FRAME_SECONDS))
+    llm_cfg = hf_configs.llm_config_from_hf(config)
+    c.model.llm.rope_scaling.update(llm_cfg.pop("rope_scaling"))
+    c.model.llm.update(llm_cfg, pretrained=folder)
+    c.data.prompt_template = QWEN_PROMPT
+    if os.path.isfile(os.path.join(folder, "tokenizer.json")):
+        c.data.update(tokenizer="huggingface", tokenizer_path=folder)
+
+
 def apply_stage(c: ml_collections.ConfigDict, stage: int, lora_rank: int = 0,
                 after: str = "") -> None:
     """Training recipes for a pretrained encoder and LLM.

@@ -119,7 +119,15 @@ def base_config() -> ml_collections.ConfigDict:
                     # pixels: frames in, the ViT above encodes them | latents: a frozen
                     # encoder's cached latents in (frejax.studies.latent_cache), no ViT built; the
                     # latents are latent_grid (h, w) tokens of `width` per frame.
-                    input="pixels", latent_grid=(0, 0)),
+                    input="pixels", latent_grid=(0, 0),
+                    # vit (the ViT above) | qwen2_5_vl | qwen3_vl: Qwen-VL's tower
+                    # (frejax/models/qwen_vl.py), temporal patches of `temporal_patch`
+                    # frames, `merge` x `merge` patches per LLM-width token, attention in
+                    # windows of `window` px but in `full_blocks`; Qwen3-VL's position
+                    # table side and DeepStack blocks; under multimodal RoPE the position
+                    # steps between temporal patches (mrope_time_step).
+                    family="vit", temporal_patch=2, merge=2, window=112, full_blocks=(),
+                    position_table=0, deepstack=(), mrope_time_step=1.0),
         # The vision -> LLM projector (2-layer GELU MLP; hidden 0 = the LLM width).
         # order: compress_then_project (compressor on encoder latents, frejax's default)
         # | project_then_compress (LLaVA-OneVision / LLaVA-Video: the projector per frame,
@@ -232,6 +240,7 @@ _CHOICES = {
     "model.llm.remat": tuple(REMAT_POLICIES),
     "model.llm.attention": attention.IMPLEMENTATIONS,
     "model.llm.rope_scaling.type": ("none", "llama3"),
+    "model.vision.family": ("vit", "qwen2_5_vl", "qwen3_vl"),
     "train.dtype": ("auto", "float32", "bfloat16"),
     "model.param_dtype": ("float32", "bfloat16"),
 }
@@ -317,6 +326,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"config.model.vision.image_size ({v['model.vision.image_size']}) must equal"
             f" config.data.image_size ({v['data.image_size']})")
+    family = v["model.vision.family"]
+    if family != "vit":
+        m = config.model.vision
+        if v["model.vision.input"] != "pixels":
+            raise ValueError(f"config.model.vision.family {family!r} reads pixels; set"
+                             " model.vision.input='pixels'")
+        if v["data.num_frames"] % m.temporal_patch:
+            raise ValueError(f"config.data.num_frames ({v['data.num_frames']}) must be a multiple"
+                             f" of config.model.vision.temporal_patch ({m.temporal_patch})")
+        if m.image_size % (m.patch_size * m.merge):
+            raise ValueError(f"config.model.vision.image_size ({m.image_size}) must be a multiple"
+                             f" of patch_size x merge ({m.patch_size * m.merge})")
     sections = tuple(config.model.llm.mrope_sections)
     if sections:
         half = (v["model.llm.head_dim"] or v["model.llm.width"] // v["model.llm.heads"]) // 2

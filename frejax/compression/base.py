@@ -63,6 +63,9 @@ class VideoGeometry:
 class CompressedTokens(NamedTuple):
     tokens: jax.Array  # (batch, M, embed)
     mask: jax.Array    # (batch, M) bool: False for padding
+    # (batch, M, 3) float32 (frame, row, column), for multimodal RoPE (``places``);
+    # None where the model's positions do not need them.
+    places: jax.Array | None = None
 
 
 def resolve_budget(geometry: VideoGeometry, budget: int = 0, ratio: float = 0.0) -> int:
@@ -182,7 +185,8 @@ def pad_to(out: CompressedTokens, length: int) -> CompressedTokens:
         return out
     tokens = jnp.pad(out.tokens, ((0, 0), (0, length - m), (0, 0)))
     mask = jnp.pad(out.mask, ((0, 0), (0, length - m)))
-    return CompressedTokens(tokens, mask)
+    places = None if out.places is None else jnp.pad(out.places, ((0, 0), (0, length - m), (0, 0)))
+    return CompressedTokens(tokens, mask, places)
 
 
 def grid_places(grid: tuple[int, int]) -> np.ndarray:

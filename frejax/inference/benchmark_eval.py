@@ -82,8 +82,8 @@ class BenchmarkAnswerer:
         masks = np.stack([c[1] for c in clips] + [clips[-1][1]] * (b - n))
         out, seconds = self.engine.call(self.engine.encode, jnp.asarray(frames),
                                         jnp.asarray(masks))
-        tokens, mask = jax.device_get((out.tokens, out.mask))
-        return [CompressedTokens(tokens[i], mask[i]) for i in range(n)], seconds
+        host = jax.device_get(out)
+        return [jax.tree.map(lambda x, i=i: x[i], host) for i in range(n)], seconds
 
     def answer(self, visuals: list[CompressedTokens], prompts: list[list[int]], length: int):
         """Greedy answers -> (texts, prefill seconds, decode seconds)."""
@@ -93,8 +93,7 @@ class BenchmarkAnswerer:
         rest = np.zeros((b, length), np.int32)
         for i, p in enumerate(prompts):
             rest[i, :len(p)] = p
-        visual = CompressedTokens(jnp.asarray(np.stack([v.tokens for v in visuals])),
-                                  jnp.asarray(np.stack([v.mask for v in visuals])))
+        visual = jax.tree.map(lambda *xs: jnp.asarray(np.stack(xs)), *visuals)
         lengths = jnp.asarray([len(p) for p in prompts], jnp.int32)
         prefix = jnp.broadcast_to(jnp.asarray(self.prefix, jnp.int32), (b, len(self.prefix)))
         max_len = len(self.prefix) + self.num_visual + length + self.max_new_tokens

@@ -134,13 +134,13 @@ class ChunkedVideoCompressor:
         pending: CompressedTokens | None = None
         for frames, mask in chunks:
             out = self._device_chunk(frames, mask)
-            for leaf in out:
+            for leaf in jax.tree.leaves(out):
                 leaf.copy_to_host_async()
             if pending is not None:
-                yield CompressedTokens(*(np.asarray(x)[0] for x in pending))
+                yield jax.tree.map(lambda x: np.asarray(x)[0], pending)
             pending = out
         if pending is not None:
-            yield CompressedTokens(*(np.asarray(x)[0] for x in pending))
+            yield jax.tree.map(lambda x: np.asarray(x)[0], pending)
 
     def __call__(self, chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> CompressedTokens:
         """All chunks' tokens, concatenated chunk-major: host ``(M_total, D)``, ``(M_total,)``."""

@@ -71,6 +71,19 @@ class VisionConfig:
         return 3 * self.temporal_patch * self.patch * self.patch
 
 
+def vision_config_from(vision: Any, out_width: int) -> VisionConfig:
+    """A ``model.vision`` config section (``family`` qwen2_5_vl | qwen3_vl) -> the tower's
+    shape; ``out_width``: the LLM's width."""
+    return VisionConfig(
+        width=int(vision.width), depth=int(vision.depth), heads=int(vision.heads),
+        mlp_dim=int(vision.mlp_dim), out_width=int(out_width), patch=int(vision.patch_size),
+        temporal_patch=int(vision.temporal_patch), merge=int(vision.merge),
+        window=int(vision.window), full_blocks=tuple(int(i) for i in vision.full_blocks),
+        norm_eps=float(vision.norm_eps), family=str(vision.family),
+        position_table=int(vision.position_table),
+        deepstack=tuple(int(i) for i in vision.deepstack))
+
+
 # ----------------------------------------------------------------------------- layout
 
 
@@ -165,7 +178,7 @@ class Merger(nnx.Module):
         norm = RMSNorm if cfg.family == "qwen2_5_vl" else LayerNorm
         self.after_join = after_join
         self.norm = norm(hidden if after_join else cfg.width, eps=1e-6, **kw)
-        self.fc1 = Dense(hidden, hidden, ("mlp", "mlp"), **kw)
+        self.fc1 = Dense(hidden, hidden, (None, "mlp"), **kw)
         self.fc2 = Dense(hidden, cfg.out_width, ("mlp", "embed"), **kw)
         self.group = cfg.merge ** 2
 

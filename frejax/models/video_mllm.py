@@ -30,6 +30,7 @@ from flax import nnx
 from frejax import compression, sharding
 from frejax.compression import CompressedTokens, VideoGeometry, resolve_budget
 from frejax.nn.grid import bilinear_matrix, resample_grid
+from frejax.models import qwen_vl
 from frejax.models.llm import LLM
 from frejax.models.projector import Projector
 from frejax.models.vit import ViT
@@ -69,10 +70,30 @@ class VideoMLLM(nnx.Module):
                  video_token_id: int, rngs: nnx.Rngs, dtype: Any = jnp.float32,
                  param_dtype: Any = jnp.float32):
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self._vocab_size = vocab_size
         self.video_token_id = int(video_token_id)
         self.dtype = dtype
         vision = model_cfg.vision
         self.reads_latents = str(vision.get("input", "pixels")) == "latents"
+        self.family = str(vision.get("family", "vit"))
+        # Position steps between temporal patches under multimodal RoPE.
+        self.time_step = float(vision.get("mrope_time_step", 1.0))
+        self.qwen = None
+        if self.family != "vit":
+            # Qwen-VL: the tower merges patches into LLM-width tokens (the merger is its
+            # projector); the compressor reads them, one frame per temporal patch.
+            self.qwen = qwen_vl.vision_config_from(vision, int(model_cfg.llm.width))
+            if self.qwen.deepstack:
+                raise ValueError("model.vision.deepstack: Qwen3-VL's DeepStack is not supported"
+                                 " in VideoMLLM yet (frejax.models.qwen_vl.QwenVL runs it)")
+            self.encoder = qwen_vl.QwenVision(self.qwen, **kw)
+            side = int(vision.image_size) // self.qwen.patch // self.qwen.merge
+            self.latent_grid = (side, side)
+            self.project_first, self.pool = True, 1
+            self.geometry = VideoGeometry(int(num_frames) // self.qwen.temporal_patch,
+                                          self.latent_grid, int(model_cfg.llm.width))
+            self._build_rest(model_cfg, compressor_cfg, None, kw)
+            return
         if self.reads_latents:
             # A frozen encoder ran ahead of time: no parameters, only its output geometry.
             self.encoder = None
@@ -96,16 +117,21 @@ class VideoMLLM(nnx.Module):
             raise ValueError("model.projector.pool needs model.projector.order="
                              "'project_then_compress' (it pools projected tokens)")
         self.geometry = VideoGeometry(int(num_frames), grid, width)
+        self._build_rest(model_cfg, compressor_cfg, latent_width, kw)
+
+    def _build_rest(self, model_cfg: Any, compressor_cfg: Any, latent_width: int | None,
+                    kw: dict) -> None:
+        """The compressor over ``self.geometry``, the LLM and (for a ViT) the projector."""
         budget = resolve_budget(self.geometry, int(compressor_cfg.budget),
                                 float(compressor_cfg.ratio))
         self.compressor = compression.build(
             compressor_cfg["name"], self.geometry, budget,
-            compression.section_options(compressor_cfg), rngs=rngs, dtype=dtype)
-        self.llm = LLM(model_cfg.llm, vocab_size=vocab_size, **kw)
-        self.projector = Projector(latent_width, self.llm.width,
-                                   int(projector_cfg.hidden),
-                                   newline=bool(model_cfg.get("newline", False)), **kw)
-        self._extra = 0 if self.projector.newline is None else 1
+            compression.section_options(compressor_cfg), rngs=kw["rngs"], dtype=kw["dtype"])
+        self.llm = LLM(model_cfg.llm, vocab_size=self._vocab_size, **kw)
+        self.projector = None if latent_width is None else Projector(
+            latent_width, self.llm.width, int(model_cfg.projector.hidden),
+            newline=bool(model_cfg.get("newline", False)), **kw)
+        self._extra = 0 if self.projector is None or self.projector.newline is None else 1
 
     @property
     def num_visual_tokens(self) -> int:
@@ -125,6 +151,11 @@ class VideoMLLM(nnx.Module):
         """Frames (or, reading latents, the cached latents) -> what the compressor reads
         ``(batch, T, N, D)``: encoder latents, or with ``project_then_compress`` projected
         (and pooled) LLM-width tokens."""
+        if self.qwen is not None:
+            grid = (frames.shape[2] // self.qwen.patch, frames.shape[3] // self.qwen.patch)
+            patches = qwen_vl.patchify(qwen_vl.normalize(frames), self.qwen)
+            return sharding.constrain(self.encoder(patches, grid),
+                                      ("batch", "frames", "tokens", "embed"))
         if self.reads_latents:
             latents = sharding.constrain(frames.astype(self.dtype),
                                          ("batch", "frames", "tokens", "embed"))
@@ -145,9 +176,15 @@ class VideoMLLM(nnx.Module):
         width, or LLM width with ``project_then_compress``; the newline is not among them."""
         latents = self.frame_tokens(batch["latents" if self.reads_latents else "frames"])
         frame_mask = batch.get("frame_mask")
+        if frame_mask is not None and self.qwen is not None:  # a temporal patch per frame
+            b, t = frame_mask.shape
+            tp = self.qwen.temporal_patch
+            frame_mask = frame_mask.reshape(b, t // tp, tp).any(axis=-1)
         out = self.compressor(latents, frame_mask)
+        places = (self.compressor.places(latents, frame_mask)
+                  if self.llm.rope_axes is not None else None)
         return CompressedTokens(sharding.constrain(out.tokens, ("batch", "tokens", "embed")),
-                                out.mask.astype(bool))
+                                out.mask.astype(bool), places)
 
     def visual_embeds(self, visual: CompressedTokens) -> tuple[jax.Array, jax.Array]:
         """Compressed tokens -> the LLM's visual places ``(batch, M, E)`` and mask ``(batch, M)``."""
@@ -157,7 +194,7 @@ class VideoMLLM(nnx.Module):
         mask = visual.mask.astype(bool)
         x = visual.tokens if self.project_first else self.projector(visual.tokens)
         x = x.astype(self.dtype) * mask[..., None].astype(self.dtype)
-        if self.projector.newline is not None:
+        if self._extra:
             b = x.shape[0]
             line = jnp.broadcast_to(self.projector.newline[...].astype(self.dtype),
                                     (b, 1, x.shape[-1]))
@@ -175,13 +212,41 @@ class VideoMLLM(nnx.Module):
         embeds = _gather(jnp.concatenate([text, vis.astype(text.dtype)], axis=1), source)
         embeds = sharding.constrain(embeds, ("batch", "length", "embed"))
         valid = _gather(jnp.concatenate([text_mask.astype(bool), vis_mask], axis=1), source)
-        positions = jnp.maximum(jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1, 0)
+        positions = self._positions(valid, source, tokens.shape[1], visual.places)
         # The placeholder predicts from the last valid place up to the end of the visual block.
         p = jnp.argmax(tokens == self.video_token_id, axis=1)[:, None]
         j = jnp.arange(valid.shape[1])[None]
         last_visual = jnp.max(jnp.where(valid & (j < p + m), j, 0), axis=1, keepdims=True)
         text_to_seq = jnp.where(jnp.arange(tokens.shape[1])[None] == p, last_visual, text_to_seq)
         return embeds, valid, positions, text_to_seq
+
+    def _positions(self, valid: jax.Array, source: jax.Array, text_len: int,
+                   places: jax.Array | None) -> jax.Array:
+        """RoPE positions of a spliced sequence: ``(B, S)``, counting valid places only;
+        or, under multimodal RoPE, ``(B, S, 3)``: text as before the video, each visual
+        token at ``start + (time_step * t, row, column)`` from its place, and the text
+        after it on from one past the largest position (Qwen2.5-VL's rule).
+
+        ``source``: each place's index into ``concat([text (text_len), visual])``.
+        """
+        counted = jnp.maximum(jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1, 0)
+        if self.llm.rope_axes is None:
+            return counted
+        if places is None:
+            raise ValueError("video_mllm: multimodal RoPE needs the visual tokens' places")
+        places = jnp.concatenate([places, jnp.zeros((places.shape[0], self._extra, 3))], 1)
+        visual = source >= text_len
+        at = jnp.take_along_axis(places.astype(jnp.float32),
+                                 jnp.clip(source - text_len, 0, places.shape[1] - 1)[..., None],
+                                 axis=1)
+        first = jnp.argmax(visual, axis=1)[:, None]
+        start = jnp.sum(valid & (jnp.arange(valid.shape[1])[None] < first), axis=1)
+        video = start[:, None, None] + at * jnp.asarray([self.time_step, 1.0, 1.0])
+        top = jnp.max(jnp.where((visual & valid)[..., None], video, -1.0), axis=(1, 2))
+        after = ~visual & (jnp.arange(valid.shape[1])[None] > first)
+        text_after = top[:, None] + jnp.cumsum(valid & after, axis=1)
+        text = jnp.where(after, text_after, counted.astype(jnp.float32))
+        return jnp.where(visual[..., None], video, text[..., None])
 
     def __call__(self, batch: dict[str, jax.Array],
                  visual: CompressedTokens | None = None) -> jax.Array:
@@ -213,12 +278,15 @@ class VideoMLLM(nnx.Module):
         text = self.llm.embed(prefix_tokens)
         embeds = jnp.concatenate([text, vis.astype(text.dtype)], axis=1)
         valid = jnp.concatenate([jnp.ones(prefix_tokens.shape, bool), vis_mask], axis=1)
-        positions = jnp.maximum(jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1, 0)
-        b = prefix_tokens.shape[0]
+        b, p = prefix_tokens.shape
+        source = jnp.broadcast_to(jnp.arange(valid.shape[1]), valid.shape)
+        positions = self._positions(valid, source, p, visual.places)
         cache = self.llm.init_cache(b, cache_len)
         _, cache = self.llm(embeds, positions, valid, cache, jnp.zeros((b,), jnp.int32),
                             return_hidden=True)
-        return cache, valid.sum(axis=1, dtype=jnp.int32)
+        # Text goes on one past the largest position (the count of valid places in 1D).
+        top = jnp.where(valid.reshape(valid.shape + (1,) * (positions.ndim - 2)), positions, -1)
+        return cache, (jnp.max(top.reshape(b, -1), axis=1) + 1).astype(jnp.int32)
 
     def prefill_text(self, cache: Any, next_position: jax.Array, first_slot: jax.Array,
                      tokens: jax.Array, length: jax.Array) -> tuple[Any, jax.Array]:

@@ -215,7 +215,11 @@ def _train_fit(workdir: str) -> float | None:
 # a key at its value here is left out of the settings key, so recorded runs stay readable.
 NEUTRAL_KEYS = {("model", "llm", "mrope_sections"): (), ("model", "llm", "mrope_interleaved"): False,
                 ("compressor", "fre_res", "residual_place"): "centre",
-                ("model", "llm", "qk_norm"): False}
+                ("model", "llm", "qk_norm"): False, ("model", "vision", "family"): "vit",
+                ("model", "vision", "temporal_patch"): 2, ("model", "vision", "merge"): 2,
+                ("model", "vision", "window"): 112, ("model", "vision", "full_blocks"): (),
+                ("model", "vision", "position_table"): 0, ("model", "vision", "deepstack"): (),
+                ("model", "vision", "mrope_time_step"): 1.0}
 
 
 def settings_key(config, scale: dict) -> str:

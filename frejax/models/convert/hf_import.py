@@ -17,6 +17,7 @@ no host ever holds a full copy of a large model.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -135,6 +136,21 @@ def load_pretrained(config: Any, params: dict) -> dict:
     """
     params = dict(params)
     vision_path = config.model.vision.get("pretrained", "")
+    if vision_path and config.model.vision.get("family", "vit") != "vit":
+        # A Qwen-VL folder: the tower with its merger (the projector) is the encoder.
+        from frejax.models.convert import qwen_vl_import  # noqa: PLC0415  (imports this module)
+        from frejax.models.qwen_vl import vision_config_from  # noqa: PLC0415
+        folder = SafetensorsFolder(vision_path)
+        want = qwen_vl_import.vision_config(folder.config)
+        have = vision_config_from(config.model.vision, config.model.llm.width)
+        for field in dataclasses.fields(want):
+            a, b = getattr(have, field.name), getattr(want, field.name)
+            if a != b and field.name not in ("rope_theta", "norm_eps"):
+                raise ValueError(f"config.model.vision ({field.name} {a!r}) does not match"
+                                 f" {vision_path}/config.json ({b!r})")
+        params["encoder"] = load_params(folder, qwen_vl_import.vision_param_map(folder, want),
+                                        params["encoder"], "encoder")
+        vision_path = ""
     if vision_path:
         folder = SafetensorsFolder(vision_path)
         check_config(vision_config_from_hf(folder.config), config.model.vision, "model.vision",
