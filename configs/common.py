@@ -141,17 +141,32 @@ QWEN_PROMPT = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
 QWEN_FRAME_SECONDS = 0.5
 
 
-def apply_qwen_vl(c: ml_collections.ConfigDict, folder: str) -> None:
+# The shape of Qwen2.5-VL-7B-Instruct (its config.json), for compile checks without weights.
+QWEN2_5_VL_7B = dict(
+    model_type="qwen2_5_vl", tie_word_embeddings=False,
+    text_config=dict(hidden_size=3584, intermediate_size=18944, num_attention_heads=28,
+                     num_hidden_layers=28, num_key_value_heads=4, rms_norm_eps=1e-6,
+                     vocab_size=152064, rope_parameters=dict(
+                         rope_type="default", rope_theta=1e6, mrope_section=[16, 24, 24])),
+    vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
+                       out_hidden_size=3584, patch_size=14, spatial_merge_size=2,
+                       temporal_patch_size=2, window_size=112, tokens_per_second=2,
+                       fullatt_block_indexes=[7, 15, 23, 31], hidden_act="silu"))
+
+
+def apply_qwen_vl(c: ml_collections.ConfigDict, folder: str, config: dict | None = None) -> None:
     """Points the model at a Qwen2.5-VL folder (Hugging Face ``qwen2_5_vl`` layout): the
     tower with its merger as the encoder, the multimodal-RoPE LLM, tokenizer and chat
-    template, all from its files."""
+    template, all from its files. ``config`` instead of a folder: that ``config.json``'s
+    shape with random weights (for compile checks)."""
     from frejax.models.convert import qwen_vl_import  # noqa: PLC0415  (model code: lazy)
 
-    path = os.path.join(folder, "config.json")
-    if not os.path.isfile(path):
-        raise ValueError(f"config arg qwen={folder}: no config.json in that folder")
-    with open(path) as f:
-        config = json.load(f)
+    if config is None:
+        path = os.path.join(folder, "config.json")
+        if not os.path.isfile(path):
+            raise ValueError(f"config arg qwen={folder}: no config.json in that folder")
+        with open(path) as f:
+            config = json.load(f)
     if not qwen_vl_import.is_qwen_vl(config):
         raise ValueError(f"config arg qwen={folder}: model_type {config.get('model_type')!r},"
                          f" expected one of {qwen_vl_import.TYPES}")
@@ -166,6 +181,8 @@ def apply_qwen_vl(c: ml_collections.ConfigDict, folder: str) -> None:
     llm_cfg = hf_configs.llm_config_from_hf(config)
     c.model.llm.rope_scaling.update(llm_cfg.pop("rope_scaling"))
     c.model.llm.update(llm_cfg, pretrained=folder)
+    if not folder:
+        return
     c.data.prompt_template = QWEN_PROMPT
     if os.path.isfile(os.path.join(folder, "tokenizer.json")):
         c.data.update(tokenizer="huggingface", tokenizer_path=folder)
