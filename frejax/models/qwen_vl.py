@@ -178,7 +178,7 @@ class Merger(nnx.Module):
         norm = RMSNorm if cfg.family == "qwen2_5_vl" else LayerNorm
         self.after_join = after_join
         self.norm = norm(hidden if after_join else cfg.width, eps=1e-6, **kw)
-        self.fc1 = Dense(hidden, hidden, (None, "mlp"), **kw)
+        self.fc1 = Dense(hidden, hidden, ("embed", "mlp"), **kw)
         self.fc2 = Dense(hidden, cfg.out_width, ("mlp", "embed"), **kw)
         self.group = cfg.merge ** 2
 
