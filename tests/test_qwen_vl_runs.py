@@ -4,6 +4,7 @@ and on a 2 x 2 mesh."""
 
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -133,3 +134,21 @@ def test_main_fine_tunes_qwen_on_a_video_folder(tmp_path, qwen, lora):
         losses.append([x["train/loss"] for x in lines if "train/loss" in x])
     assert len(losses[0]) == 2 and np.isfinite(losses[0]).all()
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-4)
+
+
+def test_the_7b_shape_has_transformers_parameter_count():
+    """``shape=7b`` (what the ahead-of-time compile checks) is Qwen2.5-VL-7B: every
+    parameter transformers builds for that config.json, counted without allocating."""
+    from configs import common  # noqa: PLC0415
+
+    config = qwen2_5_vl.get_config("shape=7b")
+    config_lib.validate(config)
+    abstract = nnx.eval_shape(lambda: VideoMLLM(
+        config.model, config.compressor, num_frames=config.data.num_frames,
+        vocab_size=config.model.llm.vocab_size, video_token_id=0, rngs=nnx.Rngs(0)))
+    ours = sum(int(np.prod(x.shape)) for x in
+               jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+    with torch.device("meta"):
+        hf = transformers.Qwen2_5_VLForConditionalGeneration(
+            transformers.Qwen2_5_VLConfig(**common.QWEN2_5_VL_7B))
+    assert ours == sum(p.numel() for p in hf.parameters()) > 8e9

@@ -43,6 +43,9 @@ def define_flags() -> None:
     flags.DEFINE_string(
         "topology", None, "Compile for compile-only TPU devices of this topology instead,"
         " e.g. v5e:16x16 or v5p:8x8x4 (needs libtpu).")
+    flags.DEFINE_string(
+        "out", None, "Also write the report as JSON here (the command, the devices and"
+        " every figure printed).")
     flags.mark_flags_as_required(["config"])
 
 GIB = 2**30
@@ -224,8 +227,26 @@ def main(argv):
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
         print("does not fit:\n" + allocation_report(str(e)))
+        _write(dict(fits=False, allocations=allocation_report(str(e))), devices)
         sys.exit(1)
     print(report.format())
+    _write(dict(dataclasses.asdict(report), peak_bytes=report.peak_bytes,
+                fits={chip: report.peak_bytes <= gib * GIB for chip, gib in HBM_GIB.items()}),
+           devices)
+
+
+def _write(figures: dict, devices) -> None:
+    """``--out``: the report as JSON, with the command that wrote it."""
+    if not flags.FLAGS.out:
+        return
+    import json  # noqa: PLC0415
+
+    record = dict(command="python -m frejax.training.aot " + " ".join(sys.argv[1:]),
+                  device_kind=devices[0].device_kind, num_devices=len(devices),
+                  topology=flags.FLAGS.topology, **figures)
+    os.makedirs(os.path.dirname(flags.FLAGS.out) or ".", exist_ok=True)
+    with open(flags.FLAGS.out, "w") as f:
+        json.dump(record, f, indent=2)
 
 
 if __name__ == "__main__":
