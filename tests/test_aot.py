@@ -6,6 +6,7 @@ command is tested on its pod-like reduction (``scale=pod,smoke``: the pod mesh
 fake CPU devices. Figures of the full configuration are in the README.
 """
 
+import json
 import os
 import re
 import subprocess
@@ -49,9 +50,11 @@ def _pod_like_config():
     return config
 
 
-def test_aot_command_compiles_a_pod_like_config_on_64_fake_devices():
+def test_aot_command_compiles_a_pod_like_config_on_64_fake_devices(tmp_path):
+    report = tmp_path / "aot.json"
     cmd = [sys.executable, "-m", "frejax.training.aot", "--config=configs/long_video.py:scale=pod,smoke",
-           "--devices=64", *[f"--config.{k}={v}" for k, v in POD_LIKE.items()]]
+           "--devices=64", f"--out={report}",
+           *[f"--config.{k}={v}" for k, v in POD_LIKE.items()]]
     env = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0")
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -79,6 +82,11 @@ def test_aot_command_compiles_a_pod_like_config_on_64_fake_devices():
     flops = float(re.search(r"FLOPs per step ([0-9.e+]+) per device", text).group(1))
     assert flops > 0
     assert "v5e 16 GiB: fits" in text
+    # --out: the same figures, and the command that wrote them.
+    record = json.loads(report.read_text())
+    assert record["num_devices"] == 64 and record["fits"]["v5e"]
+    assert record["temp_bytes"] == _figure(text, "temporaries")
+    assert record["command"].startswith("python -m frejax.training.aot --config=")
 
 
 def test_pod_params_are_sufficiently_sharded_and_a_replicating_rule_is_caught():

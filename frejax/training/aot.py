@@ -243,7 +243,8 @@ def _write(figures: dict, devices) -> None:
 
     record = dict(command="python -m frejax.training.aot " + " ".join(sys.argv[1:]),
                   device_kind=devices[0].device_kind, num_devices=len(devices),
-                  topology=flags.FLAGS.topology, **figures)
+                  topology=flags.FLAGS.topology)
+    record.update(figures)
     os.makedirs(os.path.dirname(flags.FLAGS.out) or ".", exist_ok=True)
     with open(flags.FLAGS.out, "w") as f:
         json.dump(record, f, indent=2)
