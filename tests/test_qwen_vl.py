@@ -195,10 +195,14 @@ def test_positions_under_jit_follow_the_rule_and_reproduce_transformers(folder):
                                atol=1e-4, rtol=1e-4)
 
 
+@pytest.fixture(scope="module")
+def imported(folder):
+    return qwen_vl_import.load(folder[0])
+
+
 @pytest.mark.parametrize("name", compression.names())
-def test_every_compressor_runs_on_qwen_and_kept_tokens_keep_their_positions(folder, name):
-    path, _ = folder
-    model = qwen_vl_import.load(path)
+def test_every_compressor_runs_on_qwen_and_kept_tokens_keep_their_positions(imported, name):
+    model = imported
     patches, grid, span, _, _ = _inputs(model.encoder.cfg)
     geometry = compression.VideoGeometry(span.groups, (span.rows, span.cols), 64)
     budget = geometry.full_tokens if name == "full" else geometry.full_tokens // 2
