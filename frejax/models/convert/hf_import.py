@@ -9,8 +9,8 @@ applies at run time, so any image size that the patch size divides works.
 
 The converter is split by concern: ``safetensors_io`` reads files, ``tensor_sources``
 reads one frejax tensor's slice from a checkpoint tensor, ``hf_configs`` translates
-``config.json``, ``param_maps`` maps param paths to sources, and this module places
-them. Every parameter is built with ``jax.make_array_from_callback`` in the sharding
+``config.json``, ``param_maps`` maps param paths to sources, ``placement`` places
+them, and this module puts a config's pretrained folders together. Every parameter is built with ``jax.make_array_from_callback`` in the sharding
 of the current mesh: each device's callback reads only its slice of the tensor, so
 no host ever holds a full copy of a large model.
 """
@@ -19,98 +19,21 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
 from typing import Any
 
-import jax
 import ml_collections
-import numpy as np
 from flax import nnx
 
+from frejax.models.convert import qwen_vl_import
 from frejax.models.convert.hf_configs import llm_config_from_hf, vision_config_from_hf
 from frejax.models.convert.param_maps import (llm_param_map, projector_param_map,
                                               vision_param_map)
-from frejax.models.convert.safetensors_io import Index, SafetensorsFolder
-from frejax.models.convert.tensor_sources import ParamMap, Path, Source, Stacked
+from frejax.models.convert.placement import load_params, stack_param_map  # noqa: F401
+from frejax.models.convert.safetensors_io import SafetensorsFolder
+from frejax.models.qwen_vl import vision_config_from
 from frejax.models.vit import ViT
 
 
-
-
-def _get(tree: Any, path: Path) -> Any:
-    for key in path:
-        tree = tree[key]
-    return tree
-
-
-def _set(tree: Any, path: Path, value: Any) -> None:
-    for key in path[:-1]:
-        tree = tree[key]
-    tree[path[-1]] = value
-
-
-def _paths(tree: Any, prefix: Path = ()) -> list[Path]:
-    if isinstance(tree, Mapping):
-        return [p for k, v in tree.items() for p in _paths(v, prefix + (k,))]
-    return [prefix]
-
-
-def _is_stacked(params: Any, container: Any) -> bool:
-    """Whether ``params[container]`` holds stacked layers (named children, not 0, 1, ...)."""
-    layers = params.get(container) if isinstance(params, Mapping) else None
-    return isinstance(layers, Mapping) and not any(isinstance(k, int) for k in layers)
-
-
-def stack_param_map(param_map: ParamMap, params: Any) -> ParamMap:
-    """Per-layer sources ``(container, i, ...)`` -> one ``Stacked`` source per param
-    wherever ``params`` stacks that container's layers; other entries unchanged."""
-    out: ParamMap = {}
-    groups: dict[Path, dict[int, Source]] = {}
-    for path, source in param_map.items():
-        if len(path) > 2 and isinstance(path[1], int) and _is_stacked(params, path[0]):
-            groups.setdefault((path[0],) + tuple(path[2:]), {})[path[1]] = source
-        else:
-            out[path] = source
-    for path, by_layer in groups.items():
-        out[path] = Stacked(tuple(by_layer[i] for i in range(len(by_layer))))
-    return out
-
-
-def load_params(folder: SafetensorsFolder, param_map: ParamMap, params: Any,
-                where: str) -> Any:
-    """Replaces the leaves of ``params`` (a pure dict, the module's subtree) with checkpoint tensors.
-
-    Every leaf keeps its shape, dtype and sharding; each addressable shard is
-    read from disk by its own callback. ``where`` names the subtree in errors.
-    Returns a new dict; a leaf the checkpoint does not provide is an error.
-    Stacked (scanned) layers are read layer by layer into their slice.
-    """
-    param_map = stack_param_map(param_map, params)
-    # LoRA adapters (``lora_a`` / ``lora_b``) are new: they keep their init.
-    missing = sorted(p for p in set(map(tuple, _paths(params))) - set(param_map)
-                     if not str(p[-1]).startswith("lora_"))
-    if missing:
-        raise ValueError(f"{folder.path}: no checkpoint source for {where} params {missing[:5]}")
-    out = jax.tree.map(lambda x: x, params)
-    for path, source in param_map.items():
-        target = _get(params, path)
-        parts = source.layers if isinstance(source, Stacked) else (source,)
-        bad = next((p for p in parts if folder.shape(p.name) != tuple(p.hf_shape())), None)
-        name = (bad or parts[0]).name
-        got = folder.shape(name)
-        if bad is not None or tuple(target.shape) != tuple(source.shape()):
-            raise ValueError(
-                f"{folder.path}: tensor {name} has shape {got}, expected {source.hf_shape()}"
-                f" for {where}.{'.'.join(map(str, path))} of shape {tuple(target.shape)};"
-                f" does config.json match the model config?")
-        sharding = getattr(target, "sharding", None)
-        if sharding is None:  # an unplaced abstract leaf: the default device
-            sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        dtype = target.dtype
-        read: Callable[[Index], np.ndarray] = (
-            lambda index, s=source, t=dtype: np.asarray(s.read(folder, index), dtype=t))
-        _set(out, path, jax.make_array_from_callback(tuple(target.shape), sharding, read))
-    return out
 
 
 def check_config(expected: dict, config: Any, key: str, folder: str) -> None:
@@ -138,8 +61,6 @@ def load_pretrained(config: Any, params: dict) -> dict:
     vision_path = config.model.vision.get("pretrained", "")
     if vision_path and config.model.vision.get("family", "vit") != "vit":
         # A Qwen-VL folder: the tower with its merger (the projector) is the encoder.
-        from frejax.models.convert import qwen_vl_import  # noqa: PLC0415  (imports this module)
-        from frejax.models.qwen_vl import vision_config_from  # noqa: PLC0415
         folder = SafetensorsFolder(vision_path)
         want = qwen_vl_import.vision_config(folder.config)
         have = vision_config_from(config.model.vision, config.model.llm.width)

@@ -4,7 +4,7 @@ Reads ``config.json`` (the layout of transformers 4 and of 5, which nests the de
 in ``text_config``) and the safetensors shards (``visual.*`` or ``model.visual.*``;
 ``model.layers.*`` or ``model.language_model.layers.*``), each tensor placed in its
 param's sharding by the same per-device callbacks as every other import
-(``frejax.models.convert.hf_import.load_params``).
+(``frejax.models.convert.placement.load_params``).
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from frejax import config_lib
 from frejax.models.convert.hf_configs import QWEN3_VL_TYPES, QWEN_VL_TYPES, llm_config_from_hf
-from frejax.models.convert.hf_import import load_params
+from frejax.models.convert.placement import load_params
 from frejax.models.convert.param_maps import llm_param_map
 from frejax.models.convert.safetensors_io import SafetensorsFolder
 from frejax.models.convert.tensor_sources import (Conv3dPatch, Linear, ParamMap, SplitBias,
@@ -125,11 +124,11 @@ def vision_param_map(folder: SafetensorsFolder, cfg: VisionConfig) -> ParamMap:
 
 
 def llm_config(config: dict, **overrides: Any) -> ml_collections.ConfigDict:
-    """``model.llm`` for the folder's decoder (the base config's other keys as they are)."""
-    cfg = config_lib.base_config().model.llm
-    cfg.update(llm_config_from_hf(config))
-    cfg.update(overrides)
-    return cfg
+    """The ``LLM`` section for the folder's decoder: its ``config.json`` keys, compute
+    settings at ``model.llm``'s defaults (scanned layers, no remat, attention auto)."""
+    return ml_collections.ConfigDict(dict(
+        dict(scan_layers=True, remat="none", attention="auto"),
+        **llm_config_from_hf(config), **overrides))
 
 
 def load(path: str, *, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
