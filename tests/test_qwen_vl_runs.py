@@ -112,6 +112,16 @@ def test_benchmark_eval_runs_qwen_with_a_compressor_alike_on_a_mesh(tmp_path, qw
     assert [s["resps"] for s in one["samples"]] == [s["resps"] for s in two["samples"]]
 
 
+@pytest.mark.parametrize("name", sorted(set(fx.FOLDERS) - {"videomme"}))
+def test_benchmark_eval_scores_every_standard_benchmark_with_qwen(tmp_path, qwen, name):
+    data, _ = fx.FOLDERS[name](str(tmp_path / "data"))
+    c = _config(qwen, "uniform_frames", 2.0)
+    c.mesh.shape, c.eval.batch_size = (1, 1, 1), 2
+    out = benchmark_eval.run(c, name, data, str(tmp_path / "out"))
+    assert out["row"]["answered"] == len(out["samples"]) > 0
+    assert out["row"]["visual_tokens_per_video"] == 4
+
+
 @pytest.mark.parametrize("lora, meshes", [(4, ((-1, 1, 1), (2, 2, 2))), (0, ((2, 2, 2),))])
 def test_main_fine_tunes_qwen_on_a_video_folder(tmp_path, qwen, lora, meshes):
     from frejax.training import train  # noqa: PLC0415
