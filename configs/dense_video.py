@@ -30,8 +30,13 @@ def get_config(arg=None):
     c.data.latents.update(redraw=False, eval_split="test")
     c.model.vision.update(input="latents", latent_grid=(2, 2), image_size=112, patch_size=14,
                           width=384, heads=6)
-    # A Llama-layout LLM trained from scratch on the benchmark's words.
-    c.model.llm.update(width=128, depth=2, heads=4, kv_heads=2, mlp_dim=256, vocab_size=0)
+    # A Llama-layout LLM trained from scratch on the benchmark's words, placing every
+    # visual token by (frame, row, column) with Qwen3-VL's interleaved multimodal RoPE:
+    # under 1D RoPE a token's cell is only its offset modulo the grid, and the ceiling
+    # does not learn which way a square moves (docs/dense_video_rope1d.md). Interleaved,
+    # so rows and columns (two positions each) get high frequencies, not the lowest.
+    c.model.llm.update(width=128, depth=2, heads=4, kv_heads=2, mlp_dim=256, vocab_size=0,
+                       mrope_sections=(8, 4, 4), mrope_interleaved=True)
     c.compressor = config_lib.compressor_config("full", ratio=0.0)
 
     c.optim.update(learning_rate=2e-3, warmup_steps=100, weight_decay=0.05, clip_norm=1.0)

@@ -90,3 +90,32 @@ def test_temporal_merge_places_a_group_at_its_members_mean_frame():
     places = np.asarray(c.places(x))
     np.testing.assert_allclose(places[0, :, 0], 7.5)
     np.testing.assert_array_equal(places[0, :, 1:], base.grid_places(G.grid))
+
+
+@pytest.mark.parametrize("name", ["full", "uniform_frames", "evs"])
+def test_streamed_chunks_sit_where_the_whole_videos_tokens_do(name):
+    """Chunk by chunk (the streaming path), each chunk's places move on by the frames
+    before it: a per-frame method's streamed places equal those of the whole video."""
+    x, _ = _video()
+    half = base.VideoGeometry(frames=G.frames // 2, grid=G.grid, embed=G.embed)
+    ratio = 1 if name == "full" else 4
+
+    def build(geometry):
+        budget = geometry.full_tokens // ratio
+        return base.build(name, geometry, budget, rngs=nnx.Rngs(0))
+
+    whole = build(G)(x, places=True)
+    chunk = build(half)
+    parts = [chunk(x[:, k * half.frames:(k + 1) * half.frames], places=True) for k in range(2)]
+    streamed = base.concat_chunks(parts, half.frames)
+    assert streamed.places.shape == whole.places.shape
+    second = np.asarray(streamed.places[:, parts[0].places.shape[1]:])
+    valid = np.asarray(parts[1].mask)
+    assert (second[valid][:, 0] >= half.frames).all()        # the second chunk's frames
+    np.testing.assert_array_equal(second - np.asarray([half.frames, 0, 0]),
+                                  np.asarray(parts[1].places))
+    if name != "evs":   # per-frame choices that do not depend on the chunking
+        np.testing.assert_array_equal(np.asarray(streamed.places), np.asarray(whole.places))
+    # Without places the chunks concatenate as before.
+    plain = base.concat_chunks([p._replace(places=None) for p in parts], half.frames)
+    assert plain.places is None and plain.tokens.shape == streamed.tokens.shape

@@ -35,7 +35,7 @@ from configs import dense_video as dense_video_config
 from data_pipelines import dense_video_qa as dense
 from data_pipelines import tokenizer as tokenizer_lib
 from frejax import cli, config_lib, reporting
-from frejax.compression import CompressedTokens
+from frejax.compression import CompressedTokens, concat_chunks
 from frejax.inference.engine import Engine
 from frejax.studies import dense_video, frozen_encoder, latent_cache
 from frejax.training.run import FIT, Run
@@ -118,8 +118,7 @@ def measure(config, encoder: frozen_encoder.Encoder, *, seconds: float, fps: flo
             outs = [engine.call(engine.compress, jnp.asarray(padded[None, k * chunk:(k + 1) * chunk]),
                                 jnp.asarray(mask[None, k * chunk:(k + 1) * chunk]))[0]
                     for k in range(chunks)]
-            return CompressedTokens(jnp.concatenate([o.tokens for o in outs], axis=1),
-                                    jnp.concatenate([o.mask for o in outs], axis=1))
+            return concat_chunks(outs, chunk)
 
         visual, compress_s = _median(compress_all, repeats)
         if long_engine is None or long_engine.num_visual != visual.tokens.shape[1]:
@@ -136,10 +135,10 @@ def measure(config, encoder: frozen_encoder.Encoder, *, seconds: float, fps: flo
             ttft_s=dense_encoder + compress_s + prefill_s)
         log(f"dense_ttft: {method}: compressor {compress_s:.3f} s, prefill {prefill_s:.3f} s")
     engine = _engine(config, 32, "full", 0.0)
-    visual = CompressedTokens(jnp.asarray(sparse_latents.reshape(1, -1, sparse_latents.shape[-1])),
-                              jnp.ones((1, sparse_latents.shape[0] * sparse_latents.shape[1]),
-                                       bool))
-    # The full compressor is the identity: its projection happens in the prefill.
+    # The full compressor is the identity (with the tokens' places under multimodal RoPE):
+    # its projection happens in the prefill.
+    visual = engine.call(engine.compress, jnp.asarray(sparse_latents[None], jnp.float32),
+                         jnp.ones((1, sparse_latents.shape[0]), bool))[0]
     prefill_s = _first_token(engine, visual, repeats)
     rows["sparse32"] = dict(frames_encoded=32, visual_tokens=int(visual.tokens.shape[1]),
                             encoder_s=sparse_encoder, compressor_s=0.0, prefill_s=prefill_s,

@@ -1,6 +1,7 @@
 """Video token compressors: Fre-Res and the matched-budget baselines."""
 
-from frejax.compression.base import (CompressedTokens, Compressor, VideoGeometry, build, get,
+from frejax.compression.base import (CompressedTokens, Compressor, VideoGeometry, build,
+                                     concat_chunks, get,
                                      names, register, resolve_budget, section_options,
                                      sections, unregister)
 from frejax.compression import baselines  # noqa: F401  (registers the baselines)

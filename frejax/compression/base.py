@@ -168,12 +168,15 @@ class Compressor(nnx.Module):
                 f"{self.name}: latents must be (batch, {g.frames}, {g.tokens}, {g.embed}),"
                 f" got {tuple(latents.shape)}")
 
-    def __call__(self, latents: jax.Array, frame_mask: jax.Array | None = None) -> CompressedTokens:
+    def __call__(self, latents: jax.Array, frame_mask: jax.Array | None = None, *,
+                 places: bool = False) -> CompressedTokens:
+        """``compress`` padded to ``M`` tokens; with ``places``, each token's place too
+        (what a model under multimodal RoPE needs)."""
         self._check(latents)
         if frame_mask is None:
             frame_mask = jnp.ones(latents.shape[:2], bool)
-        out = self.compress(latents, frame_mask.astype(bool))
-        return pad_to(out, self.num_tokens)
+        out = pad_to(self.compress(latents, frame_mask.astype(bool)), self.num_tokens)
+        return out._replace(places=self.places(latents, frame_mask)) if places else out
 
 
 def pad_to(out: CompressedTokens, length: int) -> CompressedTokens:
@@ -186,6 +189,22 @@ def pad_to(out: CompressedTokens, length: int) -> CompressedTokens:
     tokens = jnp.pad(out.tokens, ((0, 0), (0, length - m), (0, 0)))
     mask = jnp.pad(out.mask, ((0, 0), (0, length - m)))
     places = None if out.places is None else jnp.pad(out.places, ((0, 0), (0, length - m), (0, 0)))
+    return CompressedTokens(tokens, mask, places)
+
+
+def concat_chunks(parts: list[CompressedTokens], chunk_frames: int) -> CompressedTokens:
+    """Consecutive chunks' tokens ``(..., M_k, D)`` -> one sequence along the token axis
+    (the second to last of ``tokens``), each chunk's places moved on by the frames before it
+    (``chunk_frames`` per chunk), so a streamed video's tokens sit where the whole video's would."""
+    if not parts:
+        raise ValueError("concat_chunks: no chunks")
+    xp = np if isinstance(parts[0].tokens, np.ndarray) else jnp
+    tokens = xp.concatenate([p.tokens for p in parts], axis=-2)
+    mask = xp.concatenate([p.mask for p in parts], axis=-1)
+    if any(p.places is None for p in parts):
+        return CompressedTokens(tokens, mask)
+    shift = lambda k: xp.asarray([k * chunk_frames, 0, 0], xp.float32)  # noqa: E731
+    places = xp.concatenate([p.places + shift(k) for k, p in enumerate(parts)], axis=-2)
     return CompressedTokens(tokens, mask, places)
 
 

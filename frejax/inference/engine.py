@@ -91,7 +91,8 @@ def _frame_tokens(graphdef, params, frames):
 
 def _compress(graphdef, params, latents, frame_mask):
     """Latents ``(B, T, N, D)`` -> ``CompressedTokens`` ``(B, M, D)``."""
-    return nnx.merge(graphdef, params).compressor(latents, frame_mask)
+    model = nnx.merge(graphdef, params)
+    return model.compressor(latents, frame_mask, places=model.needs_places)
 
 
 def _encode(graphdef, params, frames, frame_mask):

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from frejax.compression import CompressedTokens
+from frejax.compression import CompressedTokens, concat_chunks
 
 __all__ = ["ChunkedVideoCompressor", "chunk_frames", "encode_and_compress", "program_memory",
            "split_stages"]
@@ -45,15 +45,16 @@ STAGES = ("encoder", "compressor")
 
 
 def encode_and_compress(graphdefs: dict[str, Any], params: dict[str, Any], frames: jax.Array,
-                        frame_mask: jax.Array) -> CompressedTokens:
-    """``(batch, T, H, W, 3)`` uint8, ``(batch, T)`` bool -> compressed ``(batch, M, D)``.
+                        frame_mask: jax.Array, places: bool = False) -> CompressedTokens:
+    """``(batch, T, H, W, 3)`` uint8, ``(batch, T)`` bool -> compressed ``(batch, M, D)``
+    (with ``places``, each token's place for multimodal RoPE).
 
     ``graphdefs`` and ``params`` hold the model's ``encoder`` and ``compressor``
     only, so the LLM's weights are no argument of this program.
     """
     encoder = nnx.merge(graphdefs["encoder"], params["encoder"])
     compressor = nnx.merge(graphdefs["compressor"], params["compressor"])
-    return compressor(encoder(frames), frame_mask)
+    return compressor(encoder(frames), frame_mask, places=places)
 
 
 def split_stages(model: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -100,18 +101,20 @@ class ChunkedVideoCompressor:
       chunk_frames: the model's clip length ``T`` (``model.geometry.frames``).
       scope: the run (``frejax.training.run.Run``) whose mesh ``params`` live on,
         entered around every call; None: no mesh.
+      places: also give each token's place (a model under multimodal RoPE); a chunk's
+        places are moved on by the frames of the chunks before it.
     """
 
     def __init__(self, graphdefs: dict[str, Any], params: dict[str, Any], chunk_frames: int,
-                 scope: Any = None):
+                 scope: Any = None, places: bool = False):
         self.params, self.chunk_frames = params, int(chunk_frames)
         self.scope = scope if scope is not None else contextlib.nullcontext()
-        self._step = jax.jit(functools.partial(encode_and_compress, graphdefs))
+        self._step = jax.jit(functools.partial(encode_and_compress, graphdefs, places=places))
 
     @classmethod
     def from_model(cls, model: Any, scope: Any = None) -> ChunkedVideoCompressor:
         """From a ``VideoMLLM`` (e.g. ``nnx.merge(graphdef, restored_params)``)."""
-        return cls(*split_stages(model), model.geometry.frames, scope)
+        return cls(*split_stages(model), model.geometry.frames, scope, model.needs_places)
 
     def _call(self, fn, *args):
         with self.scope:
@@ -147,8 +150,7 @@ class ChunkedVideoCompressor:
         parts = list(self.iter_tokens(chunks))
         if not parts:
             raise ValueError("chunked compressor: no chunks")
-        return CompressedTokens(np.concatenate([p.tokens for p in parts]),
-                                np.concatenate([p.mask for p in parts]))
+        return concat_chunks(parts, self.chunk_frames)
 
     def memory_analysis(self, image_size: int) -> dict[str, int]:
         """XLA's byte counts for one chunk's program: arguments, outputs, temporaries, peak.

@@ -180,11 +180,14 @@ class VideoMLLM(nnx.Module):
             b, t = frame_mask.shape
             tp = self.qwen.temporal_patch
             frame_mask = frame_mask.reshape(b, t // tp, tp).any(axis=-1)
-        out = self.compressor(latents, frame_mask)
-        places = (self.compressor.places(latents, frame_mask)
-                  if self.llm.rope_axes is not None else None)
+        out = self.compressor(latents, frame_mask, places=self.needs_places)
         return CompressedTokens(sharding.constrain(out.tokens, ("batch", "tokens", "embed")),
-                                out.mask.astype(bool), places)
+                                out.mask.astype(bool), out.places)
+
+    @property
+    def needs_places(self) -> bool:
+        """Whether visual tokens carry places: positions under multimodal RoPE come from them."""
+        return self.llm.rope_axes is not None
 
     def visual_embeds(self, visual: CompressedTokens) -> tuple[jax.Array, jax.Array]:
         """Compressed tokens -> the LLM's visual places ``(batch, M, E)`` and mask ``(batch, M)``."""
