@@ -74,6 +74,25 @@ def from_wheel(requirement: str, members: Mapping[str, str], out_dir: str) -> di
                              wheels[0])
 
 
+def wheel_tree(requirement: str, out_dir: str) -> str:
+    """The whole wheel ``pip download --no-deps <requirement>`` gets, unpacked into
+    ``out_dir`` once (an importable tree for ``PYTHONPATH``); returns ``out_dir``."""
+    done = os.path.join(out_dir, ".unpacked")
+    if os.path.isfile(done):
+        return out_dir
+    with tempfile.TemporaryDirectory() as tmp:
+        _run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+              "--quiet", "-d", tmp, requirement], tmp, f"pip package {requirement}")
+        wheels = [f for f in os.listdir(tmp) if f.endswith(".whl")]
+        if len(wheels) != 1:
+            raise RuntimeError(f"pip package {requirement}: expected one wheel, got {wheels}")
+        with zipfile.ZipFile(os.path.join(tmp, wheels[0])) as zf:
+            zf.extractall(out_dir)
+    with open(done, "w") as f:
+        f.write(requirement + "\n")
+    return out_dir
+
+
 def from_deb(package: str, members: Mapping[str, str], out_dir: str) -> dict[str, str]:
     """Copies ``members`` out of the Debian package ``apt-get download <package>`` gets."""
     with tempfile.TemporaryDirectory() as tmp:

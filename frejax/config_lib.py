@@ -7,7 +7,9 @@ combination fails before any compile, with a message naming the key.
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 
 import ml_collections
 
@@ -298,6 +300,18 @@ def _check_types(config: ml_collections.ConfigDict) -> dict:
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"config.{key}: must be a finite number, got {value}")
     return values
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+    """``configs/x.py:arg`` -> ``get_config(arg)``, as ``--config`` of ``frejax.main`` reads
+    it (for callers without absl flags: benchmarks, the lmms-eval model)."""
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise ValueError(f"config: {path} is not a file (expected configs/<name>.py[:args])")
+    module_spec = importlib.util.spec_from_file_location("frejax_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

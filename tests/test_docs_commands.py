@@ -14,6 +14,7 @@ import shlex
 
 import pytest
 
+from data_pipelines import package_assets
 from frejax import config_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -46,9 +47,20 @@ def documented_commands() -> list[tuple[str, list[str]]]:
     return out
 
 
-def _module_flags(module: str) -> set[str]:
+# Commands of other programs the docs give: their flags are read from their own sources.
+LMMS_EVAL = "lmms-eval==0.7.3"
+
+
+def _origin(module: str) -> pathlib.Path | None:
+    if module == "lmms_eval":   # fetched and unpacked, as tests/test_lmms_eval_model.py does
+        tree = package_assets.wheel_tree(LMMS_EVAL, package_assets.asset_dir("lmms_eval_0.7.3_wheel"))
+        return pathlib.Path(tree) / "lmms_eval" / "__main__.py"
     spec = importlib.util.find_spec(module)
-    sources = [pathlib.Path(spec.origin), *SHARED_SOURCES]
+    return None if spec is None else pathlib.Path(spec.origin)
+
+
+def _module_flags(module: str) -> set[str]:
+    sources = [_origin(module), *SHARED_SOURCES]
     return COMMON_FLAGS | {m for src in sources for m in _DEFINE.findall(src.read_text())}
 
 
@@ -66,7 +78,7 @@ def test_a_documented_command_names_a_module_and_flags_that_exist(where, argv):
     module = argv[0]
     if module == "pytest":
         return
-    assert importlib.util.find_spec(module) is not None, f"{where}: no module {module}"
+    assert _origin(module) is not None, f"{where}: no module {module}"
     flags = _module_flags(module)
     for token in argv[1:]:
         if not token.startswith("--"):
@@ -98,7 +110,8 @@ def test_every_documented_module_runs_as_a_command():
     """``python -m <module> --help`` exits 0 for every documented module: it imports on a
     fresh interpreter and its flags are defined without clashes (two at a time)."""
     import concurrent.futures
-    modules = sorted({argv[0] for _, argv in COMMANDS} - {"pytest", "venv", "pip"})
+    # lmms_eval's own command line runs in tests/test_lmms_eval_model.py.
+    modules = sorted({argv[0] for _, argv in COMMANDS} - {"pytest", "venv", "pip", "lmms_eval"})
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         results = list(pool.map(_run_help, modules))
     # absl prints the help and exits 1, argparse exits 0; a module that fails to import

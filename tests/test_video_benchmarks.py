@@ -122,8 +122,15 @@ def test_samples_log_has_lmms_eval_fields(tmp_path):
                                          {"max_new_tokens": 16}, preds[0], preds[0],
                                          videomme.METRIC, value)
     assert set(rec) == {"doc_id", "doc", "target", "arguments", "resps", "filtered_resps",
-                        "doc_hash", "prompt_hash", "target_hash", "videomme_perception_score"}
+                        "token_counts", "doc_hash", "videomme_perception_score"}
     json.dumps(rec)  # serialisable as it is
+    # The file's line, as lmms-eval 0.7.3 writes it: the reply once, the prompt as input.
+    line = video_benchmarks.log_line(rec)
+    assert set(line) == {"doc_id", "target", "filtered_resps", "token_counts", "doc_hash",
+                         "videomme_perception_score", "input"}
+    assert line["filtered_resps"] == preds[0] and line["input"] == videomme.doc_to_text(doc)
+    differs = video_benchmarks.log_line(dict(rec, resps=[["raw " + preds[0]]]))
+    assert differs["resps"] == ["raw " + preds[0]]   # one wrapper off, as lmms-eval writes it
 
 
 def test_missing_files_are_named(tmp_path):

@@ -10,7 +10,7 @@ Nothing is downloaded: ``load`` reads local files and names what is missing.
 """
 
 from data_pipelines.video_benchmarks import egoschema, longvideobench, mvbench, nextqa, videomme
-from data_pipelines.video_benchmarks.base import Doc, sample_record
+from data_pipelines.video_benchmarks.base import Doc, log_line, sample_record
 
 BENCHMARKS = {m.NAME: m for m in (mvbench, videomme, egoschema, nextqa, longvideobench)}
 
@@ -21,4 +21,4 @@ def get(name: str):
     return BENCHMARKS[name]
 
 
-__all__ = ["BENCHMARKS", "Doc", "get", "sample_record"]
+__all__ = ["BENCHMARKS", "Doc", "get", "log_line", "sample_record"]

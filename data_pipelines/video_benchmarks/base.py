@@ -118,10 +118,33 @@ def _jsonable(x: Any) -> Any:
 
 def sample_record(doc: Doc, prompt: str, generation: dict, raw: str, filtered: str,
                   metric: str, value: Any) -> dict:
-    """One line of the samples log, with the fields lmms-eval's ``--log_samples`` writes."""
+    """One sample as lmms-eval 0.7.3 holds it before writing (``evaluator``'s logged
+    sample); ``log_line`` gives the line its ``--log_samples`` file holds."""
     fields = _jsonable(doc.fields)
     return {"doc_id": doc.doc_id, "doc": fields, "target": _jsonable(doc.target),
             "arguments": [prompt, generation], "resps": [[raw]], "filtered_resps": [filtered],
+            # lmms-eval logs None for a model that reports no token counts, as here.
+            "token_counts": [None],
             "doc_hash": hash_string(json.dumps(fields, indent=2, ensure_ascii=False)),
-            "prompt_hash": hash_string(prompt), "target_hash": hash_string(str(doc.target)),
             metric: _jsonable(value)}
+
+
+def log_line(sample: dict) -> dict:
+    """A ``sample_record`` as lmms-eval 0.7.3's evaluation tracker writes it to the samples
+    log: the prompt as ``input``, one-request wrappers flattened, ``resps`` dropped when it
+    equals ``filtered_resps``, the target as text, no ``arguments`` nor ``doc``."""
+    line = {k: v for k, v in sample.items() if k not in ("arguments", "doc")}
+    resps, filtered = sample["resps"], sample["filtered_resps"]
+    if isinstance(resps, list) and len(resps) == 1:
+        resps = resps[0]
+    if isinstance(filtered, list) and len(filtered) == 1:
+        filtered = filtered[0]
+    line["filtered_resps"] = filtered
+    if resps == filtered or (isinstance(resps, list) and len(resps) == 1
+                             and resps[0] == filtered):
+        line.pop("resps")
+    else:
+        line["resps"] = resps
+    line["target"] = str(sample["target"])
+    line["input"] = sample["arguments"][0]
+    return line

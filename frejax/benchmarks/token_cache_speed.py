@@ -19,7 +19,6 @@ depend on them).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import statistics
 import tempfile
@@ -29,6 +28,7 @@ import av
 import jax
 
 from data_pipelines import video_qa_synthetic
+from frejax import config_lib
 from frejax.inference import predict
 from frejax.inference.engine import Engine
 from frejax.training.run import FIT, Run
@@ -43,15 +43,6 @@ def write_clip(path: str, frames) -> None:
                 c.mux(packet)
         for packet in s.encode():
             c.mux(packet)
-
-
-def load_config(spec: str):
-    """``configs/x.py:arg`` -> ``get_config(arg)``, as ``--config`` of ``frejax.main`` reads it."""
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("benchmark_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
 
 
 def build_video_qa(config, checkpoint: str | None, cache_prefix: bool) -> predict.VideoQA:
@@ -70,7 +61,7 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=5)
     parser.add_argument("--questions", type=int, default=4, help="questions per video")
     args = parser.parse_args()
-    config = load_config(args.config)
+    config = config_lib.load(args.config)
     source = video_qa_synthetic.VideoQASource(
         num_frames=config.data.num_frames, image_size=config.data.image_size,
         num_examples=args.videos + 1, split="eval", seed=123)

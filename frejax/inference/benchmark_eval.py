@@ -14,7 +14,7 @@ extracted and scored by the benchmark's own rules.
 
 Writes ``<out>/<benchmark>__<compressor>__r<ratio>.json`` (score, per category, tokens
 per video, timing: encode, prefill, time to first token, decode; skipped videos by cause)
-and ``..._samples.jsonl`` (lmms-eval's ``--log_samples`` fields). Runs on one CPU, one
+and ``..._samples.jsonl`` (the lines lmms-eval 0.7.3's ``--log_samples`` writes). Runs on one CPU, one
 GPU or a mesh (``--config.mesh.shape``): the batch is split over ``data``, weights over
 ``fsdp`` / ``tensor``.
 
@@ -105,20 +105,22 @@ class BenchmarkAnswerer:
         return texts, prefill_s, decode_s
 
 
-def evaluate_benchmark(ev: BenchmarkAnswerer, task: Any, docs: list, sampling: Any, *, seed: int) -> dict:
-    """Every doc through ``ev``; returns the report row and the samples log."""
-    rng = random.Random(seed)
-    prompts = {d.doc_id: ev.prompt_tokens(task.doc_to_text(d)) for d in docs}
-    length = max((len(p) for p in prompts.values()), default=1)
+def answer_all(ev: BenchmarkAnswerer, items: list[tuple[str, str]], sampling: Any, *,
+               desc: str = "answering") -> dict:
+    """``(video path, prompt text)`` pairs -> every reply (None where the video was
+    skipped), in batches of ``ev.batch_size``; each video decoded and encoded once.
+
+    Returns ``replies``, ``bad`` (video -> cause of its skip), ``timing``, ``counts``,
+    ``length`` (the padded prompt length) and ``videos`` (how many were encoded).
+    """
+    prompts = [ev.prompt_tokens(text) for _, text in items]
+    length = max((len(p) for p in prompts), default=1)
     length = -(-length // PAD_TO) * PAD_TO
     cache: dict[str, CompressedTokens] = {}  # video path -> compressed tokens
-    skipped: collections.Counter = collections.Counter()
     bad: dict[str, str] = {}
     timing = collections.defaultdict(float)
     counts = collections.Counter()
-    samples, values = [], []
-    generation = dict(max_new_tokens=ev.max_new_tokens, temperature=0, do_sample=False,
-                      num_beams=1)
+    replies: list[str | None] = [None] * len(items)
 
     def load(path):
         start = time.perf_counter()
@@ -131,9 +133,10 @@ def evaluate_benchmark(ev: BenchmarkAnswerer, task: Any, docs: list, sampling: A
         timing["decode_video_s"] += time.perf_counter() - start
         return clip
 
-    for start in tqdm.trange(0, len(docs), ev.batch_size, desc=task.NAME, unit="batch"):
-        batch = docs[start:start + ev.batch_size]
-        new = [p for p in dict.fromkeys(d.video for d in batch) if p not in cache and p not in bad]
+    for start in tqdm.trange(0, len(items), ev.batch_size, desc=desc, unit="batch"):
+        batch = range(start, min(start + ev.batch_size, len(items)))
+        new = [p for p in dict.fromkeys(items[i][0] for i in batch)
+               if p not in cache and p not in bad]
         clips, paths = [], []
         for path in new:
             try:
@@ -148,28 +151,43 @@ def evaluate_benchmark(ev: BenchmarkAnswerer, task: Any, docs: list, sampling: A
             timing["encode_s"] += seconds
             counts["encode_calls"] += 1
             counts["videos_encoded"] += len(clips)
-        kept = [d for d in batch if d.video in cache]
-        for d in batch:
-            if d.video in bad:
-                skipped[bad[d.video]] += 1
+        kept = [i for i in batch if items[i][0] in cache]
         if not kept:
             continue
-        texts, prefill_s, decode_s = ev.answer([cache[d.video] for d in kept],
-                                               [prompts[d.doc_id] for d in kept], length)
+        texts, prefill_s, decode_s = ev.answer([cache[items[i][0]] for i in kept],
+                                               [prompts[i] for i in kept], length)
         timing["prefill_s"] += prefill_s
         timing["decode_s"] += decode_s
         counts["answer_calls"] += 1
-        for d, text in zip(kept, texts):
-            value = task.process(d, text, rng)
-            values.append(value)
-            samples.append(video_benchmarks.sample_record(
-                d, task.doc_to_text(d), generation, text, text, task.METRIC, value))
+        for i, text in zip(kept, texts):
+            replies[i] = text
+    return dict(replies=replies, bad=bad, timing=timing, counts=counts, length=length,
+                videos=len(cache))
+
+
+def evaluate_benchmark(ev: BenchmarkAnswerer, task: Any, docs: list, sampling: Any, *, seed: int) -> dict:
+    """Every doc through ``ev``; returns the report row and the samples log."""
+    rng = random.Random(seed)
+    texts = [task.doc_to_text(d) for d in docs]
+    out = answer_all(ev, [(d.video, t) for d, t in zip(docs, texts)], sampling, desc=task.NAME)
+    timing, counts, length = out["timing"], out["counts"], out["length"]
+    skipped = collections.Counter(out["bad"][d.video] for d in docs if d.video in out["bad"])
+    samples, values = [], []
+    generation = dict(max_new_tokens=ev.max_new_tokens, temperature=0, do_sample=False,
+                      num_beams=1)
+    for d, text, reply in zip(docs, texts, out["replies"]):
+        if reply is None:
+            continue
+        value = task.process(d, reply, rng)
+        values.append(value)
+        samples.append(video_benchmarks.sample_record(
+            d, text, generation, reply, reply, task.METRIC, value))
     result = task.aggregate(values)
     calls = max(counts["answer_calls"], 1)
     row = dict(
         benchmark=task.NAME, metric=task.METRIC, score=result.pop("score"), **result,
         questions=len(docs), answered=len(values), skipped=dict(skipped),
-        videos=len(cache), videos_encoded=counts["videos_encoded"],
+        videos=out["videos"], videos_encoded=counts["videos_encoded"],
         visual_tokens_per_video=ev.num_visual,
         visual_tokens_used_per_video=ev.tokens_used, full_visual_tokens_per_video=ev.full_visual,
         kept_fraction=ev.tokens_used / ev.full_visual, prompt_length=length,
@@ -229,7 +247,7 @@ def run(config: Any, benchmark: str, data: str, out: str, *, checkpoint: str | N
         json.dump(row, f, indent=1)
     with open(stem + "_samples.jsonl", "w") as f:
         for s in result["samples"]:
-            f.write(json.dumps(s, ensure_ascii=False) + "\n")
+            f.write(json.dumps(video_benchmarks.log_line(s), ensure_ascii=False) + "\n")
     return dict(row=row, samples=result["samples"], report=stem + ".json")
 
 
