@@ -248,6 +248,8 @@ def test_report_pairs_seeds_and_gates_retention_on_the_ceiling():
 def test_a_study_slice_runs_every_part_through_the_loop_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setattr(dense_video, "CANDIDATES", {"fre_res": {},
                                                     "fre_res:paper": dense_video.PAPER})
+    monkeypatch.setattr(dense_video, "PLACES", {"fre_res:place_anchor":
+                                                dense_video.PLACES["fre_res:place_anchor"]})
     monkeypatch.setattr(dense_video, "BASELINES", ("evs",))
     monkeypatch.setattr(dense_video, "methods", lambda selected: [
         dense_video.Method("uniform_frames", "uniform_frames"),
@@ -281,7 +283,8 @@ def test_a_study_slice_runs_every_part_through_the_loop_and_resumes(tmp_path, mo
     kinds = {(r["kind"], r["method"]) for r in report["rows"]}
     assert {("ceiling", "full"), ("adapted", "uniform_frames"), ("scratch", "fre_res:selected"),
             ("free", "evs"), ("adapted", "full")} <= kinds
-    assert set(report["selection"]) == {"fre_res", "fre_res:paper"}
+    # Under multimodal RoPE (the config's) the residual tokens' place is chosen too.
+    assert set(report["selection"]) == {"fre_res", "fre_res:paper", "fre_res:place_anchor"}
     assert report["meta"]["ratio"] == 2.0 and report["meta"]["skipped"]
     runs = sorted(os.listdir(out + "_runs"))
     assert any(r.startswith("select-adapted") for r in runs)

@@ -68,6 +68,20 @@ CANDIDATES: dict[str, dict] = {
     "fre_res:segments32": dict(segment_len=32),
     "fre_res:paper_pool1": dict(PAPER, pool=1),
 }
+# Under multimodal RoPE, where Fre-Res's residual-frequency tokens sit in time is a
+# setting too (compressor.fre_res.residual_place; docs/qwen_vl.md), chosen the same way.
+PLACES: dict[str, dict] = {
+    "fre_res:place_anchor": dict(residual_place="anchor"),
+    "fre_res:place_spread": dict(residual_place="spread"),
+}
+
+
+def candidates(config) -> dict[str, dict]:
+    """The settings the selection chooses between for ``config``'s model: the position
+    rules only where positions come from places (1D RoPE ignores them)."""
+    return dict(CANDIDATES, **(PLACES if tuple(config.model.llm.mrope_sections) else {}))
+
+
 BASELINES = ("temporal_merge", "frame_budgets", "temporal_dct", "evs")
 REFERENCE = "uniform_frames"
 SCALES = {
@@ -150,7 +164,8 @@ class Study:
         """Every candidate adapted from seed 0's ceiling, scored on ``select``; the
         options of the best (the default on a tie)."""
         scores = {}
-        for label, options in CANDIDATES.items():
+        options_of = candidates(self.p.config)
+        for label, options in options_of.items():
             r = self.p.compressed(Method(label, "fre_res", options), self.r, 0, kind="adapted",
                                   eval_split="select")
             if "accuracy" in r:
@@ -158,7 +173,7 @@ class Study:
         if not scores:
             raise RuntimeError("dense_video: no Fre-Res candidate is buildable at this budget")
         best = max(scores, key=lambda k: (scores[k], k == "fre_res"))
-        return CANDIDATES[best]
+        return options_of[best]
 
     def learned(self, seed: int) -> list[str]:
         """The family groups seed's ceiling misses (below ``LEARNED`` on the test split)."""
@@ -227,7 +242,7 @@ def run(out: str, part: str = "headline", scale: str = "cpu", config=None,
         sources=cache["sources"], skipped=cache["skipped"], spec=cache["spec"],
         encoder=encoder, encoder_flops_per_frame=encoder_flops,
         ceiling_steps=config.train.num_steps, adapt_steps=sizes["adapt_steps"],
-        candidates=CANDIDATES, baselines=list(BASELINES), reference=REFERENCE,
+        candidates=candidates(config), baselines=list(BASELINES), reference=REFERENCE,
         devices=jax.device_count())
 
     def report(finished: bool) -> list[str]:
