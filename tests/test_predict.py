@@ -267,9 +267,14 @@ def test_predict_refuses_a_config_of_another_model_naming_the_key(trained):
 def test_input_errors_are_one_line_with_exit_status_2_and_create_nothing(trained, tmp_path):
     root, workdir, videos = trained
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video\n")
     cases = [
         (["frejax.inference.predict", f"--config={CONFIG}", f"--checkpoint={workdir}",
           f"--video={tmp_path}", "--question=what"], "--video", "is a folder"),
+        # The video is read before anything is restored: the checkpoint here is absent.
+        (["frejax.inference.predict", f"--config={CONFIG}", f"--checkpoint={tmp_path / 'absent'}",
+          f"--video={text}", "--question=what"], "notes.mp4", "not a container"),
         (["frejax.main", f"--config={CONFIG}", "--mode=eval",
           f"--workdir={tmp_path / 'absent'}"], "absent", "no such folder"),
         (["frejax.inference.export", f"--config={CONFIG}",

@@ -323,6 +323,21 @@ def format_answer(ans: Answer, qa: VideoQA) -> str:
     ])
 
 
+def check_video(path: str, min_fraction: float) -> None:
+    """Refuses, before anything is restored, a file FFmpeg cannot read as a video or one
+    with fewer frames present than ``min_fraction`` of its header's count (demuxed, not
+    decoded). A file cut short above the threshold is warned about when it is answered."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        nominal, present = video_decode.frame_counts(data)
+        if nominal and present < min_fraction * nominal:
+            video_decode.check_complete(data, f"--video {path}", min_fraction)
+    except video_decode.VideoDecodeError as e:
+        detail = str(e).removeprefix(f"{e.kind}: ").removeprefix(f"--video {path}: ")
+        raise video_decode.VideoDecodeError(e.kind, f"--video {path}: {detail}") from None
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -337,6 +352,7 @@ def main(argv):
     # Inputs first: nothing is restored for a command that cannot run.
     if single:
         check_file("--video", _VIDEO.value)
+        check_video(_VIDEO.value, _MIN_FRAME_FRACTION.value)
     else:
         check_file("--annotations", _ANNOTATIONS.value)
     qa, step = load_video_qa(_CONFIG.value, _CHECKPOINT.value,
