@@ -335,3 +335,38 @@ def test_a_planted_qwen3_break_fails_parity(folder3, plant, monkeypatch):
     got = np.asarray(model(jnp.asarray(tokens), patches, grid,
                            positions=jnp.asarray(positions)[None]))
     assert np.abs(got - want).max() > 1e-2
+
+
+@pytest.fixture(scope="module")
+def imported3(folder3):
+    return qwen_vl_import.load(folder3[0])
+
+
+@pytest.mark.parametrize("name", compression.names())
+def test_every_compressor_runs_on_qwen3_vl_with_its_deepstack_features(imported3, name):
+    """DeepStack features go through the compressor with the merged tokens (extra channels):
+    ``full`` gives the uncompressed logits, and a kept token keeps its own features."""
+    model = imported3
+    patches, grid, span, _, _ = _inputs(model.encoder.cfg)
+    video, deep = model.encoder(patches, grid, with_deepstack=True)
+    k, d = deep.shape[0], video.shape[-1]
+    geometry = compression.VideoGeometry(span.groups, (span.rows, span.cols), (1 + k) * d)
+    budget = geometry.full_tokens if name == "full" else geometry.full_tokens // 2
+    comp = compression.build(name, geometry, budget, rngs=nnx.Rngs(0))
+    tokens = jnp.asarray(np.concatenate([np.arange(5), np.full(budget, VIDEO_TOKEN),
+                                         np.arange(6)])[None])
+    logits = np.asarray(model(tokens, patches, grid, interval=2.0, compressor=comp))
+    assert logits.shape == (1, tokens.shape[1], 128) and np.isfinite(logits).all()
+    kept, kept_deep, places, valid = qwen_vl.compress_with_deepstack(comp, video, deep)
+    assert kept.shape == (1, budget, d) and kept_deep.shape == (k, 1, budget, d)
+    if name == "full":
+        np.testing.assert_allclose(logits, np.asarray(model(tokens, patches, grid, interval=2.0)),
+                                   atol=1e-5, rtol=1e-5)
+    if name in ("full", "uniform_frames", "evs", "frame_budgets"):
+        places, valid = np.asarray(places)[0], np.asarray(valid)[0]
+        flat = (places[:, 0] * span.rows * span.cols + places[:, 1] * span.cols
+                + places[:, 2]).astype(int)[valid]
+        np.testing.assert_array_equal(np.asarray(kept)[0][valid],
+                                      np.asarray(video).reshape(-1, d)[flat])
+        np.testing.assert_array_equal(np.asarray(kept_deep)[:, 0][:, valid],
+                                      np.asarray(deep).reshape(k, -1, d)[:, flat])

@@ -398,18 +398,16 @@ class QwenVL(nnx.Module):
         """
         video, deep = self.encoder(patches, grid, with_deepstack=True)  # (B, G, rows*cols, D)
         b, g, n, d = video.shape
-        if compressor is not None and deep.shape[0]:
-            raise NotImplementedError("qwen_vl: compressing Qwen3-VL's DeepStack features is not"
-                                      " supported yet; run it uncompressed")
+        k = deep.shape[0]
         if compressor is None:
             rows, cols = grid[0] // self.encoder.cfg.merge, grid[1] // self.encoder.cfg.merge
             places = jnp.broadcast_to(
                 jnp.asarray(rope_index([VideoSpan(g, rows, cols)]), jnp.float32), (b, g * n, 3))
             valid = jnp.ones((b, g * n), bool)
             video = video.reshape(b, g * n, d)
+            deep = deep.reshape(k, b, g * n, d)
         else:
-            out = compressor(video)
-            places, valid, video = compressor.places(video), out.mask, out.tokens
+            video, deep, places, valid = compress_with_deepstack(compressor, video, deep)
         if positions is None:
             positions = prompt_positions(tokens, self.video_token, places, interval)
         is_video = tokens == self.video_token
@@ -417,13 +415,33 @@ class QwenVL(nnx.Module):
         keep = ~is_video | jnp.take_along_axis(valid, slot, axis=1)
         attn_mask = keep if attn_mask is None else attn_mask & keep
         layer_inputs = None
-        if deep.shape[0]:   # DeepStack: zero off the video places
+        if k:   # DeepStack: zero off the video places
             zeros = jnp.zeros(tokens.shape + (d,), video.dtype)
-            layer_inputs = jnp.stack([self._at_placeholders(tokens, f.reshape(b, g * n, d), zeros)
-                                      for f in deep])
+            layer_inputs = jnp.stack([self._at_placeholders(tokens, f, zeros) for f in deep])
         logits, _ = self.llm(self.embed(tokens, video), positions, attn_mask,
                              layer_inputs=layer_inputs)
         return logits
+
+
+def compress_with_deepstack(compressor: Any, video: jax.Array, deep: jax.Array
+                            ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Merged tokens ``(B, G, N, D)`` and DeepStack features ``(K, B, G, N, D)`` through one
+    compressor -> tokens ``(B, M, D)``, DeepStack features ``(K, B, M, D)``, places, mask.
+
+    The DeepStack features ride along as extra channels (the layout vLLM gives Qwen3-VL's
+    visual embeddings), so a kept token keeps its own DeepStack features, an average
+    averages theirs, and a frequency token holds their coefficients: each LLM token and
+    what DeepStack adds to it at the first layers describe the same tokens. The compressor
+    is built for ``(1 + K) * D`` channels; its choices (EVS's change between frames, an
+    energy ranking) read all of them.
+    """
+    k, d = deep.shape[0], video.shape[-1]
+    stacked = jnp.concatenate([video, *deep], axis=-1) if k else video
+    out = compressor(stacked, places=True)
+    tokens = out.tokens[..., :d]
+    deep = jnp.stack([out.tokens[..., (i + 1) * d:(i + 2) * d] for i in range(k)]) if k else \
+        jnp.zeros((0,) + tokens.shape, tokens.dtype)
+    return tokens, deep, out.places, out.mask
 
 
 def frames_to_grid(frames_shape: tuple[int, ...], cfg: VisionConfig) -> tuple[int, int]:
