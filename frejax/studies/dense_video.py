@@ -17,7 +17,8 @@ every frame), with runs of ``python -m frejax.main``'s loop on cached latents:
    frame and every token (the ceiling). Retention is reported only where the ceiling
    reaches ``LEARNED`` on every family group of the test split on every seed.
 3. **Honest selection.** Fre-Res's settings (segments, anchors, coding, coefficients,
-   pooling: ``CANDIDATES``) are adapted from seed 0's ceiling and scored on ``select``;
+   pooling: ``CANDIDATES``; under multimodal RoPE also where its residual-frequency
+   tokens sit in time: ``PLACES``) are adapted from seed 0's ceiling and scored on ``select``;
    the best becomes ``fre_res:selected``. Every reported run evaluates ``test``.
 4. **The comparison** at the budget, per seed: uniform sparse frames (what
    LLaVA-OneVision does), Fre-Res (default, selected, ablations, ``fre_res_frames``) and
