@@ -309,3 +309,24 @@ def test_time_to_first_token_compares_every_frame_streamed_with_32_sparse_frames
     assert sparse["visual_tokens"] == 32 * 4 and sparse["ttft_vs_sparse32"] == 1.0
     assert dense_row["ttft_s"] == pytest.approx(
         dense_row["encoder_s"] + dense_row["compressor_s"] + dense_row["prefill_s"])
+
+
+def test_the_motion_probe_reads_a_crossing_from_the_cells_that_light_first():
+    """A square crossing a 2x2 grid (cells TL TR BL BR) lights the cells it leaves first:
+    the timed decoder reads each of the four directions; the lagged features differ
+    between opposite directions."""
+    from frejax.studies import dense_motion_probe as probe  # noqa: PLC0415
+
+    rng = np.random.default_rng(0)
+    # answer: (cells it starts in, cells it ends in); left, right, up, down.
+    crossings = {0: ((1, 3), (0, 2)), 1: ((0, 2), (1, 3)), 2: ((2, 3), (0, 1)),
+                 3: ((0, 1), (2, 3))}
+    feats = {}
+    for answer, (start, end) in crossings.items():
+        latents = 0.01 * rng.standard_normal((32, 4, 8)).astype(np.float32)
+        latents[10:12, list(start)] += 3.0
+        latents[12:14, list(end)] += 3.0
+        assert probe.timed(latents, list(range(10, 14))) == answer
+        feats[answer] = probe.lagged_features(latents)
+    assert feats[0].shape == (2 * len(probe.LAGS),)
+    assert not np.allclose(feats[0], feats[1]) and not np.allclose(feats[2], feats[3])
