@@ -31,10 +31,12 @@ def get_config(arg=None):
     c.model.vision.update(input="latents", latent_grid=(2, 2), image_size=112, patch_size=14,
                           width=384, heads=6)
     # A Llama-layout LLM trained from scratch on the benchmark's words, placing every
-    # visual token by (frame, row, column) with Qwen3-VL's interleaved multimodal RoPE:
-    # under 1D RoPE a token's cell is only its offset modulo the grid, and the ceiling
-    # does not learn which way a square moves (docs/dense_video_rope1d.md). Interleaved,
-    # so rows and columns (two positions each) get high frequencies, not the lowest.
+    # visual token by (frame, row, column) with Qwen3-VL's interleaved multimodal RoPE, as
+    # the models the field runs do: a compressor's tokens then sit where it says
+    # (Compressor.places), and where Fre-Res's residual-frequency tokens sit is a setting
+    # the selection chooses. Interleaved, so rows and columns (two positions each) get
+    # high frequencies, not the lowest. (Under 1D RoPE the ceiling ends where it does
+    # here: docs/dense_video_rope1d.)
     c.model.llm.update(width=128, depth=2, heads=4, kv_heads=2, mlp_dim=256, vocab_size=0,
                        mrope_sections=(8, 4, 4), mrope_interleaved=True)
     c.compressor = config_lib.compressor_config("full", ratio=0.0)
