@@ -69,7 +69,8 @@ class Frejax(lmms):
         self.config = config_lib.load(config_spec(config, **args))
         config_lib.validate(self.config)
         self.checkpoint = checkpoint
-        self.batch_size_per_step = int(batch_size)
+        # lmms-eval's --batch_size may be "auto": the config's eval.batch_size then.
+        self.batch_size_per_step = 0 if str(batch_size).startswith("auto") else int(batch_size)
         self.sampling = video_decode.FrameSampling(
             num_frames=self.config.data.num_frames, image_size=self.config.data.image_size,
             mode=sampling, resize=resize)
