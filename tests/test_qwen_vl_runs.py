@@ -97,6 +97,72 @@ def test_the_framework_model_computes_what_the_imported_qwen_computes(qwen):
         np.testing.assert_allclose(got[0], want[0, rows], atol=1e-4, rtol=1e-4)
 
 
+@pytest.fixture(scope="module")
+def qwen3(tmp_path_factory):
+    """A tiny random Qwen3-VL folder with two DeepStack mergers."""
+    torch.manual_seed(0)
+    cfg = transformers.Qwen3VLConfig(
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=48, num_heads=2,
+                           patch_size=14, temporal_patch_size=2, spatial_merge_size=2,
+                           out_hidden_size=32, num_position_embeddings=16,
+                           deepstack_visual_indexes=[0, 1]),
+        text_config=dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                         head_dim=8, max_position_embeddings=1024,
+                         rope_parameters=dict(rope_type="default", rope_theta=10_000.0,
+                                              mrope_section=[2, 1, 1], mrope_interleaved=True)),
+        video_token_id=VOCAB - 1, image_token_id=VOCAB - 2, vision_start_token_id=VOCAB - 3,
+        vision_end_token_id=VOCAB - 4, tie_word_embeddings=False)
+    model = transformers.Qwen3VLForConditionalGeneration(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(1.0, 0.1)
+            elif p.ndim == 1:
+                p.normal_(0, 0.3)
+            elif "pos_embed" in name:
+                p.normal_(0, 1.0)
+            else:
+                p.normal_(0, 1.5 * int(np.prod(p.shape[1:])) ** -0.5)
+    folder = str(tmp_path_factory.mktemp("qwen3"))
+    model.save_pretrained(folder)
+    llava_fixtures.write_byte_tokenizer(folder)
+    return folder
+
+
+def test_the_framework_model_computes_what_the_imported_qwen3_computes(qwen3):
+    """Qwen3-VL inside VideoMLLM: DeepStack features through the compressor with the merged
+    tokens and into the LLM's first layers, in training's splice and in the cached prefill;
+    the same numbers as the imported model, uncompressed and under EVS."""
+    config = _config(qwen3)
+    assert config.model.vision.family == "qwen3_vl" and tuple(config.model.vision.deepstack)
+    reference = qwen_vl_import.load(qwen3)
+    step = float(config.model.vision.mrope_time_step)
+    rng = np.random.default_rng(1)
+    frames = jnp.asarray(rng.integers(0, 255, (1, FRAMES, SIZE, SIZE, 3)), jnp.uint8)
+    patches = qwen_vl.patchify(qwen_vl.normalize(frames), reference.encoder.cfg)
+    for compressor, ratio in (("full", 1.0), ("evs", 2.0)):
+        model = _model(_config(qwen3, compressor, ratio))
+        m = model.num_visual_tokens
+        text = [5, 6, VOCAB - 1, 7, 8, 9]
+        batch = dict(frames=frames, frame_mask=jnp.ones((1, FRAMES), bool),
+                     tokens=jnp.asarray([text]), text_mask=jnp.ones((1, 6), bool))
+        got = np.asarray(model(batch))
+        spliced = jnp.asarray([text[:2] + [VOCAB - 1] * m + text[3:]])
+        comp = None if compressor == "full" else model.compressor
+        want = np.asarray(reference(spliced, patches, (SIZE // 14, SIZE // 14), interval=step,
+                                    compressor=comp))
+        rows = [0, 1, 2 + m - 1, 2 + m, 3 + m, 4 + m]
+        np.testing.assert_allclose(got[0], want[0, rows], atol=1e-4, rtol=1e-4)
+        # The cached prefill (what predict and benchmark_eval run) reads DeepStack too:
+        # its first token is the reference's greedy token after the prompt.
+        visual = model.encode_video(batch)
+        cache, position = model.prefill_video(visual, jnp.asarray([text[:2]]), 2 + m + 8)
+        _, token = model.prefill_text(cache, position, jnp.asarray([2 + m]),
+                                      jnp.asarray([text[3:]]), jnp.asarray([3]))
+        assert int(token[0]) == int(want[0, -1].argmax())
+
+
 def test_benchmark_eval_runs_qwen_with_a_compressor_alike_on_a_mesh(tmp_path, qwen):
     data, _ = fx.videomme_folder(str(tmp_path / "data"))
     runs = []

@@ -78,20 +78,21 @@ class VideoMLLM(nnx.Module):
         self.family = str(vision.get("family", "vit"))
         # Position steps between temporal patches under multimodal RoPE.
         self.time_step = float(vision.get("mrope_time_step", 1.0))
-        self.qwen = None
+        self.qwen, self.deepstack = None, 0
         if self.family != "vit":
             # Qwen-VL: the tower merges patches into LLM-width tokens (the merger is its
             # projector); the compressor reads them, one frame per temporal patch.
             self.qwen = qwen_vl.vision_config_from(vision, int(model_cfg.llm.width))
-            if self.qwen.deepstack:
-                raise ValueError("model.vision.deepstack: Qwen3-VL's DeepStack is not supported"
-                                 " in VideoMLLM yet (frejax.models.qwen_vl.QwenVL runs it)")
             self.encoder = qwen_vl.QwenVision(self.qwen, **kw)
             side = int(vision.image_size) // self.qwen.patch // self.qwen.merge
             self.latent_grid = (side, side)
             self.project_first, self.pool = True, 1
+            # Qwen3-VL's DeepStack features ride with the merged tokens as extra channels
+            # through the compressor (qwen_vl.compress_with_deepstack's layout).
+            self.deepstack = len(self.qwen.deepstack)
             self.geometry = VideoGeometry(int(num_frames) // self.qwen.temporal_patch,
-                                          self.latent_grid, int(model_cfg.llm.width))
+                                          self.latent_grid,
+                                          (1 + self.deepstack) * int(model_cfg.llm.width))
             self._build_rest(model_cfg, compressor_cfg, None, kw)
             return
         if self.reads_latents:
@@ -154,8 +155,9 @@ class VideoMLLM(nnx.Module):
         if self.qwen is not None:
             grid = (frames.shape[2] // self.qwen.patch, frames.shape[3] // self.qwen.patch)
             patches = qwen_vl.patchify(qwen_vl.normalize(frames), self.qwen)
-            return sharding.constrain(self.encoder(patches, grid),
-                                      ("batch", "frames", "tokens", "embed"))
+            x, deep = self.encoder(patches, grid, with_deepstack=True)
+            x = jnp.concatenate([x, *deep], axis=-1) if self.deepstack else x
+            return sharding.constrain(x, ("batch", "frames", "tokens", "embed"))
         if self.reads_latents:
             latents = sharding.constrain(frames.astype(self.dtype),
                                          ("batch", "frames", "tokens", "embed"))
@@ -196,6 +198,7 @@ class VideoMLLM(nnx.Module):
             raise ValueError(f"video_mllm: {m} visual tokens, expected {self.compressor.num_tokens}")
         mask = visual.mask.astype(bool)
         x = visual.tokens if self.project_first else self.projector(visual.tokens)
+        x = x[..., :self.llm.width] if self.deepstack else x
         x = x.astype(self.dtype) * mask[..., None].astype(self.dtype)
         if self._extra:
             b = x.shape[0]
@@ -205,9 +208,27 @@ class VideoMLLM(nnx.Module):
             mask = jnp.concatenate([mask, jnp.ones((b, 1), bool)], axis=1)
         return x, mask
 
+    def _layer_inputs(self, visual: CompressedTokens, text_len: int,
+                      source: jax.Array | None = None) -> jax.Array | None:
+        """Qwen3-VL's DeepStack features ``(K, B, S, E)`` at the visual places of the
+        sequence (``source`` as in the splice; None: text then visual), zero elsewhere."""
+        if not self.deepstack:
+            return None
+        e = self.llm.width
+        mask = visual.mask.astype(self.dtype)[..., None]
+        b = visual.tokens.shape[0]
+        zeros = jnp.zeros((b, text_len, e), self.dtype)
+        out = []
+        for k in range(self.deepstack):
+            deep = visual.tokens[..., (k + 1) * e:(k + 2) * e].astype(self.dtype) * mask
+            seq = jnp.concatenate([zeros, deep], axis=1)
+            out.append(seq if source is None else _gather(seq, source))
+        return jnp.stack(out)
+
     def _splice(self, tokens: jax.Array, text_mask: jax.Array, visual: CompressedTokens):
         """Embeds and splices. Returns embeds ``(B, S, E)``, valid ``(B, S)``,
-        positions ``(B, S)`` and text_to_seq ``(B, L)`` (placeholder -> last valid visual place)."""
+        positions ``(B, S)``, text_to_seq ``(B, L)`` (placeholder -> last valid visual place)
+        and the DeepStack layer inputs (``_layer_inputs``; None without DeepStack)."""
         vis, vis_mask = self.visual_embeds(visual)
         m = vis.shape[1]
         text = self.llm.embed(tokens)
@@ -221,7 +242,8 @@ class VideoMLLM(nnx.Module):
         j = jnp.arange(valid.shape[1])[None]
         last_visual = jnp.max(jnp.where(valid & (j < p + m), j, 0), axis=1, keepdims=True)
         text_to_seq = jnp.where(jnp.arange(tokens.shape[1])[None] == p, last_visual, text_to_seq)
-        return embeds, valid, positions, text_to_seq
+        return (embeds, valid, positions, text_to_seq,
+                self._layer_inputs(visual, tokens.shape[1], source))
 
     def _positions(self, valid: jax.Array, source: jax.Array, text_len: int,
                    places: jax.Array | None) -> jax.Array:
@@ -259,9 +281,10 @@ class VideoMLLM(nnx.Module):
         """
         if visual is None:
             visual = self.encode_video(batch)
-        embeds, valid, positions, text_to_seq = self._splice(
+        embeds, valid, positions, text_to_seq, layer_inputs = self._splice(
             batch["tokens"], batch["text_mask"], visual)
-        hidden, _ = self.llm(embeds, positions, valid, return_hidden=True)
+        hidden, _ = self.llm(embeds, positions, valid, return_hidden=True,
+                             layer_inputs=layer_inputs)
         hidden = sharding.constrain(_gather(hidden, text_to_seq), ("batch", "length", "embed"))
         return self.llm.logits(hidden)
 
@@ -286,7 +309,7 @@ class VideoMLLM(nnx.Module):
         positions = self._positions(valid, source, p, visual.places)
         cache = self.llm.init_cache(b, cache_len)
         _, cache = self.llm(embeds, positions, valid, cache, jnp.zeros((b,), jnp.int32),
-                            return_hidden=True)
+                            return_hidden=True, layer_inputs=self._layer_inputs(visual, p))
         # Text goes on one past the largest position (the count of valid places in 1D).
         top = jnp.where(valid.reshape(valid.shape + (1,) * (positions.ndim - 2)), positions, -1)
         return cache, (jnp.max(top.reshape(b, -1), axis=1) + 1).astype(jnp.int32)
