@@ -248,8 +248,7 @@ def test_report_pairs_seeds_and_gates_retention_on_the_ceiling():
 def test_a_study_slice_runs_every_part_through_the_loop_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setattr(dense_video, "CANDIDATES", {"fre_res": {},
                                                     "fre_res:paper": dense_video.PAPER})
-    monkeypatch.setattr(dense_video, "PLACES", {"fre_res:place_anchor":
-                                                dense_video.PLACES["fre_res:place_anchor"]})
+    monkeypatch.setattr(dense_video, "PLACES", {})   # test_the_place_rules_are_candidates...
     monkeypatch.setattr(dense_video, "BASELINES", ("evs",))
     monkeypatch.setattr(dense_video, "methods", lambda selected: [
         dense_video.Method("uniform_frames", "uniform_frames"),
@@ -283,8 +282,7 @@ def test_a_study_slice_runs_every_part_through_the_loop_and_resumes(tmp_path, mo
     kinds = {(r["kind"], r["method"]) for r in report["rows"]}
     assert {("ceiling", "full"), ("adapted", "uniform_frames"), ("scratch", "fre_res:selected"),
             ("free", "evs"), ("adapted", "full")} <= kinds
-    # Under multimodal RoPE (the config's) the residual tokens' place is chosen too.
-    assert set(report["selection"]) == {"fre_res", "fre_res:paper", "fre_res:place_anchor"}
+    assert set(report["selection"]) == {"fre_res", "fre_res:paper"}
     assert report["meta"]["ratio"] == 2.0 and report["meta"]["skipped"]
     runs = sorted(os.listdir(out + "_runs"))
     assert any(r.startswith("select-adapted") for r in runs)
@@ -330,3 +328,16 @@ def test_the_motion_probe_reads_a_crossing_from_the_cells_that_light_first():
         feats[answer] = probe.lagged_features(latents)
     assert feats[0].shape == (2 * len(probe.LAGS),)
     assert not np.allclose(feats[0], feats[1]) and not np.allclose(feats[2], feats[3])
+
+
+def test_the_place_rules_are_candidates_only_under_multimodal_rope():
+    """Where Fre-Res's residual tokens sit in time is chosen with the other settings when
+    positions come from places; 1D RoPE ignores places, so the rules are no candidates."""
+    config = dense_video_config.get_config("smoke")
+    assert tuple(config.model.llm.mrope_sections)            # the study's model: M-RoPE
+    chosen = dense_video.candidates(config)
+    assert set(dense_video.PLACES) <= set(chosen) and set(dense_video.CANDIDATES) <= set(chosen)
+    assert {o["residual_place"] for k, o in chosen.items() if k in dense_video.PLACES} == \
+        {"anchor", "spread"}
+    config.model.llm.mrope_sections = ()
+    assert dense_video.candidates(config) == dense_video.CANDIDATES
