@@ -423,24 +423,35 @@ class QwenVL(nnx.Module):
         return logits
 
 
+def join_deepstack(video: jax.Array, deep: jax.Array) -> jax.Array:
+    """Merged tokens ``(..., D)`` and DeepStack features ``(K, ..., D)`` -> ``(..., (1+K) D)``:
+    the features as extra channels (the layout vLLM gives Qwen3-VL's visual embeddings)."""
+    return jnp.concatenate([video, *deep], axis=-1) if deep.shape[0] else video
+
+
+def split_deepstack(tokens: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """``join_deepstack``'s inverse: ``(..., (1+K) D)`` -> tokens ``(..., D)`` and
+    DeepStack features ``(K, ..., D)``."""
+    d = tokens.shape[-1] // (1 + k)
+    main = tokens[..., :d]
+    if not k:
+        return main, jnp.zeros((0,) + main.shape, main.dtype)
+    return main, jnp.stack([tokens[..., (i + 1) * d:(i + 2) * d] for i in range(k)])
+
+
 def compress_with_deepstack(compressor: Any, video: jax.Array, deep: jax.Array
                             ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Merged tokens ``(B, G, N, D)`` and DeepStack features ``(K, B, G, N, D)`` through one
     compressor -> tokens ``(B, M, D)``, DeepStack features ``(K, B, M, D)``, places, mask.
 
-    The DeepStack features ride along as extra channels (the layout vLLM gives Qwen3-VL's
-    visual embeddings), so a kept token keeps its own DeepStack features, an average
-    averages theirs, and a frequency token holds their coefficients: each LLM token and
-    what DeepStack adds to it at the first layers describe the same tokens. The compressor
-    is built for ``(1 + K) * D`` channels; its choices (EVS's change between frames, an
-    energy ranking) read all of them.
+    The DeepStack features ride along as extra channels (``join_deepstack``), so a kept
+    token keeps its own DeepStack features, an average averages theirs, and a frequency
+    token holds their coefficients: each LLM token and what DeepStack adds to it at the
+    first layers describe the same tokens. The compressor is built for ``(1 + K) * D``
+    channels; its choices (EVS's change between frames, an energy ranking) read all of them.
     """
-    k, d = deep.shape[0], video.shape[-1]
-    stacked = jnp.concatenate([video, *deep], axis=-1) if k else video
-    out = compressor(stacked, places=True)
-    tokens = out.tokens[..., :d]
-    deep = jnp.stack([out.tokens[..., (i + 1) * d:(i + 2) * d] for i in range(k)]) if k else \
-        jnp.zeros((0,) + tokens.shape, tokens.dtype)
+    out = compressor(join_deepstack(video, deep), places=True)
+    tokens, deep = split_deepstack(out.tokens, deep.shape[0])
     return tokens, deep, out.places, out.mask
 
 

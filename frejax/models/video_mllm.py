@@ -155,8 +155,7 @@ class VideoMLLM(nnx.Module):
         if self.qwen is not None:
             grid = (frames.shape[2] // self.qwen.patch, frames.shape[3] // self.qwen.patch)
             patches = qwen_vl.patchify(qwen_vl.normalize(frames), self.qwen)
-            x, deep = self.encoder(patches, grid, with_deepstack=True)
-            x = jnp.concatenate([x, *deep], axis=-1) if self.deepstack else x
+            x = qwen_vl.join_deepstack(*self.encoder(patches, grid, with_deepstack=True))
             return sharding.constrain(x, ("batch", "frames", "tokens", "embed"))
         if self.reads_latents:
             latents = sharding.constrain(frames.astype(self.dtype),
@@ -198,7 +197,7 @@ class VideoMLLM(nnx.Module):
             raise ValueError(f"video_mllm: {m} visual tokens, expected {self.compressor.num_tokens}")
         mask = visual.mask.astype(bool)
         x = visual.tokens if self.project_first else self.projector(visual.tokens)
-        x = x[..., :self.llm.width] if self.deepstack else x
+        x = qwen_vl.split_deepstack(x, self.deepstack)[0] if self.deepstack else x
         x = x.astype(self.dtype) * mask[..., None].astype(self.dtype)
         if self._extra:
             b = x.shape[0]
@@ -214,16 +213,12 @@ class VideoMLLM(nnx.Module):
         sequence (``source`` as in the splice; None: text then visual), zero elsewhere."""
         if not self.deepstack:
             return None
-        e = self.llm.width
-        mask = visual.mask.astype(self.dtype)[..., None]
-        b = visual.tokens.shape[0]
+        _, deep = qwen_vl.split_deepstack(visual.tokens, self.deepstack)
+        deep = deep.astype(self.dtype) * visual.mask.astype(self.dtype)[..., None]
+        b, _, e = deep.shape[1:]
         zeros = jnp.zeros((b, text_len, e), self.dtype)
-        out = []
-        for k in range(self.deepstack):
-            deep = visual.tokens[..., (k + 1) * e:(k + 2) * e].astype(self.dtype) * mask
-            seq = jnp.concatenate([zeros, deep], axis=1)
-            out.append(seq if source is None else _gather(seq, source))
-        return jnp.stack(out)
+        seqs = [jnp.concatenate([zeros, f], axis=1) for f in deep]
+        return jnp.stack([s if source is None else _gather(s, source) for s in seqs])
 
     def _splice(self, tokens: jax.Array, text_mask: jax.Array, visual: CompressedTokens):
         """Embeds and splices. Returns embeds ``(B, S, E)``, valid ``(B, S)``,
