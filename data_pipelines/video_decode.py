@@ -169,12 +169,16 @@ def decode_video(data: bytes, sampling: FrameSampling, window_seed: int | None =
 
 
 def iter_frames(data: bytes, image_size: int, resize: str = "crop",
-                every: int = 1) -> Iterator[np.ndarray]:
+                every: int = 1, where: str = "video",
+                min_frame_fraction: float = 0.5) -> Iterator[np.ndarray]:
     """Every ``every``-th frame of the whole clip, ``(S, S, 3)`` uint8, decoded one at a time.
 
     For videos longer than a model's clip (``frejax.inference.streaming``): frames are
     resized as they are decoded and never held together, so memory does not
-    grow with the video's length.
+    grow with the video's length. A file cut short warns, naming ``where`` and the
+    present and announced frame counts, and is refused below ``min_frame_fraction``
+    of them (``check_complete``), as predict does: a stream of a few frames would
+    otherwise stand for the whole video without a word.
     """
     if every < 1:
         raise ValueError(f"iter_frames: every must be >= 1, got {every}")
@@ -182,6 +186,7 @@ def iter_frames(data: bytes, image_size: int, resize: str = "crop",
         raise ValueError(f"iter_frames: resize must be one of {RESIZE_MODES}, got {resize!r}")
     if not data:
         raise VideoDecodeError("empty_file", "the file has 0 bytes")
+    cut_short = check_complete(data, where, min_frame_fraction) < 1.0
     container, stream = _open(data)
     yielded = 0
     try:
@@ -191,6 +196,8 @@ def iter_frames(data: bytes, image_size: int, resize: str = "crop",
                     yielded += 1
                     yield resize_frame(frame, image_size, resize)
     except _MEDIA_ERRORS as e:
+        if cut_short and yielded:
+            return  # the cut end of a file already warned about: its frames so far stand
         raise VideoDecodeError("corrupt_video", f"decoding failed after {yielded}"
                                f" frames ({e})") from None
     if not yielded:

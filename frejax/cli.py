@@ -8,7 +8,8 @@ names it (``ValueError``, ``OSError`` and their kin: a config key, a missing or
 unreadable file, an undecodable video, a checkpoint of another config, more bad
 data than ``data.max_bad_fraction`` allows). ``run`` prints that message's first
 line as ``<program>: error: ...`` and exits with status 2, without a traceback;
-``--debug`` shows the traceback instead. Everything else (a bug, a lost peer of a
+``--debug`` shows the traceback instead. A bad flag or ``--config.*`` override is the
+same kind of error and exits the same way (absl alone would exit 1 with its own text). Everything else (a bug, a lost peer of a
 multi-host run) keeps its traceback.
 """
 
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from absl import app, flags, logging
 
 from data_pipelines import input_pipeline
+from frejax import config_lib
 
 _DEBUG = flags.DEFINE_bool("debug", False, "Show the traceback of an input error too.")
 
@@ -67,4 +69,12 @@ def run(main: Callable[[list[str]], object], program: str = "") -> None:
                   file=sys.stderr)
             sys.exit(2)
 
-    app.run(guarded)
+    def parse(argv: list[str]) -> list[str]:
+        try:
+            config_lib.check_override_flags(argv)
+            return flags.FLAGS(argv)
+        except (flags.Error, config_lib.UnknownKeyError) as e:
+            print(f"{name}: error: {one_line(e)} (--helpfull lists the flags)", file=sys.stderr)
+            sys.exit(2)
+
+    app.run(guarded, flags_parser=parse)

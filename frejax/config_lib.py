@@ -494,11 +494,16 @@ def _validate_training_groups(v: dict) -> None:
             raise ValueError(f"config.{key} must be > 0, got {v[key]}")
 
 
+class UnknownKeyError(ValueError):
+    """A ``--config.<key>=...`` override of a key the schema lacks."""
+
+
 def check_override_flags(argv: list[str], flag: str = "config") -> None:
     """Fails naming the key for ``--config.<key>=...`` overrides of keys the schema lacks.
 
     ``ml_collections.config_flags`` reports such a flag with a bare ``KeyError``
-    traceback; this runs before flag parsing and says which key and what exists.
+    traceback; ``cli.run`` calls this before flag parsing, so the error says which
+    key and what exists.
     """
     keys = set(_flatten(base_config()))
     sections = {k.rpartition(".")[0] for k in keys}
@@ -513,5 +518,5 @@ def check_override_flags(argv: list[str], flag: str = "config") -> None:
             parent = parent.rpartition(".")[0]
         near = sorted(k[len(parent) + 1:] if parent else k for k in keys
                       if not parent or k.startswith(parent + "."))
-        raise SystemExit(f"--{flag}.{key}: config.{key} does not exist; config.{parent or '*'}"
+        raise UnknownKeyError(f"--{flag}.{key}: config.{key} does not exist; config.{parent or '*'}"
                          f" has {near}")

@@ -12,7 +12,6 @@ Everything but flag parsing lives in importable modules (``frejax.training.train
 """
 
 import os
-import sys
 
 from absl import app
 from absl import flags
@@ -82,7 +81,4 @@ def main(argv):
 
 
 if __name__ == "__main__":  # Grain workers spawn: nothing may run on import.
-    from frejax import config_lib  # noqa: PLC0415  (here: nothing runs on import)
-
-    config_lib.check_override_flags(sys.argv)
     cli.run(main, "frejax.main")

@@ -81,7 +81,7 @@ def test_unknown_keys_and_impossible_values_name_the_key():
 def test_check_override_flags_names_a_missing_key():
     config_lib.check_override_flags(["main", "--config.compressor.fre_res.num_coeffs=2",
                                      "--workdir=x"])
-    with pytest.raises(SystemExit, match=r"config\.compressor\.fre_res\.pool_mode does not"
+    with pytest.raises(config_lib.UnknownKeyError, match=r"config\.compressor\.fre_res\.pool_mode does not"
                                          r" exist; config\.compressor\.fre_res has \[.*'pool'"):
         config_lib.check_override_flags(["main", "--config.compressor.fre_res.pool_mode=avg"])
 

@@ -294,7 +294,7 @@ def test_fuzzed_config_overrides_pass_or_name_the_key(overrides):
             message = str(e)
             assert any(n in message for n in named) or any(
                 f"--config.{k}" in message for k, _ in overrides), (type(e), message)
-            event(f"config: rejected by {'the schema' if isinstance(e, SystemExit) else 'the flag parser' if isinstance(e, flags.Error) else 'validate'} ({type(e).__name__})")
+            event(f"config: rejected by {'the schema' if isinstance(e, config_lib.UnknownKeyError) else 'the flag parser' if isinstance(e, flags.Error) else 'validate'} ({type(e).__name__})")
             return
     event("config: accepted")
 

@@ -254,6 +254,14 @@ def test_a_video_cut_short_warns_and_is_refused_below_the_threshold(trained, qa,
         assert f"{present} of the 80 frames" in caplog.text
     finally:
         qa.min_frame_fraction = 0.5
+    # The streaming path's decoder holds to the same rule.
+    with pytest.raises(video_decode.VideoDecodeError, match=f"cut.mp4: {present} of the 80"):
+        next(video_decode.iter_frames(cut.read_bytes(), 32, where=str(cut)))
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        streamed = list(video_decode.iter_frames(cut.read_bytes(), 32, where=str(cut),
+                                                 min_frame_fraction=0.1))
+    assert 0 < len(streamed) <= present and f"{present} of the 80 frames" in caplog.text
 
 
 def test_predict_refuses_a_config_of_another_model_naming_the_key(trained):
@@ -279,6 +287,9 @@ def test_input_errors_are_one_line_with_exit_status_2_and_create_nothing(trained
           f"--workdir={tmp_path / 'absent'}"], "absent", "no such folder"),
         (["frejax.inference.export", f"--config={CONFIG}",
           f"--workdir={tmp_path / 'absent'}"], "absent", "no such folder"),
+        # A config override that names no key is parsed by the flags, before main runs.
+        (["frejax.main", f"--config={CONFIG}", "--config.model.nonsense=1",
+          f"--workdir={tmp_path / 'absent'}"], "config.model.nonsense", "does not exist"),
     ]
     for argv, names, says in cases:
         out = subprocess.run([sys.executable, "-m", *argv], cwd=REPO, env=env,

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from typing import Any
 
 import jax
@@ -35,7 +34,7 @@ from safetensors import numpy as safetensors_np
 from safetensors import safe_open
 
 from data_pipelines import tokenizer as tokenizer_lib
-from frejax import cli, config_lib, distributed
+from frejax import cli, distributed
 from frejax.training.run import Run, workdir_checkpoints
 
 FORMAT = "frejax"
@@ -136,6 +135,5 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-    config_lib.check_override_flags(sys.argv)
     _define_flags()
     cli.run(main, "frejax.inference.export")

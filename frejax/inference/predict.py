@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -39,7 +38,7 @@ from ml_collections import config_flags
 from data_pipelines import annotations as annotations_lib
 from data_pipelines import tokenizer as tokenizer_lib
 from data_pipelines import video_decode
-from frejax import cli, config_lib
+from frejax import cli
 from frejax.compression import CompressedTokens
 from frejax.inference import token_cache
 from frejax.inference.engine import Engine
@@ -374,5 +373,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    config_lib.check_override_flags(sys.argv)
     cli.run(main, "frejax.inference.predict")

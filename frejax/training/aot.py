@@ -251,8 +251,7 @@ def _write(figures: dict, devices) -> None:
 
 
 if __name__ == "__main__":
-    from frejax import config_lib  # noqa: PLC0415  (here: nothing runs on import)
+    from frejax import cli  # noqa: PLC0415  (JAX is not imported before main runs)
 
-    config_lib.check_override_flags(sys.argv)
     define_flags()
-    app.run(main)
+    cli.run(main, "frejax.training.aot")
