@@ -76,6 +76,30 @@ def test_shifted_windows_equal_the_gathered_neighbourhoods(grid, pool, window):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_shifted_windows_have_the_gathered_neighbourhoods_gradients():
+    """The backward pass too: the shifts and the one contraction over all offsets give the
+    plain gather's gradients for every parameter and input."""
+    grid, pool = (5, 6), 2
+    anchors, coeffs, slot_mask, freq = _absorber_inputs(grid, pool, slots=3, seed=1)
+    slot_mask[1, 0, 2] = False
+    absorber = SpatialGuidedAbsorber(8, grid=grid, pool=pool, window=3, heads=2,
+                                     rngs=nnx.Rngs(4))
+    absorber.gate[...] = jnp.full((8,), 0.7)
+    graphdef, params = nnx.split(absorber)
+    weights = jnp.asarray(np.random.default_rng(2).normal(size=anchors.shape), jnp.float32)
+
+    def loss(fn):
+        def value(params, anchors, coeffs):
+            out = fn(nnx.merge(graphdef, params), anchors, coeffs, jnp.asarray(slot_mask), freq)
+            return jnp.sum(out * weights)
+        return jax.jit(jax.grad(value, argnums=(0, 1, 2)))(params, anchors, coeffs)
+
+    got = loss(lambda m, *a: m(*a))
+    want = loss(_gathered_reference)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("pool,window", [(1, 3), (2, 1), (2, 3)])
 def test_absorber_window_is_local(pool, window):
     grid = (5, 6)

@@ -4,9 +4,13 @@ Each anchor token (segment ``s``, grid cell ``(i, j)``) attends, multi-head, to
 the residual-frequency tokens of the same segment at its own pooled cell
 ``(i // p, j // p)`` and the ``window x window`` pooled cells around it, every
 coefficient slot of each: ``C * window**2`` keys per query, never global
-attention. Each window offset reads the pooled key grid shifted by that offset
-(a slice of the zero-padded grid), so keys are never gathered per query;
-out-of-grid neighbours (``neighbour_table``) and invalid slots are masked.
+attention. Keys and values are never gathered or shifted: for each window offset
+the *queries* are shifted onto the key cells they read, scored there, and the
+scores shifted back (and the weighted values likewise). A shift moves a tensor
+without the ``C x head_dim`` product of the keys, and all offsets go through one
+contraction with the unshifted keys, so the backward pass sums the offsets inside
+that contraction instead of materialising a key-sized gradient per offset.
+Out-of-grid neighbours (``neighbour_table``) and invalid slots are masked.
 
 Keys and values are ``LayerNorm(residual) + freq_embedding[k] + offset_embedding[w]``
 (which coefficient, which relative cell); queries are ``LayerNorm(anchor)``.
@@ -48,6 +52,20 @@ def neighbour_table(grid: tuple[int, int], pool: int, window: int) -> tuple[np.n
     valid = (ni >= 0) & (ni < hp) & (nj >= 0) & (nj < wp)
     index = np.where(valid, ni * wp + nj, 0).astype(np.int32)
     return index, valid
+
+
+def _shift(x: jax.Array, dy: int, dx: int) -> jax.Array:
+    """``out[y, x] = x[y + dy, x + dx]`` on the pooled-grid axes 2 and 4, zero outside."""
+    def along(x, axis, d):
+        if d == 0:
+            return x
+        n = x.shape[axis]
+        pad = [(0, 0)] * x.ndim
+        pad[axis] = (0, d) if d > 0 else (-d, 0)
+        start = d if d > 0 else 0
+        return jax.lax.slice_in_dim(jnp.pad(x, pad), start, start + n, axis=axis)
+
+    return along(along(x, 2, dy), 4, dx)
 
 
 class SpatialGuidedAbsorber(nnx.Module):
@@ -120,19 +138,21 @@ class SpatialGuidedAbsorber(nnx.Module):
         k_off = jnp.einsum("wd,dhk->whk", offset, self.key[...].astype(cdt))
         v_off = jnp.einsum("wd,dhk->whk", offset, self.value[...].astype(cdt))
         # Queries on the pooled grid: (b, s, hp, p, wp, p, heads, head_dim), the border
-        # cells padded. Keys of each window offset are the pooled grid shifted by it:
-        # a slice of the zero-padded grid, so no (.., C, N, window^2, ..) gather exists.
+        # cells padded; keys and values as the pooled grid (b, s, C, hp, wp, heads, head_dim).
         qg = jnp.pad(q.reshape(b, s, h, w, *q.shape[-2:]),
                      ((0, 0), (0, 0), (0, hp * p - h), (0, wp * p - w), (0, 0), (0, 0)))
         qg = qg.reshape(b, s, hp, p, wp, p, *q.shape[-2:])
-        pad = ((0, 0), (0, 0), (0, 0), (r, r), (r, r), (0, 0), (0, 0))
-        kg = jnp.pad(k.reshape(b, s, c, hp, wp, *k.shape[-2:]), pad)
-        vg = jnp.pad(v.reshape(b, s, c, hp, wp, *v.shape[-2:]), pad)
-        offsets = [divmod(o, self.window) for o in range(self.window ** 2)]
-        logits = jnp.stack([
-            jnp.einsum("bsyixjhk,bscyxhk->bsyixjhc", qg, kg[:, :, :, di:di + hp, dj:dj + wp],
-                       preferred_element_type=jnp.float32)
-            for di, dj in offsets], axis=-1)                   # (.., heads, C, W)
+        kg = k.reshape(b, s, c, hp, wp, *k.shape[-2:])
+        vg = v.reshape(b, s, c, hp, wp, *v.shape[-2:])
+        offsets = [(di - r, dj - r) for di, dj in
+                   (divmod(o, self.window) for o in range(self.window ** 2))]
+        # The query at pooled cell y reads the key at y + dy: shift the queries by -dy
+        # onto their key cells, score all offsets against the keys at once, shift back.
+        q_at_keys = jnp.stack([_shift(qg, -dy, -dx) for dy, dx in offsets])
+        scores = jnp.einsum("wbsyixjhk,bscyxhk->wbsyixjhc", q_at_keys, kg,
+                            preferred_element_type=jnp.float32)
+        logits = jnp.stack([_shift(scores[o], dy, dx) for o, (dy, dx) in enumerate(offsets)],
+                           axis=-1)                                    # (.., heads, C, W)
         logits = logits + jnp.einsum("bsyixjhk,whk->bsyixjhw", qg, k_off,
                                      preferred_element_type=jnp.float32)[..., None, :]
         logits = logits / math.sqrt(self.head_dim)
@@ -146,10 +166,12 @@ class SpatialGuidedAbsorber(nnx.Module):
         weights = jnp.where(allowed, jnp.exp(logits), 0.0)
         weights = weights / jnp.maximum(jnp.sum(weights, axis=(-2, -1), keepdims=True), 1e-30)
         weights = weights.astype(cdt)
-        attended = sum(
-            jnp.einsum("bsyixjhc,bscyxhk->bsyixjhk", weights[..., o],
-                       vg[:, :, :, di:di + hp, dj:dj + wp])
-            for o, (di, dj) in enumerate(offsets))
+        # The same in reverse: weights to the key cells, one contraction with the values,
+        # each offset's share shifted back to its queries.
+        w_at_keys = jnp.stack([_shift(weights[..., o], -dy, -dx)
+                               for o, (dy, dx) in enumerate(offsets)])
+        shares = jnp.einsum("wbsyixjhc,bscyxhk->wbsyixjhk", w_at_keys, vg)
+        attended = sum(_shift(shares[o], dy, dx) for o, (dy, dx) in enumerate(offsets))
         attended = attended + jnp.einsum("bsyixjhw,whk->bsyixjhk", weights.sum(-2), v_off)
         attended = attended.reshape(b, s, hp * p, wp * p, *q.shape[-2:])[:, :, :h, :w]
         attended = attended.reshape(b, s, n, *q.shape[-2:])
