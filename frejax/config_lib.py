@@ -105,10 +105,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict(dict(
         vision=dict(image_size=32, patch_size=8, width=64, depth=2, heads=4, mlp_dim=128,
                     # Layers stacked and scanned (one compiled) or unrolled; remat policy
-                    # none | full | save_dots | save_dots_no_batch (frejax/nn/layers.py);
+                    # none | full | save_dots | save_dots_no_batch (frejax/nn/layers.py).
+                    # full by default: a scan without a policy stores every residual of
+                    # its body as a stacked loop output, which XLA cannot fuse away
+                    # (docs/accelerator_scale.md, "CPU main job"); MaxText's default too.
                     # attention auto | xla | dot_product | splash | blockwise
                     # (frejax/nn/attention.py).
-                    scan_layers=True, remat="none", attention="auto", encode_chunk=0,
+                    scan_layers=True, remat="full", attention="auto", encode_chunk=0,
                     norm_eps=1e-6,
                     # SigLIP layout by default; DINOv2 sets the next five from its config.json.
                     cls_token=False, registers=0, layer_scale=False, gelu_approximate=True,
@@ -147,7 +150,7 @@ def base_config() -> ml_collections.ConfigDict:
         llm=dict(vocab_size=0,  # 0: from the tokenizer
                  width=128, depth=2, heads=4, kv_heads=2, head_dim=0, mlp_dim=256,
                  rope_theta=10_000.0, qkv_bias=True, tie_embeddings=True,
-                 scan_layers=True, remat="none", attention="auto",  # as in model.vision
+                 scan_layers=True, remat="full", attention="auto",  # as in model.vision
                  norm_eps=1e-6,
                  # type none | llama3 (Llama-3.1 frequency scaling; the rest its parameters)
                  rope_scaling=dict(type="none", factor=8.0, low_freq_factor=1.0,

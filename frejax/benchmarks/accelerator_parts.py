@@ -1,4 +1,4 @@
-"""The ``attention`` and ``cpu_step`` parts of ``frejax.benchmarks.accelerator_scale``.
+"""The ``attention``, ``cpu_step`` and ``cpu_profile`` parts of ``frejax.benchmarks.accelerator_scale``.
 
 ``attention``: every backend's forward + backward at 8k and 32k tokens (one
 sequence, 8 query heads over 2 key/value heads, head width 64, causal, float32),
@@ -8,9 +8,14 @@ compiled for one compile-only TPU v5e chip give the TPU compiler's memory
 figures, splash included.
 
 ``cpu_step``: the main job (``configs/long_video.py``) trained for a few
-steps by ``python -m frejax.main`` in a subprocess, for this tree (scanned and
-unrolled layers) and a baseline revision; steps per second from its
-``metrics.jsonl``, the first logged interval (compilation) left out.
+steps by ``python -m frejax.main`` in a subprocess, for this tree (its default,
+scanned layers without remat, unrolled layers) and baseline revisions; steps per
+second from its ``metrics.jsonl``, the first logged interval (compilation) left out.
+
+``cpu_profile``: the main job's train step alone, in this process, for the same
+layouts and without the absorber (``frejax.benchmarks.step_profile``): step time,
+XLA:CPU's per-fusion times by kind, the largest fusions with their source
+operations, and the compiled HLO's temporaries and loop-carried buffers.
 """
 
 from __future__ import annotations
@@ -156,14 +161,37 @@ def _steps_per_second(source: str, flags: list[str], steps: int) -> dict:
     return dict(steps_per_sec=round(statistics.median(rates), 3), intervals=len(rates))
 
 
+# The layouts compared, as config overrides of the main job.
+LAYOUTS = (
+    ("default (scanned layers, remat full)", {}),
+    ("scanned layers, remat none", {"model.vision.remat": "none", "model.llm.remat": "none"}),
+    ("unrolled layers, remat none", {"model.vision.remat": "none", "model.llm.remat": "none",
+                                     "model.vision.scan_layers": False,
+                                     "model.llm.scan_layers": False}),
+)
+NO_ABSORBER = ("default without the absorber", {"compressor.fre_res.absorber.enabled": False})
+
+
+def machine() -> str:
+    """This machine in words, for the reports: CPU model and cores."""
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f
+                          if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPU cores" + (f" ({model})" if model else "")
+
+
 def run_cpu_step(args, command: str) -> dict:
     rows = []
-    variants = [("after (scanned layers)", None, []),
-                ("after (unrolled layers)", None,
-                 ["--config.model.vision.scan_layers=False",
-                  "--config.model.llm.scan_layers=False"])]
-    if args.baseline:
-        variants.insert(0, ("before", args.baseline, []))
+    variants = [(f"this tree: {label}", None,
+                 [f"--config.{k}={v}" for k, v in overrides.items()])
+                for label, overrides in LAYOUTS]
+    for rev in reversed((args.baseline or "").split(",")):
+        if rev:
+            variants.insert(0, (f"revision {rev}", rev, []))
     for label, rev, flags in variants:
         with checkout(rev, None) as source:
             row = dict(label=label, revision=rev or git_rev(source), flags=flags,
@@ -171,12 +199,51 @@ def run_cpu_step(args, command: str) -> dict:
         print(json.dumps(row), flush=True)
         rows.append(row)
     lines = [f"The main job's train step (`configs/long_video.py`: 32 frames, Fre-Res 8x, batch"
-             f" 32) on this machine's CPU: {args.steps} steps of `python -m frejax.main`, steps"
-             " per second the median over 20-step intervals after the first.", "",
+             f" 32) on {machine()}, one run: {args.steps} steps of `python -m frejax.main`"
+             " per variant, steps per second the median over 20-step intervals after the"
+             " first.", "",
              "| variant | revision | steps/s |", "|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['label']} | {r['revision']} |"
                      f" {r.get('steps_per_sec', 'error: ' + r.get('error', '?'))} |")
+    lines += ["", f"Command: `{command}`."]
+    return dict(rows=rows, markdown=lines)
+
+
+def run_cpu_profile(args, command: str) -> dict:
+    from configs import long_video  # noqa: PLC0415  (the pod part's parent process runs without JAX)
+    from frejax.benchmarks import step_profile  # noqa: PLC0415
+
+    rows = []
+    for label, overrides in (*LAYOUTS, NO_ABSORBER):
+        config = long_video.get_config()
+        config.update_from_flattened_dict(overrides)
+        row = dict(label=label, overrides=overrides,
+                   **step_profile.profile(config, repeats=args.repeats))
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    mib = 2**20
+    lines = [f"The main job's train step alone (one batch of its data, no input pipeline) on"
+             f" {machine()}: wall time the median of {args.repeats} steps; busy time the sum"
+             " of XLA:CPU's thunks over its worker threads (so above the wall time where"
+             " both cores work), from a `jax.profiler` trace of 5 steps; HLO figures from"
+             " the compiled step.", "",
+             "| layout | step ms | busy ms | copies | matmuls | dyn.-update-slices |"
+             " other | temporaries MiB | loop-carried buffers (MiB) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        k = r["by_kind"]
+        other = r["busy_ms"] - k.get("copy", 0) - k.get("matmul", 0) - k.get(
+            "dynamic-update-slice", 0)
+        loops = r["hlo"]["forward_loop_outputs"]
+        lines.append(
+            f"| {r['label']} | {r['step_ms']} | {r['busy_ms']} | {k.get('copy', 0)} |"
+            f" {k.get('matmul', 0)} | {k.get('dynamic-update-slice', 0)} | {other:.1f} |"
+            f" {r['hlo']['temporaries_bytes'] / mib:.0f} |"
+            f" {loops['buffers']} ({loops['bytes'] / mib:.0f}) |")
+    for r in rows:
+        lines += ["", f"Largest fusions, {r['label']} (busy ms per step, source operation):", ""]
+        lines += [f"- `{t['fusion']}` {t['ms']}: `{t['op']}`" for t in r["top"][:5]]
     lines += ["", f"Command: `{command}`."]
     return dict(rows=rows, markdown=lines)
 
@@ -187,5 +254,7 @@ def run(part: str, args, report: dict, command: str) -> None:
         report["attention"] = run_attention(args, command)
     elif part == "cpu_step":
         report["cpu_step"] = run_cpu_step(args, command)
+    elif part == "cpu_profile":
+        report["cpu_profile"] = run_cpu_profile(args, command)
     else:
         raise ValueError(f"unknown part {part!r}")

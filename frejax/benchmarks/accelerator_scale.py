@@ -12,6 +12,7 @@ the Markdown report is rebuilt from that file every time, so parts can be run
 
     python -m frejax.benchmarks.accelerator_scale --part=attention   # backends at 8k / 32k tokens
     python -m frejax.benchmarks.accelerator_scale --part=cpu_step    # the main job's train step
+    python -m frejax.benchmarks.accelerator_scale --part=cpu_profile # ... and where its time goes
 
 ``pod`` compiles ``configs/long_video.py:scale=pod`` (8B parameters, global
 batch 256) with ``python -m frejax.training.aot --topology=...`` in a subprocess and
@@ -168,6 +169,7 @@ def markdown(report: dict) -> str:
         if speedups:
             lines += ["Before -> after, where both compiled:", ""] + speedups + [""]
     for key, title in (("attention", "Attention backends"), ("cpu_step", "CPU main job"),
+                       ("cpu_profile", "CPU main job: where the step's time goes"),
                        ("gpu_suite", "GPU suite")):
         section = report.get(key)
         if section:
@@ -194,9 +196,10 @@ def command_line(args) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--part", required=True, choices=("pod", "attention", "cpu_step"))
+    p.add_argument("--part", required=True, choices=("pod", "attention", "cpu_step", "cpu_profile"))
     p.add_argument("--out", default=DEFAULT_OUT, help="report path without extension")
-    p.add_argument("--baseline", default=None, help="git revision to measure (pod part)")
+    p.add_argument("--baseline", default=None,
+                   help="git revision to measure (pod part); cpu_step: comma-separated revisions")
     p.add_argument("--source", default=None, help="frejax tree to measure (pod part)")
     p.add_argument("--label", default=None, help="row label (default: before/after)")
     p.add_argument("--topologies", default=",".join(TOPOLOGIES))
