@@ -211,6 +211,7 @@ def run_cpu_step(args, command: str) -> dict:
 
 
 def run_cpu_profile(args, command: str) -> dict:
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")  # profiles XLA:CPU, whatever else is installed
     from configs import long_video  # noqa: PLC0415  (the pod part's parent process runs without JAX)
     from frejax.benchmarks import step_profile  # noqa: PLC0415
 

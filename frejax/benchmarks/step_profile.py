@@ -5,8 +5,9 @@ the config's own data, and without the input pipeline:
 
 - times the step (median of ``repeats`` runs after a warm-up);
 - traces ``trace_steps`` steps with ``jax.profiler`` and sums every XLA:CPU thunk's
-  time over the worker threads (a fusion run on two threads counts twice, so the
-  busy total exceeds the wall time by the parallelism), per fusion and per kind
+  self time over the worker threads (a loop's own time excludes its body's thunks;
+  a fusion run on two threads counts twice, so the busy total exceeds the wall
+  time by the parallelism), per fusion and per kind
   (copies, matmuls, dynamic-update-slices, ...), each fusion named with the source
   operation of its HLO metadata;
 - reads the compiled HLO: temporaries (XLA's memory analysis), and the loops'
@@ -75,9 +76,17 @@ def _thunk_times(trace_dir: str, steps: int) -> collections.Counter:
         for line in plane.lines:
             if not line.name.startswith("tf_XLAEigen"):  # XLA:CPU's worker threads
                 continue
-            for event in line.events:
-                if "ThunkExecutor" not in event.name:
-                    busy[event.name] += event.duration_ns / 1e6 / steps
+            # Self time: a loop's event encloses its body's thunks on the same thread.
+            events = sorted((e for e in line.events if "ThunkExecutor" not in e.name),
+                            key=lambda e: (e.start_ns, -e.duration_ns))
+            open_events: list = []  # [name, end_ns] of the enclosing events
+            for e in events:
+                while open_events and open_events[-1][1] <= e.start_ns:
+                    open_events.pop()
+                if open_events:
+                    busy[open_events[-1][0]] -= e.duration_ns / 1e6 / steps
+                busy[e.name] += e.duration_ns / 1e6 / steps
+                open_events.append([e.name, e.start_ns + e.duration_ns])
     return busy
 
 
