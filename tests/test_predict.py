@@ -287,6 +287,10 @@ def test_input_errors_are_one_line_with_exit_status_2_and_create_nothing(trained
           f"--workdir={tmp_path / 'absent'}"], "absent", "no such folder"),
         (["frejax.inference.export", f"--config={CONFIG}",
           f"--workdir={tmp_path / 'absent'}"], "absent", "no such folder"),
+        # A question longer than the predictor's room, refused before the (absent) checkpoint.
+        (["frejax.inference.predict", f"--config={CONFIG}", f"--checkpoint={tmp_path / 'absent'}",
+          f"--video={root / videos[0][0]}", "--question=" + " ".join(["which"] * 2000)],
+         "--question", "2000 words"),
         # A config override that names no key is parsed by the flags, before main runs.
         (["frejax.main", f"--config={CONFIG}", "--config.model.nonsense=1",
           f"--workdir={tmp_path / 'absent'}"], "config.model.nonsense", "does not exist"),

@@ -109,7 +109,7 @@ class VideoQA:
         self.num_visual, self.full_visual = engine.num_visual, engine.full_visual
         # Room for the question after the video: data.max_text_len, or (0, sized from the
         # training data, which predict never reads) a fixed 64 tokens.
-        self.question_len = int(d.max_text_len) or DEFAULT_QUESTION_LEN
+        self.question_len = question_room(config)
 
     @property
     def cache(self) -> token_cache.VideoTokenCache:
@@ -322,12 +322,31 @@ def format_answer(ans: Answer, qa: VideoQA) -> str:
     ])
 
 
+def question_room(config: Any) -> int:
+    """Tokens a question may take after the video: data.max_text_len, or (0: sized from
+    the training data, which predict never reads) a fixed ``DEFAULT_QUESTION_LEN``."""
+    return int(config.data.max_text_len) or DEFAULT_QUESTION_LEN
+
+
+def check_question(question: str, config: Any) -> None:
+    """Refuses, before anything is restored, a question of more words than the predictor
+    has tokens for (every tokenizer here gives a word one token or more; the exact count,
+    with the checkpoint's tokenizer, is checked when the question is asked)."""
+    words = len(question.split())
+    if words > question_room(config):
+        raise ValueError(f"--question has {words} words, more than the {question_room(config)}"
+                         f" tokens this predictor has room for (set data.max_text_len):"
+                         f" {question[:60]!r}{'...' if len(question) > 60 else ''}")
+
+
 def check_video(path: str, min_fraction: float) -> None:
     """Refuses, before anything is restored, a file FFmpeg cannot read as a video or one
     with fewer frames present than ``min_fraction`` of its header's count (demuxed, not
     decoded). A file cut short above the threshold is warned about when it is answered."""
     with open(path, "rb") as f:
         data = f.read()
+    if not data:
+        raise video_decode.VideoDecodeError("empty_file", f"--video {path}: the file has 0 bytes")
     try:
         nominal, present = video_decode.frame_counts(data)
         if nominal and present < min_fraction * nominal:
@@ -352,6 +371,7 @@ def main(argv):
     if single:
         check_file("--video", _VIDEO.value)
         check_video(_VIDEO.value, _MIN_FRAME_FRACTION.value)
+        check_question(_QUESTION.value, _CONFIG.value)
     else:
         check_file("--annotations", _ANNOTATIONS.value)
     qa, step = load_video_qa(_CONFIG.value, _CHECKPOINT.value,
@@ -366,10 +386,13 @@ def main(argv):
     summary = predict_file(qa, _ANNOTATIONS.value, _OUTPUT.value, root)
     print(f"wrote {summary['questions']} rows for {summary['videos']} videos to"
           f" {_OUTPUT.value}; {summary['failed']} failed (their rows hold an 'error' field)")
-    print(f"token cache: {summary['cache_hits']} questions reused a video's tokens;"
-          f" after the first video (compilation): first question per video {summary['first_question_s'] * 1e3:.1f} ms,"
-          f" later questions {summary['cached_question_s'] * 1e3:.1f} ms"
-          f" ({summary['speedup']:.1f}x faster)")
+    if summary["cache_hits"]:  # timings to compare only when a video's tokens were reused
+        print(f"token cache: {summary['cache_hits']} questions reused a video's tokens;"
+              " after the first video (compilation): first question per video"
+              f" {summary['first_question_s'] * 1e3:.1f} ms, later questions"
+              f" {summary['cached_question_s'] * 1e3:.1f} ms ({summary['speedup']:.1f}x faster)")
+    else:
+        print("token cache: no question reused a video's tokens")
 
 
 if __name__ == "__main__":
