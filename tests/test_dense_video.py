@@ -298,15 +298,22 @@ def test_time_to_first_token_compares_every_frame_streamed_with_32_sparse_frames
     config.data.update(num_frames=T, image_size=SIZE)
     config.model.vision.image_size = SIZE
     result = dense_ttft.measure(config, frozen_encoder.Encoder("pixels", SIZE), seconds=3,
-                                fps=25, methods=["fre_res", "evs"], repeats=1,
+                                fps=25, methods=["full", "evs"], repeats=1,
                                 log=lambda *_: None)
+    dense_ttft.add_ratios(result)
     assert result["chunks"] == 3 and result["frames"] == 75               # 75 frames, 32 each
-    dense_row, sparse = result["rows"]["dense/evs"], result["rows"]["sparse32"]
+    full, dense_row, sparse = (result["rows"][k] for k in ("dense/full", "dense/evs", "sparse32"))
     assert dense_row["frames_encoded"] == 75 and sparse["frames_encoded"] == 32
+    assert full["visual_tokens"] == 3 * T * 4                             # every token
     assert dense_row["visual_tokens"] == 3 * (T * 4 // 2)                 # 3 chunks at 2x
     assert sparse["visual_tokens"] == 32 * 4 and sparse["ttft_vs_sparse32"] == 1.0
     assert dense_row["ttft_s"] == pytest.approx(
         dense_row["encoder_s"] + dense_row["compressor_s"] + dense_row["prefill_s"])
+    assert dense_row["encoder_share"] == pytest.approx(dense_row["encoder_s"] / dense_row["ttft_s"])
+    assert full["full_ttft_over_this"] == 1.0
+    assert dense_row["full_ttft_over_this"] == pytest.approx(full["ttft_s"] / dense_row["ttft_s"])
+    # Peak memory is measured: this process's, which holds at least the frames it encoded.
+    assert dense_ttft.peak_rss_bytes() > 75 * SIZE * SIZE * 3
 
 
 def test_the_motion_probe_reads_a_crossing_from_the_cells_that_light_first():
