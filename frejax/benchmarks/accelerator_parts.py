@@ -13,7 +13,7 @@ scanned layers without remat, unrolled layers) and baseline revisions; steps per
 second from its ``metrics.jsonl``, the first logged interval (compilation) left out.
 
 ``cpu_profile``: the main job's train step alone, in this process, for the same
-layouts and without the absorber (``frejax.benchmarks.step_profile``): step time,
+layouts, the remat policies that keep matmul outputs, and without the absorber (``frejax.benchmarks.step_profile``): step time,
 XLA:CPU's per-fusion times by kind, the largest fusions with their source
 operations, and the compiled HLO's temporaries and loop-carried buffers.
 """
@@ -169,6 +169,9 @@ LAYOUTS = (
                                      "model.vision.scan_layers": False,
                                      "model.llm.scan_layers": False}),
 )
+# The profile also sets the policies between the two: keep the matmul outputs.
+POLICIES = tuple((f"scanned layers, remat {p}", {"model.vision.remat": p, "model.llm.remat": p})
+                 for p in ("save_dots", "save_dots_no_batch"))
 NO_ABSORBER = ("default without the absorber", {"compressor.fre_res.absorber.enabled": False})
 
 
@@ -216,7 +219,7 @@ def run_cpu_profile(args, command: str) -> dict:
     from frejax.benchmarks import step_profile  # noqa: PLC0415
 
     rows = []
-    for label, overrides in (*LAYOUTS, NO_ABSORBER):
+    for label, overrides in (*LAYOUTS, *POLICIES, NO_ABSORBER):
         config = long_video.get_config()
         config.update_from_flattened_dict(overrides)
         row = dict(label=label, overrides=overrides,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import os
 import re
@@ -69,6 +70,7 @@ def save(out: str, report: dict, parts: tuple[str, ...] | None = None) -> None:
 # Part ``pod``: AOT compile of the pod config per TPU topology.
 # ----------------------------------------------------------------------------
 
+_PHASES = re.compile(r"^\s+compile time trace and lower ([\d.]+) s(?:, xla compile ([\d.]+) s)?")
 _FIGURE = re.compile(r"^\s+(arguments|temporaries|peak|train state|batch)\s+([\d.]+) GiB \((\d+) B\)")
 
 
@@ -87,12 +89,22 @@ def compile_pod(source: str, topology: str, overrides: list[str]) -> dict:
                cpu_s=round((after.ru_utime - before.ru_utime)
                            + (after.ru_stime - before.ru_stime), 1),
                exit_code=proc.returncode)
-    for line in proc.stdout.splitlines():
+    lines = proc.stdout.splitlines()
+    for i, line in enumerate(lines):
         m = _FIGURE.match(line)
         if m:
             row[m.group(1).replace(" ", "_") + "_bytes"] = int(m.group(3))
         if line.startswith("does not fit:"):
-            row["does_not_fit"] = line[len("does not fit:"):].strip()[:400]
+            # aot prints the compiler's report on the next lines: its first line, then
+            # the largest allocations, up to the compile-time line.
+            report = list(itertools.takewhile(lambda x: not x.startswith("  compile time"),
+                                              lines[i + 1:]))
+            row["does_not_fit"] = (report[0] if report else line).strip()[:400]
+            row["allocations"] = report[1:]
+        m = _PHASES.match(line)
+        if m:
+            row.update(trace_and_lower_s=float(m.group(1)),
+                       **({"xla_compile_s": float(m.group(2))} if m.group(2) else {}))
         if "FLOPs per step" in line:
             row["flops_line"] = line.strip()
     if proc.returncode not in (0, 1) or (proc.returncode == 1 and "does_not_fit" not in row):
@@ -137,19 +149,27 @@ def markdown(report: dict) -> str:
         lines += ["## Pod train step: AOT compile for compile-only TPU devices", "",
                   f"`{POD_CONFIG}` (8B parameters, global batch 256 unless overridden), compiled"
                   " by `python -m frejax.training.aot --topology=...` in a subprocess. Compile time is the"
-                  " subprocess's wall and CPU time (JAX start-up, tracing, lowering, XLA)."
-                  " Per-chip figures are the TPU compiler's memory analysis.", "",
-                  "| label | revision | topology | overrides | wall s | CPU s | state GiB |"
+                  " subprocess's wall and CPU time (JAX start-up, tracing, lowering, XLA);"
+                  " of it, tracing and lowering to StableHLO, and XLA's compile, where"
+                  " recorded. Per-chip figures are the TPU compiler's memory analysis.", "",
+                  "| label | revision | topology | overrides | wall s | CPU s |"
+                  " trace+lower s | XLA compile s | state GiB |"
                   " temporaries GiB | peak GiB | fits |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in sorted(pod, key=lambda r: (r["topology"], r["label"] != "before")):
             fits = ("no: " + r["does_not_fit"][:120] if "does_not_fit" in r
                     else "error: " + r["error"][:120] if "error" in r else "yes")
             lines.append(
                 f"| {r['label']} | {r['revision']} | {r['topology']} |"
                 f" {' '.join(r.get('overrides', [])) or '–'} | {r['wall_s']} | {r['cpu_s']} |"
+                f" {r.get('trace_and_lower_s', '–')} | {r.get('xla_compile_s', '–')} |"
                 f" {_gib(r.get('train_state_bytes'))} | {_gib(r.get('temporaries_bytes'))} |"
                 f" {_gib(r.get('peak_bytes'))} | {fits} |")
+        for r in pod:
+            if r.get("allocations"):
+                lines += ["", f"Why {r['topology']} {' '.join(r.get('overrides', []))} at"
+                          f" {r['revision']} does not fit, the compiler's largest allocations:",
+                          "", "```", *r["allocations"], "```"]
         lines += ["", "Commands:", ""]
         lines += sorted({f"- `{r['command']}`" for r in pod})
         lines.append("")

@@ -112,8 +112,15 @@ def abstract_batch(config, tokenizer, batch_sharding) -> dict:
             for k, v in features.items() if v.dtype.kind in "biuf"}  # as data.to_global
 
 
-def compile_train_step(config, devices) -> tuple[Report, object]:
-    """Compiles the train step of ``config`` on ``devices``; returns the report and executable."""
+def compile_train_step(config, devices, phases: dict | None = None) -> tuple[Report, object]:
+    """Compiles the train step of ``config`` on ``devices``; returns the report and executable.
+
+    ``phases`` (filled as each ends, so a refused compile keeps the first): seconds of
+    tracing and lowering to StableHLO (``trace_and_lower_s``, JAX and this code) and of
+    XLA's compile (``xla_compile_s``), which tell where a slow compile spends its time.
+    """
+    import time  # noqa: PLC0415
+
     import jax  # noqa: PLC0415  (JAX after use_fake_cpu_devices)
 
     from frejax.training import train  # noqa: PLC0415  (JAX after use_fake_cpu_devices)
@@ -127,8 +134,14 @@ def compile_train_step(config, devices) -> tuple[Report, object]:
         setup = run.setup
         batch = abstract_batch(config, run.tokenizer, run.batch_sharding)
         step = train.make_train_step(setup, config, run.batch_sharding)
+        phases = {} if phases is None else phases
         with run:
-            compiled = step.lower(setup.abstract_state, batch).compile()
+            start = time.perf_counter()
+            lowered = step.lower(setup.abstract_state, batch)
+            phases["trace_and_lower_s"] = round(time.perf_counter() - start, 1)
+            start = time.perf_counter()
+            compiled = lowered.compile()
+            phases["xla_compile_s"] = round(time.perf_counter() - start, 1)
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # older jax: one per module
@@ -220,19 +233,27 @@ def main(argv):
                  devices[0].platform)
     print(f"{config.name}: train step, global batch {config.train.batch_size},"
           f" {devices[0].device_kind} x{len(devices)}")
+    phases: dict = {}
     try:
-        report, _ = compile_train_step(config, devices)
+        report, _ = compile_train_step(config, devices, phases)
     except jax.errors.JaxRuntimeError as e:
         # The TPU compiler refuses a program that cannot fit its HBM and says by how much.
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
         print("does not fit:\n" + allocation_report(str(e)))
-        _write(dict(fits=False, allocations=allocation_report(str(e))), devices)
+        print(_phases(phases))
+        _write(dict(fits=False, allocations=allocation_report(str(e)), **phases), devices)
         sys.exit(1)
     print(report.format())
-    _write(dict(dataclasses.asdict(report), peak_bytes=report.peak_bytes,
+    print(_phases(phases))
+    _write(dict(dataclasses.asdict(report), peak_bytes=report.peak_bytes, **phases,
                 fits={chip: report.peak_bytes <= gib * GIB for chip, gib in HBM_GIB.items()}),
            devices)
+
+
+def _phases(phases: dict) -> str:
+    return "  compile time " + ", ".join(
+        f"{name.removesuffix('_s').replace('_', ' ')} {s} s" for name, s in phases.items())
 
 
 def _write(figures: dict, devices) -> None:
