@@ -23,7 +23,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("compression", ("frejax.compression",)),
     ("models", ("frejax.models",)),
     ("converters", ("frejax.models.convert",)),
-    ("config", ("frejax.config_lib", "configs")),
+    ("config", ("frejax.config_lib", "configs", "frejax.cli")),  # cli parses config flags
     ("training", ("frejax.training",)),
     ("inference", ("frejax.inference",)),
     ("studies", ("frejax.studies",)),

@@ -264,6 +264,14 @@ def test_a_video_cut_short_warns_and_is_refused_below_the_threshold(trained, qa,
     assert 0 < len(streamed) <= present and f"{present} of the 80 frames" in caplog.text
 
 
+def test_a_question_longer_than_the_room_is_refused_before_anything_is_restored():
+    config = short_video.get_config("smoke")
+    room = predict.question_room(config)
+    predict.check_question(" ".join(["which"] * room), config)
+    with pytest.raises(ValueError, match=f"--question has {room + 1} words, more than the {room}"):
+        predict.check_question(" ".join(["which"] * (room + 1)), config)
+
+
 def test_predict_refuses_a_config_of_another_model_naming_the_key(trained):
     _, workdir, _ = trained
     config = short_video.get_config("smoke")
@@ -287,13 +295,6 @@ def test_input_errors_are_one_line_with_exit_status_2_and_create_nothing(trained
           f"--workdir={tmp_path / 'absent'}"], "absent", "no such folder"),
         (["frejax.inference.export", f"--config={CONFIG}",
           f"--workdir={tmp_path / 'absent'}"], "absent", "no such folder"),
-        # A question longer than the predictor's room, refused before the (absent) checkpoint.
-        (["frejax.inference.predict", f"--config={CONFIG}", f"--checkpoint={tmp_path / 'absent'}",
-          f"--video={root / videos[0][0]}", "--question=" + " ".join(["which"] * 2000)],
-         "--question", "2000 words"),
-        # A config override that names no key is parsed by the flags, before main runs.
-        (["frejax.main", f"--config={CONFIG}", "--config.model.nonsense=1",
-          f"--workdir={tmp_path / 'absent'}"], "config.model.nonsense", "does not exist"),
     ]
     for argv, names, says in cases:
         out = subprocess.run([sys.executable, "-m", *argv], cwd=REPO, env=env,
