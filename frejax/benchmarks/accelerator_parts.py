@@ -13,7 +13,8 @@ scanned layers without remat, unrolled layers) and baseline revisions; steps per
 second from its ``metrics.jsonl``, the first logged interval (compilation) left out.
 
 ``cpu_profile``: the main job's train step alone, in this process, for the same
-layouts, the remat policies that keep matmul outputs, and without the absorber (``frejax.benchmarks.step_profile``): step time,
+layouts, the remat policies that keep matmul outputs, and without the absorber
+(``frejax.benchmarks.step_profile``, timed steps interleaved): step time,
 XLA:CPU's per-fusion times by kind, the largest fusions with their source
 operations, and the compiled HLO's temporaries and loop-carried buffers.
 """
@@ -218,17 +219,19 @@ def run_cpu_profile(args, command: str) -> dict:
     from configs import long_video  # noqa: PLC0415  (the pod part's parent process runs without JAX)
     from frejax.benchmarks import step_profile  # noqa: PLC0415
 
+    variants = dict((*LAYOUTS, *POLICIES, NO_ABSORBER))
+    configs = {}
+    for label, overrides in variants.items():
+        configs[label] = long_video.get_config()
+        configs[label].update_from_flattened_dict(overrides)
     rows = []
-    for label, overrides in (*LAYOUTS, *POLICIES, NO_ABSORBER):
-        config = long_video.get_config()
-        config.update_from_flattened_dict(overrides)
-        row = dict(label=label, overrides=overrides,
-                   **step_profile.profile(config, repeats=args.repeats))
-        print(json.dumps(row), flush=True)
-        rows.append(row)
+    for label, result in step_profile.profile_many(configs, repeats=args.repeats).items():
+        rows.append(dict(label=label, overrides=variants[label], **result))
+        print(json.dumps(rows[-1]), flush=True)
     mib = 2**20
     lines = [f"The main job's train step alone (one batch of its data, no input pipeline) on"
-             f" {machine()}: wall time the median of {args.repeats} steps; busy time the sum"
+             f" {machine()}: wall time the median of {args.repeats} steps, the layouts' steps"
+             " interleaved round by round (one step of each in turn); busy time the sum"
              " of XLA:CPU's thunks over its worker threads (so above the wall time where"
              " both cores work), from a `jax.profiler` trace of 5 steps; HLO figures from"
              " the compiled step.", "",

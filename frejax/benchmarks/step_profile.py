@@ -15,6 +15,7 @@ the config's own data, and without the input pipeline:
 
     from frejax.benchmarks import step_profile
     step_profile.profile(config)     # a dict: step_ms, by_kind, top, hlo
+    step_profile.profile_many({"a": config_a, "b": config_b})   # timed steps interleaved
 
 Used by ``python -m frejax.benchmarks.accelerator_scale --part=cpu_profile``.
 """
@@ -90,50 +91,76 @@ def _thunk_times(trace_dir: str, steps: int) -> collections.Counter:
     return busy
 
 
-def profile(config: Any, *, repeats: int = 20, trace_steps: int = 5, top: int = 8) -> dict:
-    """Times, traces and reads the compiled train step of ``config`` (see the module doc)."""
-    import jax  # noqa: PLC0415  (imported when profiling: the module loads without JAX)
+class _Step:
+    """One config's compiled train step, its state and one batch of its data."""
 
-    from data_pipelines import datasets as data_lib  # noqa: PLC0415
-    from frejax.training.run import Run  # noqa: PLC0415
-    from frejax.training.train import make_train_step  # noqa: PLC0415
+    def __init__(self, config: Any):
 
-    run = Run(config)
-    with run:
-        batch = data_lib.next_global_batch(
-            data_lib.make_train_iterator(config, run.tokenizer, run.mesh), run.batch_sharding)
-        state = run.init()
-        start = time.perf_counter()
-        compiled = make_train_step(run.setup, config, run.batch_sharding).lower(
-            state, batch).compile()
-        compile_s = time.perf_counter() - start
-        hlo = compiled.as_text()
-        temporaries = int(compiled.memory_analysis().temp_size_in_bytes)
-        state, metrics = compiled(state, batch)
-        jax.block_until_ready(metrics)
-        times = []
-        for _ in range(repeats):
+        from data_pipelines import datasets as data_lib  # noqa: PLC0415
+        from frejax.training.run import Run  # noqa: PLC0415
+        from frejax.training.train import make_train_step  # noqa: PLC0415
+
+        self.run = Run(config)
+        with self.run:
+            self.batch = data_lib.next_global_batch(
+                data_lib.make_train_iterator(config, self.run.tokenizer, self.run.mesh),
+                self.run.batch_sharding)
+            self.state = self.run.init()
             start = time.perf_counter()
-            state, metrics = compiled(state, batch)
-            jax.block_until_ready(metrics)
-            times.append(time.perf_counter() - start)
+            self.compiled = make_train_step(self.run.setup, config, self.run.batch_sharding).lower(
+                self.state, self.batch).compile()
+            self.compile_s = time.perf_counter() - start
+        self.hlo = self.compiled.as_text()
+        self.temporaries = int(self.compiled.memory_analysis().temp_size_in_bytes)
+        self.times: list[float] = []
+        self.steps(1)  # warm-up
+
+    def steps(self, n: int, timed: bool = False) -> None:
+        import jax  # noqa: PLC0415
+
+        with self.run:
+            for _ in range(n):
+                start = time.perf_counter()
+                self.state, metrics = self.compiled(self.state, self.batch)
+                jax.block_until_ready(metrics)
+                if timed:
+                    self.times.append(time.perf_counter() - start)
+
+
+def profile_many(configs: dict[str, Any], *, repeats: int = 20, trace_steps: int = 5,
+                 top: int = 8) -> dict[str, dict]:
+    """``profile`` of several configs, their timed steps interleaved round by round, so a
+    machine whose speed drifts (a shared host) slows every config alike."""
+    import jax  # noqa: PLC0415
+
+    steps = {name: _Step(config) for name, config in configs.items()}
+    for _ in range(repeats):
+        for step in steps.values():
+            step.steps(1, timed=True)
+    results = {}
+    for name, step in steps.items():
         with tempfile.TemporaryDirectory(prefix="frejax-trace-") as trace_dir:
             jax.profiler.start_trace(trace_dir)
-            for _ in range(trace_steps):
-                state, metrics = compiled(state, batch)
-                jax.block_until_ready(metrics)
+            step.steps(trace_steps)
             jax.profiler.stop_trace()
             busy = _thunk_times(trace_dir, trace_steps)
-    ops = source_ops(hlo)
-    by_kind: collections.Counter = collections.Counter()
-    for name, ms in busy.items():
-        by_kind[kind_of(name)] += ms
-    return dict(
-        step_ms=round(1e3 * statistics.median(times), 1), compile_s=round(compile_s, 1),
-        busy_ms=round(sum(busy.values()), 1),
-        by_kind={k: round(v, 1) for k, v in by_kind.most_common()},
-        top=[dict(fusion=name, ms=round(ms, 2), op=ops.get(name, "?"))
-             for name, ms in busy.most_common(top)],
-        hlo=dict(temporaries_bytes=temporaries, loops=hlo.count(" while("),
-                 dynamic_update_slices=hlo.count(" dynamic-update-slice("),
-                 copies=hlo.count(" copy("), forward_loop_outputs=loop_outputs(hlo)))
+        ops = source_ops(step.hlo)
+        by_kind: collections.Counter = collections.Counter()
+        for fusion, ms in busy.items():
+            by_kind[kind_of(fusion)] += ms
+        results[name] = dict(
+            step_ms=round(1e3 * statistics.median(step.times), 1),
+            compile_s=round(step.compile_s, 1), busy_ms=round(sum(busy.values()), 1),
+            by_kind={k: round(v, 1) for k, v in by_kind.most_common()},
+            top=[dict(fusion=f, ms=round(ms, 2), op=ops.get(f, "?"))
+                 for f, ms in busy.most_common(top)],
+            hlo=dict(temporaries_bytes=step.temporaries, loops=step.hlo.count(" while("),
+                     dynamic_update_slices=step.hlo.count(" dynamic-update-slice("),
+                     copies=step.hlo.count(" copy("),
+                     forward_loop_outputs=loop_outputs(step.hlo)))
+    return results
+
+
+def profile(config: Any, **kwargs) -> dict:
+    """Times, traces and reads the compiled train step of ``config`` (see the module doc)."""
+    return profile_many({"": config}, **kwargs)[""]
