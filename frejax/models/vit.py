@@ -243,6 +243,11 @@ class ViT(nnx.Module):
             out = model.encode_images(clip.reshape(b * chunk, *clip.shape[2:]))
             return out.reshape(b, chunk, *out.shape[1:])
 
+        if self.remat != "none":
+            # Under a remat policy a chunk is recomputed in the backward pass too, so the
+            # map keeps each chunk's frames, not every chunk's per-layer activations: the
+            # training memory of one chunk, which is what chunking is for.
+            encode = jax.checkpoint(encode, prevent_cse=False)
         latents = jax.lax.map(encode, chunks)  # (num_chunks, b, chunk, N, D)
         latents = latents.swapaxes(0, 1).reshape(b, num_chunks * chunk, *latents.shape[3:])
         return latents[:, :t]

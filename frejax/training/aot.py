@@ -21,9 +21,12 @@ batch) are exact. ``train.dtype=auto`` resolves to bfloat16, as on TPU/GPU.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import math
 import os
+import shutil
 import sys
+import tempfile
 
 from absl import app
 from absl import flags
@@ -202,6 +205,30 @@ def allocation_report(message: str, max_lines: int = 60) -> str:
     return "\n".join(keep)
 
 
+def dump_step_memory_report() -> str:
+    """Asks XLA to dump the train step's compiled modules to a new folder (before JAX
+    initialises); the TPU compiler writes its memory-usage report there even for a program
+    it refuses, the allocation list its error message lacks. Returns the folder."""
+    folder = tempfile.mkdtemp(prefix="frejax-aot-")
+    os.environ["XLA_FLAGS"] = " ".join(
+        [os.environ.get("XLA_FLAGS", ""), f"--xla_dump_to={folder}",
+         "--xla_dump_hlo_module_re=jit_step"]).strip()
+    return folder
+
+
+def largest_allocations(folder: str, count: int = 12) -> str:
+    """The first ``count`` buffers of the step's memory-usage report in ``folder`` (largest
+    first: cumulative size, size, the values that share the buffer), or "" if none."""
+    reports = sorted(glob.glob(os.path.join(folder, "*jit_step*memory-usage-report.txt")))
+    if not reports:
+        return ""
+    with open(reports[-1]) as f:
+        lines = f.read().splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip().startswith("-----")), 0)
+    head = [line for line in lines[:start + 1] if line.strip()]
+    return "\n".join(head + [line[:400] for line in lines[start + 1:start + 1 + count]])
+
+
 def use_fake_cpu_devices(num_devices: int) -> None:
     """Asks XLA for ``num_devices`` CPU devices; must run before JAX initialises."""
     flags_ = [f for f in os.environ.get("XLA_FLAGS", "").split()
@@ -218,6 +245,15 @@ def main(argv):
     if config.train.dtype == "auto":
         config.train.dtype = "bfloat16"  # what "auto" means on the TPU/GPU being sized
     num_devices = flags.FLAGS.devices
+    dump = dump_step_memory_report() if flags.FLAGS.topology else None
+    try:
+        _compile_and_report(config, num_devices, dump)
+    finally:
+        if dump:
+            shutil.rmtree(dump, ignore_errors=True)
+
+
+def _compile_and_report(config, num_devices: int, dump: str | None) -> None:
     if not flags.FLAGS.topology:
         if num_devices <= 0:
             num_devices = 1
@@ -240,9 +276,11 @@ def main(argv):
         # The TPU compiler refuses a program that cannot fit its HBM and says by how much.
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
-        print("does not fit:\n" + allocation_report(str(e)))
+        allocations = "\n".join(filter(None, [
+            allocation_report(str(e)), dump and largest_allocations(dump)]))
+        print("does not fit:\n" + allocations)
         print(_phases(phases))
-        _write(dict(fits=False, allocations=allocation_report(str(e)), **phases), devices)
+        _write(dict(fits=False, allocations=allocations, **phases), devices)
         sys.exit(1)
     print(report.format())
     print(_phases(phases))
