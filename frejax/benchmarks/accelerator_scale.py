@@ -39,6 +39,7 @@ from frejax.reporting import REPO, checkout, git_rev
 DEFAULT_OUT = os.path.join(REPO, "docs", "accelerator_scale")
 POD_CONFIG = "configs/long_video.py:scale=pod"
 TOPOLOGIES = ("v5e:16x16", "v5p:8x8x4")
+CHIP_HBM_GIB = {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32}  # as frejax.training.aot.HBM_GIB
 
 
 # ----------------------------------------------------------------------------
@@ -157,8 +158,11 @@ def markdown(report: dict) -> str:
                   " temporaries GiB | peak GiB | fits |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in sorted(pod, key=lambda r: (r["topology"], r["label"] != "before")):
+            chip = CHIP_HBM_GIB.get(r["topology"].split(":")[0])
             fits = ("no: " + r["does_not_fit"][:120] if "does_not_fit" in r
-                    else "error: " + r["error"][:120] if "error" in r else "yes")
+                    else "error: " + r["error"][:120] if "error" in r
+                    else f"compiles, but the peak exceeds the chip's {chip} GiB"
+                    if chip and r.get("peak_bytes", 0) > chip * 2**30 else "yes")
             lines.append(
                 f"| {r['label']} | {r['revision']} | {r['topology']} |"
                 f" {' '.join(r.get('overrides', [])) or '–'} | {r['wall_s']} | {r['cpu_s']} |"
