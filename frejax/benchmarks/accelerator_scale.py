@@ -95,13 +95,15 @@ def compile_pod(source: str, topology: str, overrides: list[str]) -> dict:
         m = _FIGURE.match(line)
         if m:
             row[m.group(1).replace(" ", "_") + "_bytes"] = int(m.group(3))
-        if line.startswith("does not fit:"):
+        if line.startswith(("does not fit:", "largest allocations:")):
             # aot prints the compiler's report on the next lines: its first line, then
             # the largest allocations, up to the compile-time line.
             report = list(itertools.takewhile(lambda x: not x.startswith("  compile time"),
                                               lines[i + 1:]))
-            row["does_not_fit"] = (report[0] if report else line).strip()[:400]
-            row["allocations"] = report[1:]
+            if line.startswith("does not fit:"):
+                row["does_not_fit"] = (report[0] if report else line).strip()[:400]
+                report = report[1:]
+            row["allocations"] = report
         m = _PHASES.match(line)
         if m:
             row.update(trace_and_lower_s=float(m.group(1)),
@@ -171,8 +173,9 @@ def markdown(report: dict) -> str:
                 f" {_gib(r.get('peak_bytes'))} | {fits} |")
         for r in pod:
             if r.get("allocations"):
-                lines += ["", f"Why {r['topology']} {' '.join(r.get('overrides', []))} at"
-                          f" {r['revision']} does not fit, the compiler's largest allocations:",
+                lines += ["", f"{r['topology']} {' '.join(r.get('overrides', []))} at"
+                          f" {r['revision']}, the compiler's largest allocations (its"
+                          " memory-usage report):",
                           "", "```", *r["allocations"], "```"]
         lines += ["", "Commands:", ""]
         lines += sorted({f"- `{r['command']}`" for r in pod})

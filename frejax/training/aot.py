@@ -283,8 +283,12 @@ def _compile_and_report(config, num_devices: int, dump: str | None) -> None:
         _write(dict(fits=False, allocations=allocations, **phases), devices)
         sys.exit(1)
     print(report.format())
+    allocations = dump and largest_allocations(dump)
+    if allocations:  # what the temporaries hold, for a step near its chip's limit
+        print("largest allocations:\n" + allocations)
     print(_phases(phases))
     _write(dict(dataclasses.asdict(report), peak_bytes=report.peak_bytes, **phases,
+                **({"allocations": allocations} if allocations else {}),
                 fits={chip: report.peak_bytes <= gib * GIB for chip, gib in HBM_GIB.items()}),
            devices)
 
