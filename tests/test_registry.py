@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from frejax import compression, sharding
@@ -70,6 +70,9 @@ def test_full_budget_accepted(name):
 @pytest.mark.parametrize("name", NAMES)
 @settings(max_examples=4, deadline=None)
 @given(case=cases())
+# Found by this test: Fre-Res's energy coding ranked coefficients tied in exact arithmetic
+# (a last segment of 2 valid frames) by rounding noise that differed under the mesh.
+@example(case=(compression.VideoGeometry(frames=22, grid=(2, 4), embed=8), 80, 0))
 def test_static_counts_and_sharding_invariance(name, case):
     geometry, budget, seed = case
     comp = _build(name, geometry, budget)

@@ -109,7 +109,13 @@ def fre_res_parts(latents: jax.Array, frame_mask: jax.Array, *, plan: FreResPlan
     if plan.selected:  # the M highest-energy (coefficient, position) pairs per segment
         b, s_, c, n, d = coeffs.shape
         energy = jnp.sum(jnp.square(jax.lax.stop_gradient(coeffs)), axis=-1).reshape(b, s_, c * n)
-        selected = jnp.sort(jax.lax.top_k(energy, plan.selected)[1], axis=-1).astype(jnp.int32)
+        # Ranked on energy in steps of 1/1024 of the segment's largest: pairs equal in exact
+        # arithmetic (a segment of few valid frames has such ties) must not be ordered by
+        # rounding noise, which differs between a sharded and an unsharded program; among
+        # equals top_k keeps the lower index (the lower frequency).
+        top = jnp.maximum(jnp.max(energy, axis=-1, keepdims=True), jnp.finfo(energy.dtype).tiny)
+        ranked = jnp.round(energy / top * 1024.0)
+        selected = jnp.sort(jax.lax.top_k(ranked, plan.selected)[1], axis=-1).astype(jnp.int32)
         keep = jnp.zeros((b, s_, c * n), bool).at[
             jnp.arange(b)[:, None, None], jnp.arange(s_)[None, :, None], selected].set(True)
         coeffs = jnp.where(keep.reshape(b, s_, c, n)[..., None], coeffs, 0.0)
