@@ -95,7 +95,6 @@ class _Step:
     """One config's compiled train step, its state and one batch of its data."""
 
     def __init__(self, config: Any):
-
         from data_pipelines import datasets as data_lib  # noqa: PLC0415
         from frejax.training.run import Run  # noqa: PLC0415
         from frejax.training.train import make_train_step  # noqa: PLC0415
