@@ -64,3 +64,26 @@ def test_smoke_sweep_writes_tables_and_plots_and_resumes(tmp_path):
     again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "[1/" not in again.stdout, again.stdout
+
+
+def test_main_job_seeds_pairs_each_seed_with_the_baselines_and_reports_the_interval():
+    from frejax.benchmarks import main_job_seeds
+
+    def row(acc, motion):
+        return dict(accuracy=acc, accuracy_by_family=dict(motion=motion, static=1.0),
+                    step=10, visual_tokens_per_video=64, full_visual_tokens_per_video=512)
+
+    rows = {0: row(0.9, 0.8), 1: row(0.7, 0.5), 2: row(0.8, 0.6)}
+    base = {0: row(0.8, 0.6), 1: row(0.7, 0.6), 2: row(0.6, 0.3), 3: row(0.5, 0.5)}
+    diff = main_job_seeds.paired(rows, base)
+    assert diff["seeds"] == [0, 1, 2]  # seed 3 finished at the baseline only
+    assert [round(v, 6) for v in diff["accuracy"]["per_seed"].values()] == [0.1, 0.0, 0.2]
+    assert abs(diff["accuracy"]["mean"] - 0.1) < 1e-9
+    # Student t with 2 degrees of freedom: 4.303 * sd(0.1, 0, 0.2) / sqrt(3).
+    assert abs(diff["accuracy"]["half_width"] - 4.303 * 0.1 / 3 ** 0.5) < 1e-6
+    assert abs(diff["by_family"]["motion"]["mean"] - (0.2 - 0.1 + 0.3) / 3) < 1e-9
+    assert diff["by_family"]["static"]["half_width"] == 0.0
+    text = main_job_seeds.paired_markdown(main_job_seeds.summarize(rows),
+                                          main_job_seeds.summarize(base), diff, "abc1234")
+    assert "| 2 | 0.600 | 0.800 | +0.200 | +0.30 | +0.00 |" in text
+    assert "| mean ± 95% | | | +0.100 ± 0.248 |" in text
