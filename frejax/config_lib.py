@@ -21,12 +21,17 @@ from frejax.compression import options as options_lib
 
 # Logical axis -> mesh axes. Parameters are sharded over fsdp on their embed
 # (or vocab) axis and over tensor on heads/mlp; activations over data+fsdp on batch.
+# The residual stream between layers (what a scan with remat keeps per layer for the
+# backward pass) is split over tensor on its width too, as in Megatron's sequence
+# parallelism and MaxText's activation_embed: the layer gathers it back for its
+# matmuls, and its row-parallel outputs reduce-scatter instead of all-reduce.
 DEFAULT_RULES = (
     ("batch", ("data", "fsdp")),
     ("frames", None),
     ("tokens", None),
     ("length", None),
     ("embed", "fsdp"),
+    ("activation_embed", "tensor"),
     ("mlp", "tensor"),
     ("heads", "tensor"),
     ("kv_heads", "tensor"),

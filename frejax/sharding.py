@@ -27,6 +27,7 @@ LOGICAL_AXES = (
     "tokens",     # tokens inside a frame (N) or sequence positions
     "length",     # text / multimodal sequence length
     "embed",      # model width
+    "activation_embed",  # width of the residual stream saved between layers
     "mlp",        # MLP hidden width
     "heads",      # attention heads
     "kv_heads",   # key/value heads (grouped-query attention)

@@ -401,9 +401,9 @@ def test_train_step_gives_finite_grads():
 
 
 RULES = (("batch", "data"), ("frames", None), ("tokens", None), ("length", None),
-         ("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("kv_heads", "tensor"),
-         ("head_dim", None), ("vocab", "tensor"), ("patch", None), ("coeffs", None),
-         ("layers", None))
+         ("embed", "fsdp"), ("activation_embed", "tensor"), ("mlp", "tensor"),
+         ("heads", "tensor"), ("kv_heads", "tensor"), ("head_dim", None), ("vocab", "tensor"),
+         ("patch", None), ("coeffs", None), ("layers", None))
 
 
 def test_params_have_logical_names_and_shard_on_a_mesh():

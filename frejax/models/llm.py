@@ -222,7 +222,7 @@ class DecoderLayer(nnx.Module):
         h, kv_cache = self.attn(self.attn_norm(x), positions, mask, kv_cache, slots)
         x = x + h
         x = x + self.mlp(self.mlp_norm(x))
-        return sharding.constrain(x, ("batch", "length", "embed")), kv_cache
+        return sharding.constrain(x, ("batch", "length", "activation_embed")), kv_cache
 
 
 class LLM(nnx.Module):
@@ -314,7 +314,8 @@ class LLM(nnx.Module):
           ``(logits (B, L, V) float32 or hidden (B, L, E), new cache or None)``.
         """
         b, l, _ = embeds.shape
-        x = sharding.constrain(embeds.astype(self.dtype), ("batch", "length", "embed"))
+        x = sharding.constrain(embeds.astype(self.dtype),
+                               ("batch", "length", "activation_embed"))
         if attn_mask is None:
             attn_mask = jnp.ones((b, l), bool)
         attn_mask = attn_mask.astype(bool)

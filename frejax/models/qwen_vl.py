@@ -161,7 +161,7 @@ class VisionBlock(nnx.Module):
             h = jax.nn.silu(self.gate(h)) * self.up(h)
         else:
             h = jax.nn.gelu(self.up(h), approximate=True)
-        return sharding.constrain(x + self.down(h), ("batch", "length", "embed"))
+        return sharding.constrain(x + self.down(h), ("batch", "length", "activation_embed"))
 
 
 class Merger(nnx.Module):

@@ -122,7 +122,7 @@ class EncoderBlock(nnx.Module):
         x = x + (self.scale1(h) if self.scale1 is not None else h)
         h = self.mlp(self.norm2(x))
         x = x + (self.scale2(h) if self.scale2 is not None else h)
-        return sharding.constrain(x, ("batch", "tokens", "embed"))
+        return sharding.constrain(x, ("batch", "tokens", "activation_embed"))
 
 
 class ViT(nnx.Module):
@@ -202,7 +202,7 @@ class ViT(nnx.Module):
         extra = sum(p.shape[1] for p in prefix)
         if prefix:
             x = jnp.concatenate(prefix + [x], axis=1)
-        x = sharding.constrain(x, ("batch", "tokens", "embed"))
+        x = sharding.constrain(x, ("batch", "tokens", "activation_embed"))
         if self.scan_layers:
             x, _ = scan_layers(self.blocks, lambda block, x, _: (block(x), None), x,
                                remat=self.remat)
