@@ -153,3 +153,50 @@ def test_an_out_of_memory_report_keeps_the_largest_allocations():
     assert report.startswith("RESOURCE_EXHAUSTED") and "1. Size: 6.00G" in report
     assert "jit(train_step)/llm/mlp/dot" in report and "2. Size: 3.00G" in report
     assert aot.allocation_report("one line only") == "one line only"
+
+
+def test_pass_timings_charge_the_time_between_dumps_to_the_later_pipeline(tmp_path):
+    def dump(name: str, at: float) -> None:
+        path = tmp_path / name
+        path.write_text("HloModule jit_step")
+        os.utime(path, (at, at))
+
+    prefix = "module_0000.jit_step.cl_1"
+    dump(f"{prefix}.0000.simplification-1.after_pipeline-start.before_cse.txt", 102.0)
+    dump(f"{prefix}.0001.simplification-1.after_cse.before_dce.txt", 103.0)
+    dump(f"{prefix}.0002.xla-partitioner.after_shardy-xla.before_cleanup.txt", 110.0)
+    dump(f"{prefix}.0003.Main_fusion.after_tpu_fusion.before_x.txt", 114.0)
+    dump(f"{prefix}.0004.simplification-1.after_algsimp.before_dce.txt", 115.0)
+    dump(f"{prefix}.after_optimizations-memory-usage-report.txt", 121.0)
+    os.makedirs(tmp_path / "shardy")  # folders are not dumps
+    dump("module_0001.jit_other.0000.Main_fusion.after_tpu_fusion.before_x.txt", 200.0)
+    dump(f"{prefix}.after_codegen.txt", 130.0)
+    timings = dict(aot.pass_timings(str(tmp_path), start=100.0))
+    assert timings == {"before the first pass": 2.0, "HLO passes: simplification-1": 2.0,
+                       "HLO passes: xla-partitioner": 7.0, "HLO passes: Main fusion": 4.0,
+                       "after the HLO passes: after_optimizations-memory-usage-report": 6.0,
+                       "after the HLO passes: after_codegen": 9.0}
+    assert [n for n, _ in aot.pass_timings(str(tmp_path), 100.0)][:2] == [
+        "after the HLO passes: after_codegen", "HLO passes: xla-partitioner"]
+    assert aot.pass_timings(str(tmp_path / "none"), 0.0) == []
+
+
+def test_accelerator_scale_reports_host_cores_and_where_the_compile_went():
+    from frejax.benchmarks import accelerator_scale
+
+    row = dict(label="after", revision="abc1234", topology="v5e:16x16", overrides=[],
+               wall_s=150.0, cpu_s=270.0, exit_code=0, host_cores=2, pass_dumps=True,
+               trace_and_lower_s=1.2, xla_compile_s=140.0, peak_bytes=12 * 2**30,
+               pass_timings=[["after the HLO passes: after_codegen", 120.0],
+                             ["HLO passes: xla-partitioner", 30.0]],
+               command="python -m frejax.benchmarks.accelerator_scale --part=pod"
+                       " --pass_timings")
+    text = accelerator_scale.markdown(dict(pod=[row]))
+    assert "| after | abc1234 | v5e:16x16 | – (pass dumps) | 2 | 150.0 | 270.0 |" in text
+    assert "| after the HLO passes: after_codegen | 120.0 | 80% |" in text
+    assert "(150.0 s in all" in text
+    args = accelerator_scale._parser().parse_args(["--part=pod", "--pass_timings",
+                                                   "--host_cores=1"])
+    assert accelerator_scale.command_line(args) == (
+        "python -m frejax.benchmarks.accelerator_scale --part=pod --host_cores=1"
+        " --pass_timings")

@@ -75,22 +75,34 @@ _PHASES = re.compile(r"^\s+compile time trace and lower ([\d.]+) s(?:, xla compi
 _FIGURE = re.compile(r"^\s+(arguments|temporaries|peak|train state|batch)\s+([\d.]+) GiB \((\d+) B\)")
 
 
-def compile_pod(source: str, topology: str, overrides: list[str]) -> dict:
-    """Runs ``frejax.training.aot`` for ``topology`` in ``source``; wall/CPU seconds and per-chip figures."""
+_PASS_TIME = re.compile(r"^\s+([\d.]+) s  (.+)$")
+
+
+def compile_pod(source: str, topology: str, overrides: list[str], host_cores: int = 0,
+                pass_timings: bool = False) -> dict:
+    """Runs ``frejax.training.aot`` for ``topology`` in ``source``; wall/CPU seconds and per-chip
+    figures. ``host_cores``: pin the compile to that many of this machine's cores (0: all);
+    ``pass_timings``: also record where XLA's compile went (``aot --pass_timings``)."""
     cmd = [sys.executable, "-m", "frejax.training.aot", f"--config={POD_CONFIG}",
-           f"--topology={topology}"] + overrides
+           f"--topology={topology}"] + (["--pass_timings"] if pass_timings else []) + overrides
     env = dict(os.environ, PYTHONPATH=source, JAX_PLATFORMS="cpu")
+    cores = sorted(os.sched_getaffinity(0))
+    pin = cores[:host_cores] if host_cores else cores
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=source, env=env, capture_output=True, text=True,
-                          check=False)
+                          check=False, preexec_fn=lambda: os.sched_setaffinity(0, pin))
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     row = dict(topology=topology, overrides=overrides, wall_s=round(wall, 1),
                cpu_s=round((after.ru_utime - before.ru_utime)
                            + (after.ru_stime - before.ru_stime), 1),
-               exit_code=proc.returncode)
+               exit_code=proc.returncode, host_cores=len(pin), pass_dumps=pass_timings)
     lines = proc.stdout.splitlines()
+    if "XLA pipelines by time (from the per-pass dumps, their writing included):" in lines:
+        at = lines.index("XLA pipelines by time (from the per-pass dumps, their writing included):")
+        row["pass_timings"] = [[m.group(2), float(m.group(1))] for m in
+                               map(_PASS_TIME.match, lines[at + 1:]) if m]
     for i, line in enumerate(lines):
         m = _FIGURE.match(line)
         if m:
@@ -121,7 +133,8 @@ def run_pod(args, report: dict) -> None:
         label = args.label or ("before" if args.baseline else "after")
         for topology in args.topologies.split(","):
             print(f"compiling {POD_CONFIG} for {topology} at {rev} ...", flush=True)
-            row = compile_pod(source, topology, args.override or [])
+            row = compile_pod(source, topology, args.override or [], args.host_cores,
+                              args.pass_timings)
             row.update(label=label, revision=rev,
                        command=command_line(args),
                        date=datetime.date.today().isoformat())
@@ -129,7 +142,9 @@ def run_pod(args, report: dict) -> None:
             report = load(args.out)  # rows other runs wrote meanwhile are kept
             rows = [r for r in report.setdefault("pod", [])
                     if not (r["label"] == label and r["topology"] == topology
-                            and r.get("overrides", []) == row["overrides"])]
+                            and r.get("overrides", []) == row["overrides"]
+                            and r.get("host_cores") in (None, row["host_cores"])
+                            and r.get("pass_dumps", False) == row["pass_dumps"])]
             report["pod"] = rows + [row]
             save(args.out, report, ("pod",))
 
@@ -155,10 +170,13 @@ def markdown(report: dict) -> str:
                   " subprocess's wall and CPU time (JAX start-up, tracing, lowering, XLA);"
                   " of it, tracing and lowering to StableHLO, and XLA's compile, where"
                   " recorded. Per-chip figures are the TPU compiler's memory analysis.", "",
-                  "| label | revision | topology | overrides | wall s | CPU s |"
+                  "Host cores: the cores of this machine the compile ran on (– where not"
+                  " recorded: all of them). Rows marked with pass dumps wrote the module"
+                  " after every XLA pass to time the passes, which lengthens the compile.", "",
+                  "| label | revision | topology | overrides | host cores | wall s | CPU s |"
                   " trace+lower s | XLA compile s | state GiB |"
                   " temporaries GiB | peak GiB | fits |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in sorted(pod, key=lambda r: (r["topology"], r["label"] != "before")):
             chip = CHIP_HBM_GIB.get(r["topology"].split(":")[0])
             fits = ("no: " + r["does_not_fit"][:120] if "does_not_fit" in r
@@ -167,10 +185,22 @@ def markdown(report: dict) -> str:
                     if chip and r.get("peak_bytes", 0) > chip * 2**30 else "yes")
             lines.append(
                 f"| {r['label']} | {r['revision']} | {r['topology']} |"
-                f" {' '.join(r.get('overrides', [])) or '–'} | {r['wall_s']} | {r['cpu_s']} |"
+                f" {' '.join(r.get('overrides', [])) or '–'}"
+                f"{' (pass dumps)' if r.get('pass_dumps') else ''} |"
+                f" {r.get('host_cores', '–')} | {r['wall_s']} | {r['cpu_s']} |"
                 f" {r.get('trace_and_lower_s', '–')} | {r.get('xla_compile_s', '–')} |"
                 f" {_gib(r.get('train_state_bytes'))} | {_gib(r.get('temporaries_bytes'))} |"
                 f" {_gib(r.get('peak_bytes'))} | {fits} |")
+        for r in pod:
+            if r.get("pass_timings"):
+                total = sum(sec for _, sec in r["pass_timings"])
+                lines += ["", f"{r['topology']} {' '.join(r.get('overrides', []))} at"
+                          f" {r['revision']}: where XLA's compile went ({total:.1f} s in all,"
+                          " from the time between the per-pass dumps; a dump written after"
+                          " the HLO passes is charged the time since the one before it):", "",
+                          "| stage | s | share |", "|---|---|---|"]
+                lines += [f"| {name} | {sec:.1f} | {sec / total:.0%} |"
+                          for name, sec in r["pass_timings"][:12]]
         for r in pod:
             if r.get("allocations"):
                 lines += ["", f"{r['topology']} {' '.join(r.get('overrides', []))} at"
@@ -217,7 +247,7 @@ def command_line(args) -> str:
         if key in ("part", "out") or value == defaults[key]:
             continue
         for v in value if isinstance(value, list) else [value]:
-            parts.append(f"--{key}={v}")
+            parts.append(f"--{key}" if v is True else f"--{key}={v}")
     return " ".join(parts)
 
 
@@ -230,6 +260,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default=None, help="frejax tree to measure (pod part)")
     p.add_argument("--label", default=None, help="row label (default: before/after)")
     p.add_argument("--topologies", default=",".join(TOPOLOGIES))
+    p.add_argument("--host_cores", type=int, default=0,
+                   help="pod: compile on this many of this machine's cores (0: all)")
+    p.add_argument("--pass_timings", action="store_true",
+                   help="pod: record where XLA's compile goes (per-pass dumps; slower)")
     p.add_argument("--override", action="append",
                    help="extra frejax.training.aot flag, e.g. --config.train.batch_size=64")
     p.add_argument("--max_run_gib", type=float, default=6.0,

@@ -27,6 +27,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 
 from absl import app
 from absl import flags
@@ -46,6 +47,10 @@ def define_flags() -> None:
     flags.DEFINE_string(
         "topology", None, "Compile for compile-only TPU devices of this topology instead,"
         " e.g. v5e:16x16 or v5p:8x8x4 (needs libtpu).")
+    flags.DEFINE_bool(
+        "pass_timings", False, "With --topology: also dump the step after every XLA pass"
+        " and print where the compile's time went, per pipeline of passes (the dumps'"
+        " write times; the dumping itself lengthens the compile).")
     flags.DEFINE_string(
         "out", None, "Also write the report as JSON here (the command, the devices and"
         " every figure printed).")
@@ -205,15 +210,51 @@ def allocation_report(message: str, max_lines: int = 60) -> str:
     return "\n".join(keep)
 
 
-def dump_step_memory_report() -> str:
+def dump_step_memory_report(every_pass: bool = False) -> str:
     """Asks XLA to dump the train step's compiled modules to a new folder (before JAX
     initialises); the TPU compiler writes its memory-usage report there even for a program
-    it refuses, the allocation list its error message lacks. Returns the folder."""
+    it refuses, the allocation list its error message lacks. ``every_pass``: the module
+    after every pass that changed it too (``pass_timings`` reads their times). Returns the
+    folder."""
     folder = tempfile.mkdtemp(prefix="frejax-aot-")
     os.environ["XLA_FLAGS"] = " ".join(
         [os.environ.get("XLA_FLAGS", ""), f"--xla_dump_to={folder}",
-         "--xla_dump_hlo_module_re=jit_step"]).strip()
+         "--xla_dump_hlo_module_re=jit_step"]
+        + (["--xla_dump_hlo_pass_re=.*"] if every_pass else [])).strip()
     return folder
+
+
+def pass_timings(folder: str, start: float) -> list[tuple[str, float]]:
+    """Seconds per stage of XLA's compile, from the per-pass dumps in ``folder``.
+
+    XLA writes ``<module>.<NNNN>.<pipeline>.after_<pass>...txt`` after each HLO pass that
+    changed the module and, after the HLO passes, the optimised module, its buffer
+    assignment and the backend's reports. In the order they were written, the time
+    between two dumps is charged to the later one: for a pass dump its pipeline (with
+    the unchanged passes before it and the dump's own writing), for the others what
+    they record. ``start``: when XLA's compile began (``time.time()``); the time to the
+    first dump is "before the first pass". Stages largest first."""
+    import re  # noqa: PLC0415
+
+    pass_dump = re.compile(r"\.jit_step\.[^/]*?\.(\d{4})\.([^.]+)\.after_")
+    dumps = []
+    for path in glob.glob(os.path.join(folder, "*jit_step*")):
+        if not os.path.isfile(path):
+            continue
+        name = os.path.basename(path)
+        m = pass_dump.search(name)
+        if m:
+            order, label = int(m.group(1)), "HLO passes: " + m.group(2).replace("_", " ")
+        else:  # e.g. module_0000.jit_step.cl_1.after_optimizations-buffer-assignment.txt
+            order, label = 10_000, "after the HLO passes: " + name.split(".")[-2]
+        dumps.append((os.path.getmtime(path), order, label))
+    if not dumps:
+        return []
+    dumps.sort()
+    totals: dict[str, float] = {"before the first pass": max(0.0, dumps[0][0] - start)}
+    for (t0, _, _), (t1, _, label) in zip(dumps, dumps[1:]):
+        totals[label] = totals.get(label, 0.0) + max(0.0, t1 - t0)
+    return sorted(totals.items(), key=lambda kv: -kv[1])
 
 
 def largest_allocations(folder: str, count: int = 12) -> str:
@@ -245,7 +286,10 @@ def main(argv):
     if config.train.dtype == "auto":
         config.train.dtype = "bfloat16"  # what "auto" means on the TPU/GPU being sized
     num_devices = flags.FLAGS.devices
-    dump = dump_step_memory_report() if flags.FLAGS.topology else None
+    if flags.FLAGS.pass_timings and not flags.FLAGS.topology:
+        raise app.UsageError("--pass_timings needs --topology (the TPU compiler's dumps)")
+    dump = (dump_step_memory_report(every_pass=flags.FLAGS.pass_timings)
+            if flags.FLAGS.topology else None)
     try:
         _compile_and_report(config, num_devices, dump)
     finally:
@@ -270,6 +314,7 @@ def _compile_and_report(config, num_devices: int, dump: str | None) -> None:
     print(f"{config.name}: train step, global batch {config.train.batch_size},"
           f" {devices[0].device_kind} x{len(devices)}")
     phases: dict = {}
+    start = time.time()
     try:
         report, _ = compile_train_step(config, devices, phases)
     except jax.errors.JaxRuntimeError as e:
@@ -287,8 +332,14 @@ def _compile_and_report(config, num_devices: int, dump: str | None) -> None:
     if allocations:  # what the temporaries hold, for a step near its chip's limit
         print("largest allocations:\n" + allocations)
     print(_phases(phases))
+    xla_start = start + phases.get("trace_and_lower_s", 0.0)
+    passes = pass_timings(dump, xla_start) if dump and flags.FLAGS.pass_timings else []
+    if passes:
+        print("XLA pipelines by time (from the per-pass dumps, their writing included):")
+        print("\n".join(f"  {s:8.1f} s  {name}" for name, s in passes[:20]))
     _write(dict(dataclasses.asdict(report), peak_bytes=report.peak_bytes, **phases,
                 **({"allocations": allocations} if allocations else {}),
+                **({"pass_timings": [[n, round(s, 2)] for n, s in passes]} if passes else {}),
                 fits={chip: report.peak_bytes <= gib * GIB for chip, gib in HBM_GIB.items()}),
            devices)
 
