@@ -107,3 +107,26 @@ def test_fast_motion_is_not_a_cut():
     d = np.full(40, 0.12)
     d[19] = 0.9
     assert info.detect_shots(d) == [(0, 20), (20, 41)]
+
+
+def test_low_res_residuals_rebuild_is_exact_when_the_change_is_coarse():
+    from frejax.studies import low_res_residuals as lrr
+
+    assert lrr.anchors(20, 8).tolist() == [3] * 8 + [11] * 8 + [17] * 4  # middle of each
+    rng = np.random.default_rng(0)
+    T, D = 20, 3
+    static = rng.normal(size=(16, D))                 # fine detail on a 4 x 4 grid
+    change = rng.normal(size=(T, 4, D))               # change over time on a 2 x 2 grid
+    full = static[None] + lrr.upsample(change, (2, 2), (4, 4))
+    # The reduced encoder sees the change plus its own (coarse) view of the detail.
+    low = change + lrr.pool(static, (4, 4), (2, 2))[None]
+    rebuilt = lrr.rebuild(full, low, (2, 2), (4, 4), segment_len=8)
+    np.testing.assert_allclose(rebuilt, full, atol=1e-12)
+    # Without a full-resolution anchor the fine detail is lost: error above zero.
+    low_only = lrr.upsample(low, (2, 2), (4, 4))
+    assert info.relative_errors(full[None], low_only[None])[0] > 0.1
+    assert lrr.pool(lrr.upsample(change, (2, 2), (4, 4)), (4, 4), (2, 2)).shape == change.shape
+    np.testing.assert_allclose(lrr.pool(lrr.upsample(change, (2, 2), (4, 4)), (4, 4), (2, 2)),
+                               change)
+    with pytest.raises(ValueError, match="does not divide"):
+        lrr.upsample(change, (3, 3), (4, 4))
