@@ -38,10 +38,13 @@ def pyplot(who: str) -> Any | None:
 
 
 def git_rev(source: str = REPO) -> str:
-    """Short revision of the tree at ``source``; ``+changes`` when tracked files differ."""
+    """Short revision of the tree at ``source``; ``+changes`` when tracked files other than
+    the reports in ``docs/`` differ (a report a run has just rewritten is not a change of
+    the code that measures)."""
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=source,
                          capture_output=True, text=True, check=False)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                            ":(exclude)docs"],
                            cwd=source, capture_output=True, text=True, check=False).stdout
     return out.stdout.strip() + ("+changes" if dirty.strip() else "")
 
