@@ -97,7 +97,8 @@ def compile_pod(source: str, topology: str, overrides: list[str], host_cores: in
     row = dict(topology=topology, overrides=overrides, wall_s=round(wall, 1),
                cpu_s=round((after.ru_utime - before.ru_utime)
                            + (after.ru_stime - before.ru_stime), 1),
-               exit_code=proc.returncode, host_cores=len(pin), pass_dumps=pass_timings)
+               exit_code=proc.returncode, host_cores=len(pin), pinned=bool(host_cores),
+               pass_dumps=pass_timings)
     lines = proc.stdout.splitlines()
     if "XLA pipelines by time (from the per-pass dumps, their writing included):" in lines:
         at = lines.index("XLA pipelines by time (from the per-pass dumps, their writing included):")
@@ -158,6 +159,13 @@ def _gib(n) -> str:
     return "–" if n is None else f"{n / 2**30:.2f}"
 
 
+def _same_cores(a: dict, b: dict) -> bool:
+    """Both compiles ran on all of their host's cores, or were pinned to as many."""
+    if a.get("pinned") or b.get("pinned"):
+        return a.get("host_cores") == b.get("host_cores")
+    return True
+
+
 def markdown(report: dict) -> str:
     lines = ["# Accelerator-scale speed and memory", "",
              "Written by `python -m frejax.benchmarks.accelerator_scale` (each part's command is in its"
@@ -194,7 +202,7 @@ def markdown(report: dict) -> str:
         for r in pod:
             if r.get("pass_timings"):
                 total = sum(sec for _, sec in r["pass_timings"])
-                lines += ["", f"{r['topology']} {' '.join(r.get('overrides', []))} at"
+                lines += ["", f"{' '.join([r['topology']] + r.get('overrides', []))} at"
                           f" {r['revision']}: where XLA's compile went ({total:.1f} s in all,"
                           " from the time between the per-pass dumps; a dump written after"
                           " the HLO passes is charged the time since the one before it):", "",
@@ -203,7 +211,7 @@ def markdown(report: dict) -> str:
                           for name, sec in r["pass_timings"][:12]]
         for r in pod:
             if r.get("allocations"):
-                lines += ["", f"{r['topology']} {' '.join(r.get('overrides', []))} at"
+                lines += ["", f"{' '.join([r['topology']] + r.get('overrides', []))} at"
                           f" {r['revision']}, the compiler's largest allocations (its"
                           " memory-usage report):",
                           "", "```", *r["allocations"], "```"]
@@ -217,9 +225,11 @@ def markdown(report: dict) -> str:
             for b in pod:
                 if (b["label"] == "before" and b["exit_code"] == 0
                         and b["topology"] == r["topology"]
-                        and b.get("overrides", []) == r.get("overrides", [])):
+                        and b.get("overrides", []) == r.get("overrides", [])
+                        and not r.get("pass_dumps") and not b.get("pass_dumps")
+                        and _same_cores(b, r)):
                     speedups.append(
-                        f"- {r['topology']} {' '.join(r.get('overrides', [])) or ''}: compile"
+                        f"- {' '.join([r['topology']] + r.get('overrides', []))}: compile"
                         f" {b['wall_s']} s -> {r['wall_s']} s wall"
                         f" ({b['wall_s'] / r['wall_s']:.1f}x), peak {_gib(b.get('peak_bytes'))}"
                         f" -> {_gib(r.get('peak_bytes'))} GiB per chip")
