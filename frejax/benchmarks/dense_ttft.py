@@ -25,7 +25,9 @@ is SigLIP-So400m at 384 px, 25x the work per frame): named in the report.
 ``--peak_memory`` runs every path in a process of its own and reports that process's
 peak resident memory (``ru_maxrss``: measured, not computed from shapes; it includes
 the Python runtime and the compiled programs, the same for every path), and the
-encoder's share of the time to first token.
+encoder's share of the time to first token. A path holds one model's weights at a time:
+the model that compresses the chunks is freed before the one that prefills them all is
+built.
 
 Time to first token = encoder + compressor + prefill. Frames are random pixels held in
 memory: decoding is left out of both paths (a sparse reader seeks to 32 frames, a
@@ -36,6 +38,7 @@ median of ``--repeats`` timed runs after one untimed run (compilation excluded).
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import resource
@@ -142,17 +145,22 @@ def measure(config, encoder: frozen_encoder.Encoder, *, seconds: float, fps: flo
     ratio = dense_video.ratio(config)
     rows = {}
     long_engine = None
+    def compress_all(engine):
+        outs = [engine.call(engine.compress, jnp.asarray(padded[None, k * chunk:(k + 1) * chunk]),
+                            jnp.asarray(mask[None, k * chunk:(k + 1) * chunk]))[0]
+                for k in range(chunks)]
+        return concat_chunks(outs, chunk)
+
     for method in methods:
         engine = _engine(config, chunk, method, ratio)
-
-        def compress_all():
-            outs = [engine.call(engine.compress, jnp.asarray(padded[None, k * chunk:(k + 1) * chunk]),
-                                jnp.asarray(mask[None, k * chunk:(k + 1) * chunk]))[0]
-                    for k in range(chunks)]
-            return concat_chunks(outs, chunk)
-
-        visual, compress_s = _median(compress_all, repeats)
+        visual, compress_s = _median(lambda: compress_all(engine), repeats)
+        # One model at a time, as a serving system holds one: the chunk model's weights go
+        # before the long model's are made, so a path's peak memory counts one copy.
+        del engine
+        gc.collect()
         if long_engine is None or long_engine.num_visual != visual.tokens.shape[1]:
+            long_engine = None
+            gc.collect()
             # The LLM over every chunk's tokens: the model built for chunks * chunk frames.
             long_engine = _engine(config, chunks * chunk, method, ratio)
             if long_engine.num_visual != visual.tokens.shape[1]:
