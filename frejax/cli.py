@@ -55,6 +55,14 @@ def quiet_libraries() -> None:
     logging.get_absl_handler().addFilter(_QuietLibraries())
 
 
+def command_line(module: str, names: tuple[str, ...], values: flags.FlagValues | None = None) -> str:
+    """``python -m <module>`` with every flag of ``names`` the user gave, as given: the
+    command a report names so that it can be run again (``values``: flags.FLAGS)."""
+    f = flags.FLAGS if values is None else values
+    given = [f"--{n}={f[n].serialize().split('=', 1)[-1]}" for n in names if f[n].present]
+    return " ".join([f"python -m {module}"] + given)
+
+
 def run(main: Callable[[list[str]], object], program: str = "") -> None:
     """``app.run(main)`` with input errors as one line on stderr and exit status 2."""
     name = program or (sys.argv[0] if sys.argv else "frejax")

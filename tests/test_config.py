@@ -150,3 +150,17 @@ def test_config_validation_names_the_key():
 def test_every_shipped_config_variant_validates(module, arg):
     config = importlib.import_module(f"configs.{module}").get_config(arg)
     config_lib.validate(config)
+
+
+def test_a_reports_command_line_names_the_flags_given_and_no_others():
+    from absl import flags as absl_flags
+
+    from frejax import cli
+
+    values = absl_flags.FlagValues()
+    absl_flags.DEFINE_string("out", "workdirs/x", "", flag_values=values)
+    absl_flags.DEFINE_list("ratios", ["8", "10"], "", flag_values=values)
+    absl_flags.DEFINE_integer("frames", 32, "", flag_values=values)
+    values(["prog", "--ratios=4,8", "--out=docs/x"])
+    assert cli.command_line("frejax.studies.analyze", ("frames", "ratios", "out"), values) == (
+        "python -m frejax.studies.analyze --ratios=4,8 --out=docs/x")

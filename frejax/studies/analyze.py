@@ -214,10 +214,9 @@ def main(argv):
     del argv
     cli.quiet_libraries()
     f = flags.FLAGS
-    flagged = [f"--{name}={f[name].serialize().split('=', 1)[-1]}"
-               for name in ("videos", "encoder", "image_size", "frames", "strides", "ratios",
-                            "coeffs", "out", "fps") if f[name].present]
-    command = " ".join(["python -m frejax.studies.analyze"] + flagged)
+    command = cli.command_line("frejax.studies.analyze", (
+        "videos", "encoder", "image_size", "frames", "strides", "ratios", "coeffs", "out",
+        "fps"))
     for path in run(f.videos, f.encoder, f.image_size, f.frames,
                     tuple(int(s) for s in f.strides), tuple(float(r) for r in f.ratios),
                     f.coeffs, f.out, f.cache, command, f.fps):

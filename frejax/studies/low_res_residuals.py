@@ -233,10 +233,8 @@ def main(argv):
     del argv
     cli.quiet_libraries()
     f = flags.FLAGS
-    flagged = [f"--{name}={f[name].serialize().split('=', 1)[-1]}"
-               for name in ("videos", "image_size", "factor", "frames", "segment_len", "ratio",
-                            "repeats", "out") if f[name].present]
-    command = " ".join(["python -m frejax.studies.low_res_residuals"] + flagged)
+    command = cli.command_line("frejax.studies.low_res_residuals", (
+        "videos", "image_size", "factor", "frames", "segment_len", "ratio", "repeats", "out"))
     for path in run(f.videos, f.image_size, f.factor, f.frames, f.segment_len, f.ratio,
                     f.repeats, f.out, command):
         print(path)
