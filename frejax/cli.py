@@ -9,8 +9,9 @@ unreadable file, an undecodable video, a checkpoint of another config, more bad
 data than ``data.max_bad_fraction`` allows). ``run`` prints that message's first
 line as ``<program>: error: ...`` and exits with status 2, without a traceback;
 ``--debug`` shows the traceback instead. A bad flag or ``--config.*`` override is the
-same kind of error and exits the same way (absl alone would exit 1 with its own text). Everything else (a bug, a lost peer of a
-multi-host run) keeps its traceback.
+same kind of error and exits the same way, as does a wrong use of the command
+(``app.UsageError``: absl alone would print the whole help and exit 1). Everything else
+(a bug, a lost peer of a multi-host run) keeps its traceback.
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ def run(main: Callable[[list[str]], object], program: str = "") -> None:
     def guarded(argv: list[str]):
         try:
             return main(argv)
+        except app.UsageError as e:  # absl would print the whole help and exit 1
+            print(f"{name}: error: {one_line(e)} (--helpfull lists the flags)", file=sys.stderr)
+            sys.exit(2)
         except INPUT_ERRORS as e:
             if _DEBUG.value:
                 raise

@@ -200,3 +200,15 @@ def test_accelerator_scale_reports_host_cores_and_where_the_compile_went():
     assert accelerator_scale.command_line(args) == (
         "python -m frejax.benchmarks.accelerator_scale --part=pod --host_cores=1"
         " --pass_timings")
+
+
+def test_a_wrong_use_of_the_command_is_one_line_and_exit_status_2():
+    out = subprocess.run([sys.executable, "-m", "frejax.training.aot",
+                          "--config=configs/long_video.py:smoke", "--pass_timings"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = [line for line in out.stderr.splitlines() if "error:" in line]
+    assert lines == ["frejax.training.aot: error: --pass_timings needs --topology (the TPU"
+                     " compiler's dumps) (--helpfull lists the flags)"], out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and "USAGE" not in out.stderr.upper()
