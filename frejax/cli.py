@@ -68,12 +68,16 @@ def run(main: Callable[[list[str]], object], program: str = "") -> None:
     """``app.run(main)`` with input errors as one line on stderr and exit status 2."""
     name = program or (sys.argv[0] if sys.argv else "frejax")
 
+    def usage_error(e: BaseException):
+        """A wrong flag or use of the command: one line, exit status 2."""
+        print(f"{name}: error: {one_line(e)} (--helpfull lists the flags)", file=sys.stderr)
+        sys.exit(2)
+
     def guarded(argv: list[str]):
         try:
             return main(argv)
         except app.UsageError as e:  # absl would print the whole help and exit 1
-            print(f"{name}: error: {one_line(e)} (--helpfull lists the flags)", file=sys.stderr)
-            sys.exit(2)
+            usage_error(e)
         except INPUT_ERRORS as e:
             if _DEBUG.value:
                 raise
@@ -86,7 +90,6 @@ def run(main: Callable[[list[str]], object], program: str = "") -> None:
             config_lib.check_override_flags(argv)
             return flags.FLAGS(argv)
         except (flags.Error, config_lib.UnknownKeyError) as e:
-            print(f"{name}: error: {one_line(e)} (--helpfull lists the flags)", file=sys.stderr)
-            sys.exit(2)
+            usage_error(e)
 
     app.run(guarded, flags_parser=parse)

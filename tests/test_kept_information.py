@@ -110,6 +110,7 @@ def test_fast_motion_is_not_a_cut():
 
 
 def test_low_res_residuals_rebuild_is_exact_when_the_change_is_coarse():
+    from frejax.studies import latent_cache
     from frejax.studies import low_res_residuals as lrr
 
     assert lrr.anchors(20, 8).tolist() == [3] * 8 + [11] * 8 + [17] * 4  # middle of each
@@ -119,14 +120,14 @@ def test_low_res_residuals_rebuild_is_exact_when_the_change_is_coarse():
     change = rng.normal(size=(T, 4, D))               # change over time on a 2 x 2 grid
     full = static[None] + lrr.upsample(change, (2, 2), (4, 4))
     # The reduced encoder sees the change plus its own (coarse) view of the detail.
-    low = change + lrr.pool(static, (4, 4), (2, 2))[None]
+    low = change + latent_cache.pool_latents(static[None], (4, 4), 2, "area")
     rebuilt = lrr.rebuild(full, low, (2, 2), (4, 4), segment_len=8)
     np.testing.assert_allclose(rebuilt, full, atol=1e-12)
     # Without a full-resolution anchor the fine detail is lost: error above zero.
     low_only = lrr.upsample(low, (2, 2), (4, 4))
     assert info.relative_errors(full[None], low_only[None])[0] > 0.1
-    assert lrr.pool(lrr.upsample(change, (2, 2), (4, 4)), (4, 4), (2, 2)).shape == change.shape
-    np.testing.assert_allclose(lrr.pool(lrr.upsample(change, (2, 2), (4, 4)), (4, 4), (2, 2)),
-                               change)
+    up = lrr.upsample(change, (2, 2), (4, 4))
+    assert latent_cache.pool_latents(up, (4, 4), 2, "area").shape == change.shape
+    np.testing.assert_allclose(latent_cache.pool_latents(up, (4, 4), 2, "area"), change)
     with pytest.raises(ValueError, match="does not divide"):
         lrr.upsample(change, (3, 3), (4, 4))

@@ -35,11 +35,11 @@ import time
 
 from frejax.benchmarks import accelerator_parts
 from frejax.reporting import REPO, checkout, git_rev
+from frejax.training.aot import HBM_GIB, PASS_TIMINGS_HEADER
 
 DEFAULT_OUT = os.path.join(REPO, "docs", "accelerator_scale")
 POD_CONFIG = "configs/long_video.py:scale=pod"
 TOPOLOGIES = ("v5e:16x16", "v5p:8x8x4")
-CHIP_HBM_GIB = {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32}  # as frejax.training.aot.HBM_GIB
 
 
 # ----------------------------------------------------------------------------
@@ -100,8 +100,8 @@ def compile_pod(source: str, topology: str, overrides: list[str], host_cores: in
                exit_code=proc.returncode, host_cores=len(pin), pinned=bool(host_cores),
                pass_dumps=pass_timings)
     lines = proc.stdout.splitlines()
-    if "XLA pipelines by time (from the per-pass dumps, their writing included):" in lines:
-        at = lines.index("XLA pipelines by time (from the per-pass dumps, their writing included):")
+    if PASS_TIMINGS_HEADER in lines:
+        at = lines.index(PASS_TIMINGS_HEADER)
         row["pass_timings"] = [[m.group(2), float(m.group(1))] for m in
                                map(_PASS_TIME.match, lines[at + 1:]) if m]
     for i, line in enumerate(lines):
@@ -186,7 +186,7 @@ def markdown(report: dict) -> str:
                   " temporaries GiB | peak GiB | fits |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in sorted(pod, key=lambda r: (r["topology"], r["label"] != "before")):
-            chip = CHIP_HBM_GIB.get(r["topology"].split(":")[0])
+            chip = HBM_GIB.get(r["topology"].split(":")[0])
             fits = ("no: " + r["does_not_fit"][:120] if "does_not_fit" in r
                     else "error: " + r["error"][:120] if "error" in r
                     else f"compiles, but the peak exceeds the chip's {chip} GiB"

@@ -145,6 +145,7 @@ def measure(config, encoder: frozen_encoder.Encoder, *, seconds: float, fps: flo
     ratio = dense_video.ratio(config)
     rows = {}
     long_engine = None
+
     def compress_all(engine):
         outs = [engine.call(engine.compress, jnp.asarray(padded[None, k * chunk:(k + 1) * chunk]),
                             jnp.asarray(mask[None, k * chunk:(k + 1) * chunk]))[0]

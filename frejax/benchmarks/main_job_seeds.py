@@ -2,7 +2,7 @@
 
     python -m frejax.benchmarks.main_job_seeds                      # seeds 0, 1, 2
     python -m frejax.benchmarks.main_job_seeds --seeds=0,1,2,3,4 --report_only
-    python -m frejax.benchmarks.main_job_seeds --seeds=0,1,2,3,4 --baseline=2915584
+    python -m frejax.benchmarks.main_job_seeds --seeds=0,1,2,3,4 --baseline=425705c
 
 Each seed is one ``python -m frejax.main --config=configs/long_video.py
 --config.seed=S`` in ``workdirs/main_job_seeds/seed_S`` (the seed draws the
@@ -44,6 +44,19 @@ def run_seed(seed: int, workdir: str, extra: list[str], source: str = REPO) -> d
         subprocess.run(cmd, check=True, cwd=source)
     with open(results) as f:
         return json.load(f)
+
+
+def run_seeds(seeds: list[int], workdir: str, extra: list[str], report_only: bool,
+              source: str = REPO) -> dict[int, dict]:
+    """Each seed's results from ``<workdir>/seed_S`` (run there first, unless
+    ``report_only``, which skips the seeds that have not finished)."""
+    rows = {}
+    for seed in seeds:
+        folder = os.path.join(workdir, f"seed_{seed}")
+        if report_only and not os.path.exists(os.path.join(folder, "results.json")):
+            continue
+        rows[seed] = run_seed(seed, folder, extra, source)
+    return rows
 
 
 def summarize(rows: dict[int, dict]) -> dict:
@@ -144,33 +157,24 @@ def main(argv=None) -> None:
     parser.add_argument("extra", nargs="*", help="more frejax.main flags, after --")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    rows = {}
-    for seed in seeds:
-        workdir = os.path.join(args.workdir, f"seed_{seed}")
-        if args.report_only and not os.path.exists(os.path.join(workdir, "results.json")):
-            continue
-        rows[seed] = run_seed(seed, workdir, args.extra)
+    rows = run_seeds(seeds, args.workdir, args.extra, args.report_only)
     if not rows:
         raise SystemExit("no finished seed to report")
     summary = summarize(rows)
     command = "python -m frejax.benchmarks.main_job_seeds --seeds=" + ",".join(map(str, seeds))
-    report, text = dict(summary), markdown(summary, command)
+    report, compared = dict(summary), ""
     if args.baseline:
         rev = subprocess.run(["git", "rev-parse", "--short", args.baseline], cwd=REPO,
                              capture_output=True, text=True, check=True).stdout.strip()
         command += f" --baseline={args.baseline}"
-        base_rows = {}
         with reporting.checkout(rev) as source:
-            for seed in seeds:
-                workdir = os.path.join(args.workdir, rev, f"seed_{seed}")
-                if args.report_only and not os.path.exists(
-                        os.path.join(workdir, "results.json")):
-                    continue
-                base_rows[seed] = run_seed(seed, workdir, args.extra, source)
+            base_rows = run_seeds(seeds, os.path.join(args.workdir, rev), args.extra,
+                                  args.report_only, source)
         if base_rows:
             base, diff = summarize(base_rows), paired(rows, base_rows)
             report.update(baseline=dict(base, revision=rev), paired=diff)
-            text = markdown(summary, command) + paired_markdown(summary, base, diff, rev)
+            compared = paired_markdown(summary, base, diff, rev)
+    text = markdown(summary, command) + compared
     report["command"] = command
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     with open(args.output + ".json", "w") as f:

@@ -47,6 +47,7 @@ from flax import nnx
 from data_pipelines import natural_footage, package_assets
 from frejax import cli, compression
 from frejax.studies import kept_information as info
+from frejax.studies import latent_cache
 from frejax.studies.analyze import load_clip
 from frejax.studies.frozen_encoder import Encoder, find_videos
 
@@ -80,14 +81,6 @@ def rebuild(full: np.ndarray, low: np.ndarray, grid: tuple[int, int], full_grid:
     return full[a] + upsample(low - low[a], grid, full_grid)
 
 
-def pool(latents: np.ndarray, grid: tuple[int, int], to: tuple[int, int]) -> np.ndarray:
-    """``(..., gh*gw, D)`` averaged to ``to`` cells (``to`` must divide ``grid``)."""
-    gh, gw = grid
-    th, tw = to
-    x = latents.reshape(latents.shape[:-2] + (th, gh // th, tw, gw // tw, latents.shape[-1]))
-    return x.mean(axis=(-4, -2)).reshape(latents.shape[:-2] + (th * tw, latents.shape[-1]))
-
-
 def seconds_per_frame(encoder: Encoder, batch: int, repeats: int) -> float:
     """Median wall seconds per frame of ``encoder`` over ``repeats`` batches (compiled first)."""
     frames = np.random.default_rng(0).integers(
@@ -103,7 +96,13 @@ def seconds_per_frame(encoder: Encoder, batch: int, repeats: int) -> float:
 
 def measure(pairs, frames: int, segment_len: int, ratio: float, pooled: tuple[int, int],
             grid: tuple[int, int], low_grid: tuple[int, int]) -> dict:
-    """Per-window relative errors of every representation (see the module docstring)."""
+    """Per-window relative errors of every representation (see the module docstring);
+    ``pooled``: the grid the latents are also scored at, area-averaged as the dense-video
+    cache pools them (``latent_cache.pool_latents``)."""
+
+    def pool(x):
+        return latent_cache.pool_latents(x, grid, grid[0] // pooled[0], "area")
+
     embed = pairs[0][0].latents.shape[-1]
     geometry = compression.VideoGeometry(frames, grid, embed)
     budget = compression.resolve_budget(geometry, ratio=ratio)
@@ -121,10 +120,9 @@ def measure(pairs, frames: int, segment_len: int, ratio: float, pooled: tuple[in
             windows.append(dict(clip=full.name, first=int(idx[0])))
             errors["mixed"] += info.relative_errors(z[None], mixed[None]).tolist()
             errors["low_only"] += info.relative_errors(z[None], low_only[None]).tolist()
-            zp = pool(z, grid, pooled)[None]
-            errors["mixed_pooled"] += info.relative_errors(zp, pool(mixed, grid, pooled)[None]).tolist()
-            errors["low_only_pooled"] += info.relative_errors(
-                zp, pool(low_only, grid, pooled)[None]).tolist()
+            zp = pool(z)[None]
+            errors["mixed_pooled"] += info.relative_errors(zp, pool(mixed)[None]).tolist()
+            errors["low_only_pooled"] += info.relative_errors(zp, pool(low_only)[None]).tolist()
             for key, fed in (("fre_res_full", z), ("fre_res_mixed", mixed)):
                 out = np.asarray(reconstruct(jnp.asarray(fed[None], jnp.float32)))
                 errors[key] += info.relative_errors(z[None], out).tolist()

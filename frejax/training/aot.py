@@ -24,6 +24,7 @@ import dataclasses
 import glob
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -57,6 +58,8 @@ def define_flags() -> None:
     flags.mark_flags_as_required(["config"])
 
 GIB = 2**30
+# The line before the pass timings in the printed report (benchmarks parse what follows it).
+PASS_TIMINGS_HEADER = "XLA pipelines by time (from the per-pass dumps, their writing included):"
 # Per-chip high-bandwidth memory of the TPUs this check is usually run for.
 HBM_GIB = {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32}
 
@@ -234,8 +237,6 @@ def pass_timings(folder: str, start: float) -> list[tuple[str, float]]:
     the unchanged passes before it and the dump's own writing), for the others what
     they record. ``start``: when XLA's compile began (``time.time()``); the time to the
     first dump is "before the first pass". Stages largest first."""
-    import re  # noqa: PLC0415
-
     pass_dump = re.compile(r"\.jit_step\.[^/]*?\.(\d{4})\.([^.]+)\.after_")
     dumps = []
     for path in glob.glob(os.path.join(folder, "*jit_step*")):
@@ -335,7 +336,7 @@ def _compile_and_report(config, num_devices: int, dump: str | None) -> None:
     xla_start = start + phases.get("trace_and_lower_s", 0.0)
     passes = pass_timings(dump, xla_start) if dump and flags.FLAGS.pass_timings else []
     if passes:
-        print("XLA pipelines by time (from the per-pass dumps, their writing included):")
+        print(PASS_TIMINGS_HEADER)
         print("\n".join(f"  {s:8.1f} s  {name}" for name, s in passes[:20]))
     _write(dict(dataclasses.asdict(report), peak_bytes=report.peak_bytes, **phases,
                 **({"allocations": allocations} if allocations else {}),
