@@ -432,6 +432,18 @@ def test_params_have_logical_names_and_shard_on_a_mesh():
         shardings = sharding.named_shardings(sharding.param_specs(state), mesh)
         sharded = jax.device_put(state, shardings)
         logits = _jitted(graphdef, "__call__")(sharded, batch)
+        # The residual stream a layer hands on (what remat keeps per layer) is split over
+        # tensor on its width as well as over the batch axes.
+        from frejax.models.llm import DecoderLayer  # noqa: PLC0415
+
+        layer = DecoderLayer(16, 4, 2, 4, 32, qkv_bias=False, rope_theta=1e4, norm_eps=1e-6,
+                             dtype=jnp.float32, param_dtype=jnp.float32, rngs=nnx.Rngs(0))
+        layer_def, layer_state = nnx.split(layer)
+        x = jnp.ones((4, 8, 16))
+        out, _ = jax.jit(lambda st, x: nnx.merge(layer_def, st)(
+            x, jnp.broadcast_to(jnp.arange(8), (4, 8)),
+            AttentionMask(key_valid=jnp.ones((4, 8), bool), causal=True)))(layer_state, x)
+        assert out.sharding.spec == P("data", None, "tensor")
     np.testing.assert_allclose(logits, jit_method(model, "__call__")(batch), **TOL)
 
 
