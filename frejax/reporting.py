@@ -2,8 +2,8 @@
 
 Studies (``frejax.studies``) and benchmarks (``frejax.benchmarks``) write a JSON and a
 Markdown report with the command that made them; this module is the one place that
-sets up matplotlib for files, asks git which code produced a figure, and gives the
-95% interval every report uses.
+sets up matplotlib for files, asks git which code produced a figure, times a call the
+way every speed figure is timed, and gives the 95% interval every report uses.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ import contextlib
 import math
 import os
 import subprocess
+import statistics
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -82,6 +84,22 @@ def save_figure(fig: Any, path: str, dpi: int = 100) -> str:
 
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
         9: 2.262}  # two-sided 95% Student t by degrees of freedom
+
+
+def timed_median(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> tuple[Any, float]:
+    """``fn()``'s last output and the median wall seconds of ``repeats`` calls, each
+    waited on (``jax.block_until_ready``), after ``warmup`` untimed calls (compiles)."""
+    import jax  # noqa: PLC0415  (report writers without a model never time one)
+
+    out = None
+    for _ in range(warmup):
+        out = jax.block_until_ready(fn())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return out, statistics.median(times)
 
 
 def interval(values) -> tuple[float, float]:

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from frejax import reporting
 from frejax.compression import build
 from frejax.compression import dct as dct_lib
 from frejax.compression.base import VideoGeometry, resolve_budget
@@ -31,14 +32,7 @@ from frejax.compression.fre_res import fre_res_parts
 
 def median_seconds(fn, *args, repeats: int = 5, warmup: int = 1) -> float:
     """Median wall time of ``fn(*args)`` (already jitted), compile and warmup excluded."""
-    for _ in range(warmup):
-        jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return reporting.timed_median(lambda: fn(*args), repeats, warmup)[1]
 
 
 def median_step_seconds(step, state, batch, *, repeats: int = 5) -> float:

@@ -44,7 +44,6 @@ import os
 import resource
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -61,16 +60,6 @@ from frejax.studies import dense_video, frozen_encoder, latent_cache
 from frejax.training.run import FIT, Run
 
 QUESTION = "How many times does the square flash?"
-
-
-def _median(fn, repeats: int) -> tuple[object, float]:
-    out = fn()  # untimed: compiles
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return out, float(np.median(times))
 
 
 def benchmark_tokenizer(config):
@@ -109,8 +98,8 @@ def _first_token(engine: Engine, visual: CompressedTokens, repeats: int) -> floa
     prefix = jnp.asarray([before], jnp.int32)
     rest = jnp.asarray([after], jnp.int32)
     length = jnp.asarray([len(after)], jnp.int32)
-    _, seconds = _median(lambda: engine.call(engine.prefill, visual, prefix, rest, length,
-                                             max_len=max_len)[0], repeats)
+    _, seconds = reporting.timed_median(lambda: engine.call(
+        engine.prefill, visual, prefix, rest, length, max_len=max_len)[0], repeats)
     return seconds
 
 
@@ -130,9 +119,10 @@ def measure(config, encoder: frozen_encoder.Encoder, *, seconds: float, fps: flo
 
     # The encoder over every frame (if a dense path runs), and over 32 uniform ones.
     sparse_idx = ((np.arange(32) + 0.5) * total / 32).astype(int)
-    sparse_latents, sparse_encoder = _median(lambda: encode(frames[sparse_idx]), repeats)
+    sparse_latents, sparse_encoder = reporting.timed_median(
+        lambda: encode(frames[sparse_idx]), repeats)
     if methods:
-        dense_latents, dense_encoder = _median(lambda: encode(frames), repeats)
+        dense_latents, dense_encoder = reporting.timed_median(lambda: encode(frames), repeats)
         log(f"dense_ttft: encoder {total} frames {dense_encoder:.2f} s")
     else:
         dense_latents, dense_encoder = sparse_latents, 0.0
@@ -154,7 +144,7 @@ def measure(config, encoder: frozen_encoder.Encoder, *, seconds: float, fps: flo
 
     for method in methods:
         engine = _engine(config, chunk, method, ratio)
-        visual, compress_s = _median(lambda: compress_all(engine), repeats)
+        visual, compress_s = reporting.timed_median(lambda: compress_all(engine), repeats)
         # One model at a time, as a serving system holds one: the chunk model's weights go
         # before the long model's are made, so a path's peak memory counts one copy.
         del engine

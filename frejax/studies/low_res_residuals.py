@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import statistics
 import time
 
 import jax
@@ -45,7 +44,7 @@ from absl import flags
 from flax import nnx
 
 from data_pipelines import natural_footage, package_assets
-from frejax import cli, compression
+from frejax import cli, compression, reporting
 from frejax.studies import kept_information as info
 from frejax.studies import latent_cache
 from frejax.studies.analyze import load_clip
@@ -85,13 +84,7 @@ def seconds_per_frame(encoder: Encoder, batch: int, repeats: int) -> float:
     """Median wall seconds per frame of ``encoder`` over ``repeats`` batches (compiled first)."""
     frames = np.random.default_rng(0).integers(
         0, 256, (batch, encoder.image_size, encoder.image_size, 3), dtype=np.uint8)
-    encoder(frames, batch=batch)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        encoder(frames, batch=batch)
-        times.append((time.perf_counter() - start) / batch)
-    return statistics.median(times)
+    return reporting.timed_median(lambda: encoder(frames, batch=batch), repeats)[1] / batch
 
 
 def measure(pairs, frames: int, segment_len: int, ratio: float, pooled: tuple[int, int],
