@@ -33,6 +33,7 @@ from data_pipelines import natural_video_qa as qa
 from frejax.nn.grid import adaptive_pool_matrix, bilinear_matrix
 
 _VERSION = 3  # bump when the way latents are computed or stored changes
+_ENCODE_FRAMES = 256  # touched frames gathered over examples per encoder call
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,16 +233,31 @@ def build_dense(sources: "dense.Sources", root: str, encoder: Any, spec: DenseSp
             tmp = os.path.join(folder, f"{split}_latents.tmp.npy")
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(
                 len(examples), spec.frames) + clip_latents[0].shape[1:])
-            touched = 0
+            touched, pending = 0, []          # (example, its touched frames, their pixels)
+
+            def flush():
+                # Many examples' touched frames in one call: the encoder runs fixed
+                # batches, and one example's few frames would leave most of one empty.
+                if pending:
+                    latents = encode(np.concatenate([px for _, _, px in pending]))
+                    k = 0
+                    for i, frames, px in pending:
+                        out[i, frames] = latents[k:k + len(px)]
+                        k += len(px)
+                    pending.clear()
+
             for i, ex in enumerate(examples):
                 out[i] = clip_latents[ex.clip][ex.start:ex.start + spec.frames]
-                frames = ex.frames_touched()
+                frames = list(ex.frames_touched())
                 if frames:
                     window = dense.render(ex, clips[split][ex.clip].frames, spec.frames)
-                    out[i, list(frames)] = encode(window[list(frames)])
+                    pending.append((i, frames, window[frames]))
                     touched += len(frames)
+                    if sum(len(px) for _, _, px in pending) >= _ENCODE_FRAMES:
+                        flush()
                 if progress is not None:
                     progress(split, i + 1, len(examples))
+            flush()
             out.flush()
             del out
             with open(os.path.join(folder, f"{split}.jsonl"), "w") as f:
