@@ -60,6 +60,13 @@ FAMILIES = ("brief_event", "counting", "fast_motion", "event_order", "static_det
 # static detail.
 GROUPS = {"brief": ("brief_event", "counting"), "fast_motion": ("fast_motion",),
           "order": ("event_order",), "static": ("static_detail",)}
+
+
+def groups_of(families) -> dict[str, tuple[str, ...]]:
+    """``GROUPS`` restricted to ``families`` (a benchmark built of some families only)."""
+    return {g: kept for g, fs in GROUPS.items() if (kept := tuple(f for f in fs if f in families))}
+
+
 COLOUR_NAMES = ["red", "green", "blue", "yellow"]
 QUESTIONS = {
     "brief_event": ("When does the square flash?",

@@ -273,6 +273,14 @@ def test_a_study_slice_runs_every_part_through_the_loop_and_resumes(tmp_path, mo
     with open(os.path.join(out + "_runs", "ceiling__seed0.json")) as f:
         assert json.load(f)["num_examples"] == 5                  # 1 per family, all of them
     assert "no retention figure is reported" in open(out + ".md").read()
+    # Some families only (a diagnosis): their own cache, and the groups shrink to them.
+    part = str(tmp_path / "report" / "hard")
+    dense_video.run(part, "ceiling", families=("fast_motion", "counting"), **args)
+    with open(part + ".json") as f:
+        meta = json.load(f)["meta"]
+    assert meta["groups"] == {"brief": ["counting"], "fast_motion": ["fast_motion"]}
+    with open(os.path.join(part + "_runs", "ceiling__seed0.json")) as f:
+        assert set(json.load(f)["accuracy_by_family"]) == {"fast_motion", "counting"}
     # The bar met (for this slice: 2 steps learn nothing): the rest runs from that ceiling.
     monkeypatch.setattr(dense_video_report, "LEARNED", 0.0)
     files = dense_video.run(out, "headline", **args)
@@ -337,14 +345,43 @@ def test_the_motion_probe_reads_a_crossing_from_the_cells_that_light_first():
     assert not np.allclose(feats[0], feats[1]) and not np.allclose(feats[2], feats[3])
 
 
-def test_the_place_rules_are_candidates_only_under_multimodal_rope():
+def test_the_probe_network_learns_a_crossing_it_is_not_told_the_time_of():
+    """The network decoder, given only the tokens, learns the direction of a crossing at a
+    random moment over noise (held out: select and test are other draws)."""
+    from frejax.studies import dense_motion_probe as probe  # noqa: PLC0415
+
+    rng = np.random.default_rng(0)
+    crossings = {0: ((1, 3), (0, 2)), 1: ((0, 2), (1, 3)), 2: ((2, 3), (0, 1)),
+                 3: ((0, 1), (2, 3))}
+
+    def draw(n):
+        y = rng.integers(0, 4, n)
+        x = rng.standard_normal((n, 24, 4, 8)).astype(np.float16)
+        for i, answer in enumerate(y):
+            t = int(rng.integers(0, 20))
+            start, end = crossings[int(answer)]
+            x[i, t:t + 2, list(start)] += 3
+            x[i, t + 2:t + 4, list(end)] += 3
+        return x, y
+
+    splits = {"train": draw(256), "select": draw(64), "test": draw(64)}
+    result = probe.train_network(splits, classes=4, seed=0, epochs=8, batch=32, lr=3e-3)
+    assert result["accuracy"]["test"] > 0.9 and 1 <= result["epoch"] <= 8
+
+
+def test_the_candidates_are_distinct_models_and_place_rules_only_under_multimodal_rope(
+        monkeypatch):
     """Where Fre-Res's residual tokens sit in time is chosen with the other settings when
-    positions come from places; 1D RoPE ignores places, so the rules are no candidates."""
+    positions come from places; 1D RoPE ignores places, so the rules are no candidates.
+    A candidate that is the same model as one before it is not run twice."""
+    names = ("fre_res", "fre_res:segments16", "fre_res:segments32")   # builds are slow
+    monkeypatch.setattr(dense_video, "CANDIDATES", {k: dense_video.CANDIDATES[k] for k in names})
     config = dense_video_config.get_config("smoke")
     assert tuple(config.model.llm.mrope_sections)            # the study's model: M-RoPE
     chosen = dense_video.candidates(config)
-    assert set(dense_video.PLACES) <= set(chosen) and set(dense_video.CANDIDATES) <= set(chosen)
-    assert {o["residual_place"] for k, o in chosen.items() if k in dense_video.PLACES} == \
-        {"anchor", "spread"}
+    # At the study's 128 frames and budget the default's segments are 16 frames long;
+    # segment-mean anchors placed at the anchor sit at the segment's centre, the default.
+    assert set(chosen) == {"fre_res", "fre_res:segments32", "fre_res:place_spread"}
     config.model.llm.mrope_sections = ()
-    assert dense_video.candidates(config) == dense_video.CANDIDATES
+    monkeypatch.setattr(dense_video, "fingerprint", lambda config, options: None)
+    assert not set(dense_video.PLACES) & set(dense_video.candidates(config))

@@ -3,6 +3,8 @@ r"""Fre-Res where the paper makes its claim: ``python -m frejax.studies.dense_vi
     python -m frejax.studies.dense_video --out=docs/dense_video                 # the report
     python -m frejax.studies.dense_video --out=docs/dense_video --part=ceiling  # learnable first
     python -m frejax.studies.dense_video --part=cache                           # the cache only
+    python -m frejax.studies.dense_video --out=docs/dense_video_hard --part=ceiling \
+        --families=fast_motion,counting --config.model.llm.depth=4    # a diagnosis
 
 Every frame of a 128-frame window at the footage's own rate, answered at a sparse
 model's token budget (that of 16 uniform frames at full per-frame tokens, 8x fewer than
@@ -39,20 +41,28 @@ the default (else ``fre_res`` is the selected one). Each run trains in its own
 workdir under
 ``--workdir``, one JSON per finished run under ``<out>_runs/``; a rerun reads finished
 runs back, so the report resumes. It is rewritten after every run.
+
+``--families`` builds and asks some families only (its own cache; the report's groups
+shrink to them), to diagnose the families a ceiling misses; ``--config`` (default
+``configs/dense_video.py``) and ``--config.<key>=...`` change the model or recipe, and
+the report names the command with them.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 
 import jax
 import numpy as np
 from absl import app, flags, logging
+from flax import nnx
+from ml_collections import config_flags
 
 from configs import dense_video as dense_video_config
 from data_pipelines import dense_video_qa as dense
 from data_pipelines import latent_source, package_assets
-from frejax import cli, config_lib
+from frejax import cli, compression, config_lib
 from frejax.studies import dense_video_report, frozen_encoder, latent_cache
 from frejax.studies.natural_qa import Method, Protocol
 
@@ -79,8 +89,41 @@ PLACES: dict[str, dict] = {
 
 def candidates(config) -> dict[str, dict]:
     """The settings the selection chooses between for ``config``'s model: the position
-    rules only where positions come from places (1D RoPE ignores them)."""
-    return dict(CANDIDATES, **(PLACES if tuple(config.model.llm.mrope_sections) else {}))
+    rules only where positions come from places (1D RoPE ignores them), and none that
+    is the same model as one before it (``fingerprint``)."""
+    options_of = dict(CANDIDATES, **(PLACES if tuple(config.model.llm.mrope_sections) else {}))
+    kept, seen = {}, []
+    for label, options in options_of.items():
+        mark = fingerprint(config, options)
+        if mark is None or not any(_same(mark, other) for other in seen):
+            kept[label] = options
+            seen.append(mark)
+    return kept
+
+
+def fingerprint(config, options: dict):
+    """What Fre-Res with ``options`` is at the study's budget: its parameters, and its
+    tokens, mask and places for fixed latents (None where it cannot be built). Two
+    settings with equal fingerprints are one model: a setting can restate what a default
+    resolves to (``segment_len=16`` at this budget) or reach it another way (anchors at the segment mean, placed at
+    the anchor, sit at the segment's centre)."""
+    # The study's frames and grid; a narrow width (the settings act on time and space).
+    geometry = compression.VideoGeometry(config.data.num_frames,
+                                         tuple(config.model.vision.latent_grid), 8)
+    budget = compression.resolve_budget(geometry, ratio=ratio(config))
+    try:
+        model = compression.build("fre_res", geometry, budget, options, rngs=nnx.Rngs(0))
+    except ValueError:
+        return None
+    latents = jax.random.normal(jax.random.key(0), (1, geometry.frames, geometry.tokens,
+                                                     geometry.embed))
+    out = (nnx.state(model), nnx.jit(lambda m, x: m(x, places=True))(model, latents))
+    return jax.tree.structure(out), [np.asarray(x) for x in jax.tree.leaves(out)]
+
+
+def _same(a, b) -> bool:
+    return (a is not None and b is not None and a[0] == b[0]
+            and all(x.shape == y.shape and np.array_equal(x, y) for x, y in zip(a[1], b[1])))
 
 
 BASELINES = ("temporal_merge", "frame_budgets", "temporal_dct", "evs")
@@ -119,22 +162,24 @@ def ratio(config) -> float:
 # ----------------------------------------------------------------------------- the cache
 
 
-def spec_for(config, sizes: dict, pool: int) -> latent_cache.DenseSpec:
-    # Squares the size of one visual token's cell (as in the natural-video benchmark):
-    # the smallest detail a full-resolution token holds and a pooled one blurs.
-    cell = config.data.image_size // config.model.vision.latent_grid[0]
+def spec_for(config, sizes: dict, pool: int,
+             families: tuple[str, ...] = dense.FAMILIES) -> latent_cache.DenseSpec:
+    # Squares a quarter of the frame, one visual token's cell at the default 2x2 tokens
+    # per frame: the benchmark's questions stay the same when a config reads the frames
+    # at another grid.
     return latent_cache.DenseSpec(
         frames=config.data.num_frames, size=config.data.image_size, pool=pool,
-        probe_side=cell,
+        probe_side=config.data.image_size // 2,
         train_per_family=sizes["train_per_family"],
         select_per_family=sizes["select_per_family"],
-        test_per_family=sizes["test_per_family"])
+        test_per_family=sizes["test_per_family"], families=tuple(families))
 
 
 def build_cache(config, sizes: dict, sources: dense.Sources | None = None,
-                encoder: str = "dinov2_small") -> tuple[str, float]:
-    """The cache of ``config``'s geometry (built once): its folder, and the encoder's
-    FLOPs per frame."""
+                encoder: str = "dinov2_small",
+                families: tuple[str, ...] = dense.FAMILIES) -> tuple[str, float]:
+    """The cache of ``config``'s geometry and ``families`` (built once): its folder, and
+    the encoder's FLOPs per frame."""
     frozen = frozen_encoder.Encoder(encoder, config.data.image_size)
     grid = tuple(config.model.vision.latent_grid)
     pool = frozen.grid[0] // grid[0]
@@ -143,7 +188,8 @@ def build_cache(config, sizes: dict, sources: dense.Sources | None = None,
                          f" {tuple(frozen.grid)} pooled by a whole factor")
     folder = latent_cache.build_dense(sources or dense.default_sources(),
                                       package_assets.asset_dir("latents"), frozen,
-                                      spec_for(config, sizes, pool), log=logging.info)
+                                      spec_for(config, sizes, pool, families),
+                                      log=logging.info)
     return folder, frozen.flops_per_frame()
 
 
@@ -153,8 +199,8 @@ def build_cache(config, sizes: dict, sources: dense.Sources | None = None,
 class Study:
     """The parts in order, over one ``Protocol`` (one JSON per run)."""
 
-    def __init__(self, protocol: Protocol, seeds: int):
-        self.p, self.seeds = protocol, seeds
+    def __init__(self, protocol: Protocol, seeds: int, groups: dict = dense.GROUPS):
+        self.p, self.seeds, self.groups = protocol, seeds, groups
         self.r = ratio(protocol.config)
 
     def ceilings(self) -> None:
@@ -179,7 +225,7 @@ class Study:
     def learned(self, seed: int) -> list[str]:
         """The family groups seed's ceiling misses (below ``LEARNED`` on the test split)."""
         record = self.p.ceiling(seed)
-        return [g for g, fs in dense.GROUPS.items()
+        return [g for g, fs in self.groups.items()
                 if np.mean([record["accuracy_by_family"][f] for f in fs])
                 < dense_video_report.LEARNED]
 
@@ -207,9 +253,18 @@ class Study:
 
 def run(out: str, part: str = "headline", scale: str = "cpu", config=None,
         sources: dense.Sources | None = None, seeds: int = 0,
-        workdir: str = "workdirs/dense_video", encoder: str = "dinov2_small") -> list[str]:
+        workdir: str = "workdirs/dense_video", encoder: str = "dinov2_small",
+        families: tuple[str, ...] = dense.FAMILIES, command: str = "") -> list[str]:
     """Builds (or reuses) the cache, runs the missing runs of ``part``, writes the report;
-    returns the files written (``part=cache``: the cache folder)."""
+    returns the files written (``part=cache``: the cache folder).
+
+    ``families``: a benchmark of some families only (a diagnosis of the ones a ceiling
+    misses; the report's groups shrink to them). ``command``: what the report says wrote
+    it (default: this call's flags)."""
+    unknown = set(families) - set(dense.FAMILIES)
+    if unknown or not families:
+        raise ValueError(f"--families: {sorted(unknown) or 'none given'}; choose from"
+                         f" {dense.FAMILIES}")
     if part not in PARTS:
         raise ValueError(f"--part must be one of {PARTS}, got {part!r}")
     if scale not in SCALES:
@@ -218,7 +273,7 @@ def run(out: str, part: str = "headline", scale: str = "cpu", config=None,
     if config is None:
         config = dense_video_config.get_config("smoke" if scale == "smoke" else None)
     start = time.time()
-    folder, encoder_flops = build_cache(config, sizes, sources, encoder)
+    folder, encoder_flops = build_cache(config, sizes, sources, encoder, tuple(families))
     if part == "cache":
         return [folder]
     config = config.copy_and_resolve_references()
@@ -230,15 +285,16 @@ def run(out: str, part: str = "headline", scale: str = "cpu", config=None,
                                    if s != "train")
     config_lib.validate(config)
     protocol = Protocol(out, config, sizes, workdir)
-    study = Study(protocol, sizes["seeds"])
-    command = (f"python -m frejax.studies.dense_video --out={out}"
-               + (f" --part={part}" if part != "headline" else "")
-               + (f" --scale={scale}" if scale != "cpu" else ""))
+    groups = dense.groups_of(cache["spec"]["families"])
+    study = Study(protocol, sizes["seeds"], groups)
+    command = command or (f"python -m frejax.studies.dense_video --out={out}"
+                          + (f" --part={part}" if part != "headline" else "")
+                          + (f" --scale={scale}" if scale != "cpu" else ""))
     meta = dict(
         command=command, part=part, seeds=sizes["seeds"], ratio=study.r,
         sparse_frames=SPARSE_FRAMES, frames=config.data.num_frames, grid=cache["grid"],
         full_tokens=config.data.num_frames * int(np.prod(cache["grid"])),
-        families=list(cache["spec"]["families"]), groups=dense.GROUPS,
+        families=list(cache["spec"]["families"]), groups=groups,
         examples={s: v["examples"] for s, v in cache["splits"].items()},
         sources=cache["sources"], skipped=cache["skipped"], spec=cache["spec"],
         encoder=encoder, encoder_flops_per_frame=encoder_flops,
@@ -266,8 +322,10 @@ def main(argv):
     sources = None
     if f.videos or f.photos or f.test_videos or f.test_photos:
         sources = dense.sources_from_flags(f.videos, f.photos, f.test_videos, f.test_photos)
-    for path in run(f.out, f.part, f.scale, sources=sources, seeds=f.seeds,
-                    workdir=f.workdir):
+    families = tuple(x.strip() for x in f.families.split(",") if x.strip())
+    command = " ".join(["python -m frejax.studies.dense_video"] + sys.argv[1:])
+    for path in run(f.out, f.part, f.scale, config=f.config, sources=sources, seeds=f.seeds,
+                    workdir=f.workdir, families=families, command=command):
         print(path)
 
 
@@ -281,4 +339,9 @@ if __name__ == "__main__":
     flags.DEFINE_string("test_videos", "", "test-side videos")
     flags.DEFINE_string("test_photos", "", "test-side photographs")
     flags.DEFINE_string("workdir", "workdirs/dense_video", "where every run trains")
+    flags.DEFINE_string("families", ",".join(dense.FAMILIES),
+                        "the families to build and ask (a subset diagnoses a ceiling's misses)")
+    config_flags.DEFINE_config_file(
+        "config", None, "the model (default configs/dense_video.py; --config.<key>=... sets"
+        " one field, e.g. --config.model.llm.depth=4)", lock_config=True)
     cli.run(main, "frejax.studies.dense_video")
