@@ -62,6 +62,18 @@ GROUPS = {"brief": ("brief_event", "counting"), "fast_motion": ("fast_motion",),
           "order": ("event_order",), "static": ("static_detail",)}
 
 
+def parse_families(families) -> tuple[str, ...]:
+    """``--families`` (a comma-separated string or a sequence) as a checked tuple."""
+    if isinstance(families, str):
+        families = [f.strip() for f in families.split(",")]
+    families = tuple(f for f in families if f)
+    unknown = set(families) - set(FAMILIES)
+    if unknown or not families:
+        raise ValueError(f"--families: {sorted(unknown) or 'none given'}; choose from"
+                         f" {FAMILIES}")
+    return families
+
+
 def groups_of(families) -> dict[str, tuple[str, ...]]:
     """``GROUPS`` restricted to ``families`` (a benchmark built of some families only)."""
     return {g: kept for g, fs in GROUPS.items() if (kept := tuple(f for f in fs if f in families))}

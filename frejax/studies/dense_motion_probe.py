@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app, flags
+from absl import flags
 from flax import nnx
 
 from configs import dense_video as dense_video_config
@@ -270,11 +270,7 @@ def write(out: str, result: dict, meta: dict) -> list[str]:
 def main(argv):
     del argv
     f = flags.FLAGS
-    families = tuple(x.strip() for x in f.families.split(",") if x.strip())
-    unknown = set(families) - set(dense.FAMILIES)
-    if unknown or not families:
-        raise app.UsageError(f"--families: {sorted(unknown) or 'none given'}; choose from"
-                             f" {dense.FAMILIES}")
+    families = dense.parse_families(f.families)
     config = dense_video_config.get_config()
     config.model.vision.latent_grid = (f.grid, f.grid)
     folder, _ = dense_video.build_cache(config, dense_video.SCALES["cpu"], families=families)

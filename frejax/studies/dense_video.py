@@ -105,8 +105,8 @@ def fingerprint(config, options: dict):
     """What Fre-Res with ``options`` is at the study's budget: its parameters, and its
     tokens, mask and places for fixed latents (None where it cannot be built). Two
     settings with equal fingerprints are one model: a setting can restate what a default
-    resolves to (``segment_len=16`` at this budget) or reach it another way (anchors at the segment mean, placed at
-    the anchor, sit at the segment's centre)."""
+    resolves to (``segment_len=16`` at this budget) or reach it another way (anchors at
+    the segment mean, placed at the anchor, sit at the segment's centre)."""
     # The study's frames and grid; a narrow width (the settings act on time and space).
     geometry = compression.VideoGeometry(config.data.num_frames,
                                          tuple(config.model.vision.latent_grid), 8)
@@ -261,10 +261,7 @@ def run(out: str, part: str = "headline", scale: str = "cpu", config=None,
     ``families``: a benchmark of some families only (a diagnosis of the ones a ceiling
     misses; the report's groups shrink to them). ``command``: what the report says wrote
     it (default: this call's flags)."""
-    unknown = set(families) - set(dense.FAMILIES)
-    if unknown or not families:
-        raise ValueError(f"--families: {sorted(unknown) or 'none given'}; choose from"
-                         f" {dense.FAMILIES}")
+    families = dense.parse_families(families)
     if part not in PARTS:
         raise ValueError(f"--part must be one of {PARTS}, got {part!r}")
     if scale not in SCALES:
@@ -273,7 +270,7 @@ def run(out: str, part: str = "headline", scale: str = "cpu", config=None,
     if config is None:
         config = dense_video_config.get_config("smoke" if scale == "smoke" else None)
     start = time.time()
-    folder, encoder_flops = build_cache(config, sizes, sources, encoder, tuple(families))
+    folder, encoder_flops = build_cache(config, sizes, sources, encoder, families)
     if part == "cache":
         return [folder]
     config = config.copy_and_resolve_references()
@@ -322,10 +319,9 @@ def main(argv):
     sources = None
     if f.videos or f.photos or f.test_videos or f.test_photos:
         sources = dense.sources_from_flags(f.videos, f.photos, f.test_videos, f.test_photos)
-    families = tuple(x.strip() for x in f.families.split(",") if x.strip())
     command = " ".join(["python -m frejax.studies.dense_video"] + sys.argv[1:])
     for path in run(f.out, f.part, f.scale, config=f.config, sources=sources, seeds=f.seeds,
-                    workdir=f.workdir, families=families, command=command):
+                    workdir=f.workdir, families=f.families, command=command):
         print(path)
 
 
